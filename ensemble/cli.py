@@ -1,0 +1,264 @@
+"""The `ensemble` command line. Thin: parse, call a plain function, print.
+
+Bad input (spec keys, arguments, credentials) ends in one line on stderr and exit
+code 2; operational failures in one line and exit code 1; never a traceback
+(set ENSEMBLE_DEBUG=1 to get one).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ensemble import __version__
+from ensemble.errors import EnsembleError, UsageError
+from ensemble.spec import FleetSpec, default_spec, load_spec
+
+
+def _fail(exc: BaseException, code: int) -> None:
+    if os.environ.get("ENSEMBLE_DEBUG"):
+        raise exc
+    click.echo(f"ensemble: error: {exc}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn):
+    """Turn EnsembleError into one line + exit code; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EnsembleError as exc:
+            _fail(exc, exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("ensemble: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def config_option(fn):
+    return click.option(
+        "--config", "-c", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help="Fleet spec (ensemble.toml). Default: the embedded local 2-shard fleet.",
+    )(fn)
+
+
+def json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
+
+
+def get_spec(config: Path | None) -> FleetSpec:
+    spec = load_spec(config) if config else default_spec()
+    warning = spec.profile.eol_warning
+    if warning:
+        click.echo(f"ensemble: warning: {warning}", err=True)
+    return spec
+
+
+def print_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def not_built(what: str, issue: int) -> None:
+    raise EnsembleError(f"'{what}' is not built yet (tracked in issue {issue})")
+
+
+class ErrorsAsUsage(click.Group):
+    """A click group whose usage errors are one line and exit code 2, like spec errors."""
+
+    def main(self, *args, **kwargs):
+        kwargs.setdefault("standalone_mode", True)
+        try:
+            return super().main(*args, standalone_mode=False, **{k: v for k, v in kwargs.items()
+                                                                 if k != "standalone_mode"})
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(2)
+        except click.UsageError as exc:
+            _fail(UsageError(exc.format_message()), 2)
+        except click.exceptions.Abort:
+            click.echo("ensemble: aborted", err=True)
+            sys.exit(1)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except EnsembleError as exc:
+            _fail(exc, exc.exit_code)
+
+
+@click.group(cls=ErrorsAsUsage)
+@click.version_option(__version__, prog_name="ensemble")
+def main() -> None:
+    """ensemble: build and run a fleet of Jitsi Meet servers."""
+
+
+# ---------------------------------------------------------------- render
+
+@main.command()
+@config_option
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write DIR/<host>/<absolute path> into.")
+@click.option("--secrets", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Secrets file (JSON, mode 0600); created once when missing. "
+                   "Default: .ensemble/<fleet>/secrets.json beside the spec.")
+@handle_errors
+def render(config: Path | None, out: Path, secrets: Path | None) -> None:
+    """Write every file of every host, exactly as deploy writes them (review with diff -r)."""
+    from ensemble.render import render_fleet_to
+    from ensemble.secrets import load_or_create_secrets, secrets_path_for
+
+    spec = get_spec(config)
+    store = load_or_create_secrets(secrets or secrets_path_for(spec), spec)
+    written = render_fleet_to(spec, store, out)
+    click.echo(f"rendered {len(written)} files for {spec.fleet.shards} shard(s) and the front door into {out}")
+
+
+# ---------------------------------------------------------------- deploy / plan
+
+@main.command()
+@config_option
+@json_option
+@handle_errors
+def deploy(config: Path | None, as_json: bool) -> None:
+    """Create missing hosts, deploy every shard and the front door."""
+    not_built("deploy", 3)
+
+
+@main.command()
+@config_option
+@json_option
+@handle_errors
+def plan(config: Path | None, as_json: bool) -> None:
+    """Show what deploy would change (hosts to create, file and package changes)."""
+    not_built("plan", 3)
+
+
+@main.command()
+@config_option
+@json_option
+@handle_errors
+def upgrade(config: Path | None, as_json: bool) -> None:
+    """Rolling upgrade: drain, wait empty, redeploy, check, undrain; one shard at a time."""
+    not_built("upgrade", 5)
+
+
+# ---------------------------------------------------------------- fleet
+
+@main.group()
+def fleet() -> None:
+    """List, scale, drain and destroy the fleet's hosts."""
+
+
+@fleet.command("list")
+@config_option
+@json_option
+@handle_errors
+def fleet_list(config: Path | None, as_json: bool) -> None:
+    """The fleet's hosts as the provider reports them."""
+    not_built("fleet list", 4)
+
+
+@fleet.command("scale")
+@config_option
+@click.argument("count", type=int)
+@click.option("--force", is_flag=True, help="Remove shards even if they may host meetings.")
+@click.option("--timeout", type=int, default=3600, show_default=True, help="Seconds to wait for drains.")
+@json_option
+@handle_errors
+def fleet_scale(config: Path | None, count: int, force: bool, timeout: int, as_json: bool) -> None:
+    """Grow or shrink the fleet to COUNT shards (shrinking drains the highest numbers first)."""
+    not_built("fleet scale", 4)
+
+
+@fleet.command("destroy")
+@config_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def fleet_destroy(config: Path | None, yes: bool) -> None:
+    """Destroy every host of the fleet with its addresses and volumes."""
+    not_built("fleet destroy", 4)
+
+
+@fleet.command("drain")
+@config_option
+@click.argument("shard")
+@handle_errors
+def fleet_drain(config: Path | None, shard: str) -> None:
+    """Stop sending new rooms to SHARD (live rooms stay)."""
+    not_built("fleet drain", 5)
+
+
+@fleet.command("undrain")
+@config_option
+@click.argument("shard")
+@handle_errors
+def fleet_undrain(config: Path | None, shard: str) -> None:
+    """Let SHARD take new rooms again."""
+    not_built("fleet undrain", 5)
+
+
+# ---------------------------------------------------------------- front door
+
+@main.group()
+def frontdoor() -> None:
+    """The front door: routing maps and their refresh."""
+
+
+@frontdoor.command("refresh")
+@config_option
+@json_option
+@handle_errors
+def frontdoor_refresh(config: Path | None, as_json: bool) -> None:
+    """Read every shard's occupancy, rewrite the routing maps, reload nginx if they changed."""
+    not_built("frontdoor refresh", 5)
+
+
+# ---------------------------------------------------------------- status / smoke / inventory / janitor
+
+@main.command()
+@config_option
+@json_option
+@handle_errors
+def status(config: Path | None, as_json: bool) -> None:
+    """Shards' state, occupancy, weights and pinned rooms."""
+    not_built("status", 5)
+
+
+@main.command()
+@config_option
+@click.option("--keep", is_flag=True, help="Keep the throwaway shard for debugging.")
+@json_option
+@handle_errors
+def smoke(config: Path | None, keep: bool, as_json: bool) -> None:
+    """Create one throwaway shard, deploy it, check it, destroy it (pass/fail exit code)."""
+    not_built("smoke", 4)
+
+
+@main.command()
+@config_option
+@json_option
+@handle_errors
+def inventory(config: Path | None, as_json: bool) -> None:
+    """The fleet's hosts with their SSH data (pyinfra inventory)."""
+    not_built("inventory", 4)
+
+
+@main.command()
+@config_option
+@click.option("--older-than", default="2h", show_default=True, help="Age of leaked smoke resources.")
+@click.option("--tag", "tags", multiple=True, help="Only resources with this tag too.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def janitor(config: Path | None, older_than: str, tags: tuple[str, ...], yes: bool) -> None:
+    """Delete throwaway (smoke) resources that leaked, and nothing else."""
+    not_built("janitor", 4)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The front door: occupancy, selection (pure), rendering of nginx maps, refresh."""

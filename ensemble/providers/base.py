@@ -1,0 +1,65 @@
+"""The one interface every provider implements, and the Host it hands back.
+
+Providers find their hosts again by tags (scaleway) or names (local): there is no
+local state file to lose. Everything downstream (inventory, runner, front door)
+only sees `Host` values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ensemble.spec import FleetSpec
+
+
+@dataclass(frozen=True)
+class Host:
+    """One machine of a fleet, as a provider reports it.
+
+    Example::
+
+        Host(name="demo-1.meet.test", role="shard", shard=1,
+             address="10.213.0.11", ssh_user="root", ssh_key="/tmp/k",
+             known_hosts="/root/.local/state/ensemble/demo/known_hosts")
+    """
+
+    name: str  # public DNS name (shard domain, or front door domain)
+    role: str  # "shard" | "frontdoor"
+    shard: int | None  # shard number (1-based), None for the front door
+    address: str  # where SSH reaches it (public IPv4, or bridge address for local)
+    ssh_user: str = "root"
+    ssh_port: int = 22
+    ssh_key: str | None = None  # private key path
+    known_hosts: str | None = None  # per-fleet known_hosts file, strict checking
+    public_ipv4: str | None = None  # the address users reach (JVB NAT mapping)
+    private_ipv4: str | None = None  # the address the host sees on its own interface
+    ipv6: str | None = None
+    provider_id: str | None = None  # server id at the provider
+    labels: dict[str, str] = field(default_factory=dict)  # tags / provider metadata
+
+
+class Provider(Protocol):
+    """Creates, finds and destroys the hosts of one fleet.
+
+    Example::
+
+        provider = get_provider(spec)
+        hosts = provider.ensure_hosts(spec)     # creates what is missing
+        provider.destroy(spec, [h for h in hosts if h.shard == 3])
+    """
+
+    name: str
+
+    def list_hosts(self, spec: FleetSpec) -> list[Host]:
+        """The fleet's hosts that exist now (shards and front door)."""
+        ...
+
+    def ensure_hosts(self, spec: FleetSpec, progress=None) -> list[Host]:
+        """Create whatever the spec asks for and is missing; return all hosts, ready for SSH."""
+        ...
+
+    def destroy(self, spec: FleetSpec, hosts: list[Host], progress=None) -> None:
+        """Destroy these hosts and everything they own (addresses, volumes)."""
+        ...

@@ -1,0 +1,82 @@
+"""Secrets: generated once, stored with mode 0600, never printed.
+
+A secrets store is a plain mapping ``{host name: {secret name: value}}`` plus a
+``"fleet"`` entry for values every host shares (the occupancy token the front door
+presents to shards). The deploy keeps each host's own secrets on that host
+(/etc/ensemble/secrets.json, 0600) and reads them back on later runs; `ensemble
+render` uses a local store so its output is reproducible.
+
+Example::
+
+    store = load_or_create_secrets(Path(".ensemble/demo/secrets.json"), spec)
+    store["demo-1.meet.example.org"]["jvb_password"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as _random
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ensemble.errors import UsageError
+
+if TYPE_CHECKING:
+    from ensemble.spec import FleetSpec
+
+SHARD_SECRETS = ("focus_password", "jvb_password", "etherpad_api_key", "etherpad_session_key")
+FLEET_SECRETS = ("occupancy_token",)
+FLEET_KEY = "fleet"
+
+Secrets = dict[str, dict[str, str]]
+
+
+def new_secret() -> str:
+    # URL-safe and free of quotes/backslashes, so it is safe in HOCON, Lua and JSON strings.
+    return _random.token_urlsafe(24)
+
+
+def complete_secrets(store: Secrets, spec: FleetSpec) -> bool:
+    """Add whatever secret is missing for the spec's hosts; True if anything was added."""
+    added = False
+    wanted = {FLEET_KEY: FLEET_SECRETS, **{name: SHARD_SECRETS for name in spec.shard_names()}}
+    for host, names in wanted.items():
+        entry = store.setdefault(host, {})
+        for name in names:
+            if not entry.get(name):
+                entry[name] = new_secret()
+                added = True
+    return added
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only, atomically (no moment at a wider mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def load_or_create_secrets(path: Path, spec: FleetSpec) -> Secrets:
+    """Read the store at path, add missing secrets (written back at mode 0600)."""
+    store: Secrets = {}
+    if path.exists():
+        try:
+            store = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--secrets: {path} is not a readable JSON secrets file ({exc.__class__.__name__})")
+        if not isinstance(store, dict) or not all(isinstance(v, dict) for v in store.values()):
+            raise UsageError(f"--secrets: {path} must map host names to objects of secrets")
+    if complete_secrets(store, spec) or not path.exists():
+        write_private(path, json.dumps(store, indent=2, sort_keys=True) + "\n")
+    return store
+
+
+def secrets_path_for(spec: FleetSpec) -> Path:
+    """Default local store: .ensemble/<fleet>/secrets.json beside the spec (or the cwd)."""
+    base = Path(spec.source).parent if not spec.source.startswith("<") else Path.cwd()
+    return base / ".ensemble" / spec.fleet.name / "secrets.json"
