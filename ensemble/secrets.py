@@ -68,7 +68,9 @@ def load_or_create_secrets(path: Path, spec: FleetSpec) -> Secrets:
         try:
             store = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--secrets: {path} is not a readable JSON secrets file ({exc.__class__.__name__})")
+            raise UsageError(
+                f"--secrets: {path} is not a readable JSON secrets file ({exc.__class__.__name__})"
+            ) from None
         if not isinstance(store, dict) or not all(isinstance(v, dict) for v in store.values()):
             raise UsageError(f"--secrets: {path} must map host names to objects of secrets")
     if complete_secrets(store, spec) or not path.exists():
