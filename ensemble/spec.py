@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ensemble.errors import SpecError, UsageError
+from ensemble.etherpad_source import check_source_url
 from ensemble.profiles import DEFAULT_PROFILE, PROFILES, OSProfile
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -214,8 +215,11 @@ class JitsiSection:
 @dataclass(frozen=True)
 class EtherpadSection:
     source_url: str = _opt("https://github.com/ether/etherpad-lite/archive/refs/tags/v2.2.7.tar.gz",
-                           "Etherpad release tarball", check=_check_url)
-    sha256: str = _opt("", "checksum of the tarball (empty = not verified; set it in production)",
+                           "Etherpad source: an http(s) release tarball (downloaded by the deploying machine), "
+                           "or npm:<package>@<version> fetched by the host through its npm registry, "
+                           "e.g. npm:ep_etherpad-lite@1.8.14 (tests, local fleets)", check=check_source_url)
+    sha256: str = _opt("", "sha256 of the tarball / npm archive; a mismatch is refused (empty = not checked "
+                       "by ensemble; npm still checks the registry's integrity hash; set it in production)",
                        check=_check_sha256)
     database: str = _opt("sqlite", "database backend", choices=("sqlite", "postgres"))
     port: int = _opt(9001, "loopback port of Etherpad", check=_check_port)
