@@ -1,0 +1,115 @@
+"""The fleet spec: defaults, the example, and one-line errors for bad input (exit code 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ensemble.errors import SpecError
+from ensemble.profiles import PROFILES
+from ensemble.spec import default_spec, iter_keys, load_spec, spec_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+ENSEMBLE = [sys.executable, "-m", "ensemble.cli"]
+
+
+def test_defaults_are_a_valid_fleet():
+    spec = spec_from_dict({})
+    assert spec.fleet.shards == 2
+    assert spec.jitsi.language == "fr"
+    assert spec.fleet.os == "debian-bookworm"
+    assert spec.shard_names() == ["demo-1.meet.example.org", "demo-2.meet.example.org"]
+
+
+def test_embedded_default_is_local():
+    spec = default_spec()
+    assert spec.provider.kind == "local"
+    assert spec.source == "<embedded default>"
+
+
+def test_every_profile_loads_and_legacy_ones_warn():
+    for name, profile in PROFILES.items():
+        spec = spec_from_dict({"fleet": {"os": name}})
+        assert spec.profile is profile
+        assert (spec.profile.eol_warning is not None) == (name in ("debian-buster", "ubuntu-bionic"))
+    assert spec_from_dict({"fleet": {"os": "debian-buster"}}).jitsi_version.startswith("2.0.8719")
+
+
+def test_every_key_has_a_doc():
+    keys = list(iter_keys())
+    assert len(keys) > 40
+    assert all(doc for _, _, doc, _ in keys), [k for k, _, doc, _ in keys if not doc]
+
+
+BAD_SPECS = [
+    # (toml text, key path named in the error, a word of what is valid)
+    ('[fleet]\nshards = 0\n', "fleet.shards", ">= 1"),
+    ('[fleet]\nshards = "two"\n', "fleet.shards", "integer"),
+    ('[fleet]\ndomain = "meet..example"\n', "fleet.domain", "DNS name"),
+    ('[fleet]\ndomain = "Meet_Example.org"\n', "fleet.domain", "DNS name"),
+    ('[fleet]\nos = "windows-11"\n', "fleet.os", "debian-bookworm"),
+    ('[fleet]\ncolour = "blue"\n', "fleet.colour", "valid keys"),
+    ('[nonsense]\nx = 1\n', "nonsense", "valid keys"),
+    ('[provider.scaleway]\nssh_allowed_cidrs = ["10.0.0.0/33"]\n', "provider.scaleway.ssh_allowed_cidrs", "CIDR"),
+    ('[provider]\nkind = "aws"\n', "provider.kind", "local, scaleway"),
+    ('[tls]\nmode = "provided"\n', "tls.cert_path", "required"),
+    ('[tls]\nemail = "not-an-email"\n', "tls.email", "e-mail"),
+    ('[jitsi]\nmax_resolution = 4000\n', "jitsi.max_resolution", "720"),
+    ('[jitsi]\nstun_servers = "stun.example.org"\n', "jitsi.stun_servers", "list"),
+    ('[jitsi]\netherpad = "yes"\n', "jitsi.etherpad", "true or false"),
+    ('[fleet]\nshard_name = "shard.{domain}"\n', "fleet.shard_name", "{n}"),
+    ('[provider.scaleway]\nzone = "paris"\n', "provider.scaleway.zone", "fr-par-1"),
+    ('[frontdoor]\nmode = "dns"\n', "frontdoor.mode", "redirect, proxy"),
+    ('[provider]\nkind = "scaleway"\n[fleet]\nos = "debian-buster"\n', "fleet.os", "Scaleway image"),
+    ('[fleet\nname = "x"\n', "not valid TOML", "TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "hint"), BAD_SPECS, ids=[k for _, k, _ in BAD_SPECS])
+def test_bad_spec_is_one_line_exit_2(tmp_path, text, key, hint):
+    bad = tmp_path / "ensemble.toml"
+    bad.write_text(text)
+    out = tmp_path / "out"
+    proc = subprocess.run([*ENSEMBLE, "render", "--config", str(bad), "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert key in lines[0] and hint in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists(), "nothing half-done: no output for a bad spec"
+    assert not (tmp_path / ".ensemble").exists(), "no secrets written for a bad spec"
+
+
+def test_error_names_nested_key_in_python_api():
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({"etherpad": {"port": 70000}})
+    assert err.value.key == "etherpad.port"
+
+
+def test_missing_config_file_is_usage_error(tmp_path):
+    proc = subprocess.run([*ENSEMBLE, "render", "--config", str(tmp_path / "nope.toml"), "--out", "x"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "--config" in proc.stderr and "no such file" in proc.stderr
+
+
+def test_unknown_command_and_missing_argument_exit_2():
+    for argv in (["nope"], ["render"], ["fleet", "scale", "many"]):
+        proc = subprocess.run([*ENSEMBLE, *argv], capture_output=True, text=True)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_example_spec_loads():
+    spec = load_spec(ROOT / "examples" / "ensemble.toml")
+    assert spec.jitsi.language == "fr"
+
+
+def test_version():
+    proc = subprocess.run([*ENSEMBLE, "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "0.1.0" in proc.stdout
