@@ -1,0 +1,139 @@
+"""The Scaleway provider against the STAND-IN API (real SDK over HTTP, real sshd per server)."""
+
+from __future__ import annotations
+
+import pytest
+from standins.scaleway_env import scw  # noqa: F401  (fixture)
+
+from ensemble.errors import EnsembleError, UsageError
+
+
+def zero(api) -> dict:
+    return {"servers": 0, "ips": 0, "volumes": 0, "security_groups": 0}
+
+
+def test_create_is_tagged_and_idempotent_then_destroy_leaves_nothing(scw):
+    provider = scw.provider()
+    hosts = provider.ensure_hosts(scw.spec)
+    assert [(h.role, h.shard) for h in hosts] == [("frontdoor", None), ("shard", 1), ("shard", 2)]
+    assert scw.api.resource_count() == {"servers": 3, "ips": 3, "volumes": 3, "security_groups": 1}
+    for server in scw.api.state.servers.values():
+        assert {"ensemble", "ensemble-fleet=demo"} <= set(server["tags"])
+        assert any(t.startswith("ensemble-created=") for t in server["tags"])
+        assert server["state"] == "running"
+    for item in [*scw.api.state.ips.values(), *scw.api.state.volumes.values()]:
+        assert "ensemble-fleet=demo" in item["tags"] and any(t.startswith("ensemble-role=") for t in item["tags"])
+    user_data = next(iter(scw.api.state.user_data.values()))
+    assert isinstance(user_data, bytes) and user_data.startswith(b"#cloud-config")
+    assert b"ops@test" in user_data
+    group = next(iter(scw.api.state.security_groups.values()))
+    assert group["stateful"] and group["inbound_default_policy"] == "drop"
+    opened = {(r["protocol"], r["dest_port_from"], r["ip_range"]) for r in group["rules"]}
+    assert ("udp", 10000, "::/0") in opened and ("tcp", 443, "0.0.0.0/0") in opened
+    assert ("tcp", 22, "198.51.100.0/24") in opened and ("tcp", 22, "0.0.0.0/0") not in opened
+    known = (scw.tmp / "state/ensemble/demo/known_hosts").read_text().splitlines()
+    assert len(known) == 3
+    posts = sum(1 for m, p, _ in scw.api.requests if m == "POST" and p.endswith("/servers"))
+    again = scw.provider().ensure_hosts(scw.spec)  # second run: nothing created, strict SSH check passes
+    assert [h.provider_id for h in again] == [h.provider_id for h in hosts]
+    assert sum(1 for m, p, _ in scw.api.requests if m == "POST" and p.endswith("/servers")) == posts
+    provider.destroy(scw.spec, again)
+    assert scw.api.resource_count() == zero(scw.api)
+    assert (scw.tmp / "state/ensemble/demo/known_hosts").read_text() == ""
+
+
+def test_changed_host_key_is_refused_naming_the_host(scw):
+    spec = scw.spec.with_shards(1)
+    provider = scw.provider()
+    hosts = provider.ensure_hosts(spec)
+    shard = next(h for h in hosts if h.role == "shard")
+    scw.farm.rekey(shard.address)
+    with pytest.raises(EnsembleError, match=f"{shard.name}.*host key changed"):
+        scw.provider().ensure_hosts(spec)
+    provider.destroy(spec, hosts)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_retries_429_and_5xx_and_html_then_succeeds(scw):
+    spec = scw.spec.with_shards(1)
+    scw.api.inject("POST", r"/servers$", status=429, retry_after=1, times=2)
+    scw.api.inject("POST", r"/ips$", status=500, times=1)
+    scw.api.inject("GET", r"/servers/[^/]+$", status=502, html=True, times=2)
+    provider = scw.provider()
+    hosts = provider.ensure_hosts(spec)
+    assert len(hosts) == 2 and len(scw.api.state.servers) == 2
+    assert sum(1 for _, _, s in scw.api.requests if s == 429) == 2
+    provider.destroy(spec, hosts)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_failed_create_keeps_and_reports_made_hosts_rerun_completes(scw):
+    spec = scw.spec.with_shards(4)
+    # The 3rd server create fails for good (a validation error is not retried).
+    scw.api.inject("POST", r"/servers$", status=400, nth=3,
+                   body={"type": "invalid_arguments", "message": "injected failure"})
+    provider = scw.provider()
+    with pytest.raises(EnsembleError, match=r"1 of 5 host\(s\) failed.*created and kept") as info:
+        provider.ensure_hosts(spec)
+    assert "run the same command again" in str(info.value)
+    assert len(scw.api.state.servers) == 4
+    assert len(scw.api.state.ips) == 4  # the failed host's IP was deleted, not leaked
+    hosts = scw.provider().ensure_hosts(spec)
+    assert sorted(h.shard or 0 for h in hosts) == [0, 1, 2, 3, 4]
+    provider.destroy(spec, hosts)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_quota_error_is_one_line_naming_the_resource(scw):
+    scw.api.quotas["servers"] = 1
+    provider = scw.provider()
+    with pytest.raises(EnsembleError, match="quota exceeded.*instances_servers") as info:
+        provider.ensure_hosts(scw.spec.with_shards(1))
+    assert "\n" not in str(info.value)
+    posts = [r for r in scw.api.requests if r[0] == "POST" and r[1].endswith("/servers")]
+    assert len(posts) == 2  # no retry of a quota error: one per host
+    provider.destroy(scw.spec, provider.list_hosts(scw.spec))
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_unknown_image_names_label_zone_and_type(scw, tmp_path):
+    from standins.scaleway_env import write_spec
+
+    from ensemble.spec import load_spec
+
+    spec = load_spec(write_spec(tmp_path / "bad.toml", tmp_path, extra='image = "debian_potato"'))
+    with pytest.raises(UsageError, match="debian_potato.*fr-par-1.*PRO2-S"):
+        scw.provider(spec).ensure_hosts(spec)
+    assert scw.api.resource_count()["servers"] == 0
+
+
+def test_bad_credentials(scw, monkeypatch):
+    monkeypatch.setenv("SCW_SECRET_KEY", "not-a-uuid")
+    with pytest.raises(UsageError, match="^SCW_SECRET_KEY / secret_key .*malformed") as info:
+        scw.provider()
+    assert "not-a-uuid" not in str(info.value)
+    monkeypatch.delenv("SCW_ACCESS_KEY")
+    with pytest.raises(UsageError, match="^SCW_ACCESS_KEY: Scaleway credentials missing"):
+        scw.provider()
+    monkeypatch.setenv("SCW_ACCESS_KEY", "SCWTESTSTANDIN000001")
+    monkeypatch.setenv("SCW_SECRET_KEY", "99999999-2222-4333-8444-555555555555")  # well formed, wrong
+    with pytest.raises(UsageError, match="rejected the credentials"):
+        scw.provider().list_hosts(scw.spec)
+
+
+def test_profile_from_scw_config_file(scw, monkeypatch, tmp_path):
+    from standins.scaleway_env import ACCESS_KEY, PROJECT_ID, SECRET_KEY, write_spec
+
+    from ensemble.spec import load_spec
+
+    for key in ("SCW_ACCESS_KEY", "SCW_SECRET_KEY", "SCW_DEFAULT_PROJECT_ID"):
+        monkeypatch.delenv(key)
+    config = tmp_path / "scw.yaml"
+    config.write_text(f"profiles:\n  ops:\n    access_key: {ACCESS_KEY}\n    secret_key: {SECRET_KEY}\n"
+                      f"    default_project_id: {PROJECT_ID}\n")
+    monkeypatch.setenv("SCW_CONFIG_PATH", str(config))
+    spec = load_spec(write_spec(tmp_path / "p.toml", tmp_path, extra='profile = "ops"'))
+    assert scw.provider(spec).list_hosts(spec) == []
+    spec = load_spec(write_spec(tmp_path / "q.toml", tmp_path, extra='profile = "nope"'))
+    with pytest.raises(UsageError, match="provider.scaleway.profile: no profile 'nope'.*profiles: ops"):
+        scw.provider(spec)
