@@ -1,0 +1,202 @@
+"""Every file of the front door host, and the routing maps the refresher rewrites. Pure, no I/O.
+
+The static files (nginx site, proxy settings, landing page, error pages, systemd timer, and a seed
+of the routing maps) come from the spec; the live routing maps (`routing_conf`) come from a
+`RoutingPlan` (see selection.py) and are written by `ensemble frontdoor refresh`, never by a
+deploy, so a redeploy cannot wipe live pins. Paths and listen addresses live in a
+`FrontdoorLayout`: production defaults, tests point it at a prefix and loopback ports.
+
+Example::
+
+    files = frontdoor_files(spec, secrets, None)
+    [f.path for f in files][:2]   # ["/etc/nginx/conf.d/ensemble-frontdoor.conf", ".../proxy_params.conf"]
+    text = routing_conf(plan, spec, FrontdoorLayout())
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from importlib.resources import files as package_files
+from pathlib import Path
+
+from ensemble.frontdoor.rooms import MAX_RAW_LENGTH, RAW_ROOM_PATTERN
+from ensemble.frontdoor.selection import RoutingPlan, ShardDecision
+from ensemble.providers.base import Host
+from ensemble.render import ACME_WEBROOT, TLS_DIR, RenderedFile, render_template
+from ensemble.secrets import Secrets
+from ensemble.spec import FleetSpec
+
+COMPONENT = "frontdoor"
+
+LANDING_TEXT = {
+    "fr": {"lang": "fr", "title": "Réunions vidéo",
+           "lead": "Choisissez un nom de réunion ou laissez-nous en trouver un.",
+           "label": "Nom de la réunion", "placeholder": "par exemple ReunionEquipe",
+           "help": "Lettres, chiffres, tirets. Laissez vide pour un nom au hasard.",
+           "button": "Lancer une réunion", "other_href": "/?lang=en", "other_lang": "en", "other_name": "English"},
+    "en": {"lang": "en", "title": "Video meetings", "lead": "Pick a meeting name, or let us find one.",
+           "label": "Meeting name", "placeholder": "for example TeamMeeting",
+           "help": "Letters, digits, dashes. Leave empty for a random name.",
+           "button": "Start a meeting", "other_href": "/", "other_lang": "fr", "other_name": "Français"},
+}
+ERROR_TEXT = {
+    400: ("Nom de réunion invalide", "Invalid meeting name: use letters, digits and dashes."),
+    503: ("Aucun serveur disponible pour le moment", "No server is available right now; please retry in a minute."),
+}
+
+
+@dataclass(frozen=True)
+class FrontdoorLayout:
+    """Where the front door's files live, how it listens and how it reaches shards.
+
+    Production defaults; tests use a temporary prefix, loopback ports and plain http.
+
+    Example::
+
+        FrontdoorLayout(listen=("127.0.0.1:8080",), tls=False, shard_scheme="http", shard_port=8081)
+    """
+
+    site_path: str = "/etc/nginx/conf.d/ensemble-frontdoor.conf"
+    proxy_params_path: str = "/etc/nginx/ensemble-frontdoor-proxy.conf"
+    routing_path: str = "/var/lib/ensemble/frontdoor/routing.conf"
+    seed_path: str = "/etc/ensemble/frontdoor/routing.seed.conf"
+    state_path: str = "/var/lib/ensemble/frontdoor/state.json"
+    webroot: str = "/usr/share/ensemble/frontdoor"
+    routes_log: str = "/var/log/nginx/ensemble-routes.log"
+    spec_path: str = "/etc/ensemble/ensemble.toml"
+    secrets_path: str = "/etc/ensemble/secrets.json"
+    ensemble_bin: str = "/usr/local/bin/ensemble"
+    listen: tuple[str, ...] = ("443 ssl http2", "[::]:443 ssl http2")
+    tls: bool = True
+    shard_scheme: str = "https"
+    shard_port: int | None = None  # None: the scheme's default port
+    shard_addresses: dict[str, str] = field(default_factory=dict)  # proxy upstreams: shard -> host:port
+
+    def shard_base(self, shard: str = "$fd_shard") -> str:
+        """The URL prefix of a shard: https://<shard> (plus a port when not the default)."""
+        port = f":{self.shard_port}" if self.shard_port else ""
+        return f"{self.shard_scheme}://{shard}{port}"
+
+    def upstream_address(self, shard: str) -> str:
+        default_port = self.shard_port or (443 if self.shard_scheme == "https" else 80)
+        return self.shard_addresses.get(shard, f"{shard}:{default_port}")
+
+
+# ---------------------------------------------------------------- facts
+
+def _read_static(name: str) -> str:
+    root = Path(str(package_files("ensemble._templates"))) / "frontdoor" / "webroot"
+    return (root / name).read_text(encoding="utf-8")
+
+
+def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
+    """Plain values for site.conf.j2.
+
+    Example::
+
+        site_context(spec, FrontdoorLayout())["mode"]     # "redirect"
+    """
+    domain = spec.fleet.domain
+    return {
+        "domain": domain,
+        "mode": spec.frontdoor.mode,
+        "routing_path": layout.routing_path,
+        "proxy_params_path": layout.proxy_params_path,
+        "routes_log": layout.routes_log,
+        "webroot": layout.webroot,
+        "listen": list(layout.listen),
+        "tls": layout.tls,
+        "cert": f"{TLS_DIR}/{domain}/fullchain.pem",
+        "key": f"{TLS_DIR}/{domain}/privkey.pem",
+        "acme_webroot": ACME_WEBROOT,
+        "shard_base": layout.shard_base(),
+        "shard_scheme": layout.shard_scheme,
+        "room_pattern": RAW_ROOM_PATTERN,
+        "positions": list(range(1, MAX_RAW_LENGTH + 1)),
+        "letters": list(string.ascii_lowercase),
+    }
+
+
+def seed_plan(spec: FleetSpec) -> RoutingPlan:
+    """The plan of a fleet whose shards are all ready and empty: equal split, no pins.
+
+    Example::
+
+        seed_plan(spec).split     # [("demo-1.meet.example.org", 5000), ("demo-2...", 5000)]
+    """
+    from ensemble.frontdoor.selection import to_units
+
+    names = spec.shard_names()
+    cap = spec.frontdoor.capacity_per_shard
+    split = to_units([(n, 1.0) for n in names])
+    units = dict(split)
+    decisions = tuple(ShardDecision(name, "ready", "seed", 0, 0, 0.0, cap, units.get(name, 0), 0) for name in names)
+    return RoutingPlan(shards=decisions, pins={}, split=split)
+
+
+def routing_conf(plan: RoutingPlan, spec: FleetSpec, layout: FrontdoorLayout, seed: bool = False) -> str:
+    """The live routing maps: pins, split of new rooms, and (proxy mode) one upstream per shard.
+
+    Deterministic: same plan, same bytes (the refresher reloads nginx only when they change).
+
+    Example::
+
+        "split_clients" in routing_conf(seed_plan(spec), spec, FrontdoorLayout())   # True
+    """
+    names = [d.name for d in plan.shards] or spec.shard_names()
+    return render_template("frontdoor/routing.conf.j2", {
+        "seed": seed,
+        "shards": plan.shards,
+        "pins": list(plan.pins.items()),
+        "split": plan.split,
+        "mode": spec.frontdoor.mode,
+        "upstreams": [(name, layout.upstream_address(name)) for name in names],
+    })
+
+
+# ---------------------------------------------------------------- the files
+
+def frontdoor_files(spec: FleetSpec, secrets: Secrets, shards: list[Host] | None = None,
+                    layout: FrontdoorLayout | None = None) -> list[RenderedFile]:
+    """Every file ensemble owns on the front door host (the live routing maps excepted: see above).
+
+    `shards` is accepted for symmetry with the shard renderers; routing follows the spec's shard
+    names (the refresher on the front door host only has the spec). The secrets are not needed:
+    the occupancy token is read by the refresher at run time, never written into nginx.
+
+    Example::
+
+        {f.path for f in frontdoor_files(spec, secrets)} >= {"/usr/share/ensemble/frontdoor/index.html"}
+    """
+    layout = layout or FrontdoorLayout()
+    ctx = site_context(spec, layout)
+    web = layout.webroot
+
+    def file(path: str, content: str, service: str | None = "nginx", mode: int = 0o644) -> RenderedFile:
+        return RenderedFile(path=path, content=content, mode=mode, component=COMPONENT, service=service)
+
+    out = [
+        file(layout.site_path, render_template("frontdoor/site.conf.j2", ctx)),
+        file(layout.proxy_params_path, render_template("frontdoor/proxy_params.conf.j2", {
+            "shard_scheme": layout.shard_scheme, "verify_tls": spec.tls.mode != "self-signed"})),
+        file(layout.seed_path, routing_conf(seed_plan(spec), spec, layout, seed=True), service=None),
+        file(f"{web}/index.html", render_template("frontdoor/index.html.j2", {"t": LANDING_TEXT["fr"]}), None),
+        file(f"{web}/index.en.html", render_template("frontdoor/index.html.j2", {"t": LANDING_TEXT["en"]}), None),
+        file(f"{web}/_ensemble/landing.css", _read_static("_ensemble/landing.css"), None),
+        file(f"{web}/_ensemble/landing.js", _read_static("_ensemble/landing.js"), None),
+    ]
+    for code, (fr, en) in ERROR_TEXT.items():
+        out.append(file(f"{web}/_ensemble/{code}.html", render_template("frontdoor/error.html.j2",
+                                                                         {"fr": fr, "en": en}), None))
+    unit = {"routing_path": layout.routing_path, "seed_path": layout.seed_path, "ensemble_bin": layout.ensemble_bin,
+            "spec_path": layout.spec_path, "secrets_path": layout.secrets_path,
+            "interval": spec.frontdoor.refresh_interval, "timeout": max(60, 4 * spec.frontdoor.refresh_interval)}
+    out += [
+        file("/etc/systemd/system/ensemble-frontdoor-refresh.service",
+             render_template("frontdoor/ensemble-frontdoor-refresh.service.j2", unit), None),
+        file("/etc/systemd/system/ensemble-frontdoor-refresh.timer",
+             render_template("frontdoor/ensemble-frontdoor-refresh.timer.j2", unit),
+             "ensemble-frontdoor-refresh.timer"),
+    ]
+    return out

@@ -1,0 +1,297 @@
+"""Selection: from shard readings to routing decisions (pins, weights, states). Pure and deterministic.
+
+Inputs are what the refresher read (`ShardReading`), what it remembers (`Memory`: flap damping,
+last pins of shards it cannot read, recently routed new rooms) and the time. Output is a
+`RoutingPlan` (what the nginx maps say) and the next `Memory`. Same inputs, same plan: two front
+doors that read the same shards write the same maps.
+
+Rules:
+- state: ``unhealthy`` when unreadable/unhealthy or still damped after a failure (it must answer
+  ``ready_after`` times in a row), ``draining`` when its drain flag is set, else ``ready``.
+- pins: every live room of a readable shard; an unreadable shard keeps its last pins for
+  ``grace_period`` seconds; a room routed as new but not yet in any census stays pinned for
+  ``recent_ttl`` seconds; a room seen on two shards goes where it has more participants.
+- weights: ready shards only, proportional to free capacity ``capacity * min(1 - participants /
+  capacity, 1 - stress)``, quantised in steps of 5 % of the capacity so small changes do not move
+  new rooms; in 0.01 % units summing to 10000 (nginx split_clients' precision).
+
+Example::
+
+    plan, memory = select([ShardReading("s1", ok=True, participants=10)], Memory(), now=100.0,
+                          params=SelectionParams(capacity=200))
+    plan.split        # [("s1", 10000)]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+STATES = ("ready", "draining", "unhealthy")
+
+
+@dataclass(frozen=True)
+class LiveRoom:
+    """A room of a shard's census, by routing key (see rooms.key_from_census)."""
+
+    key: str
+    participants: int = 0
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class ShardReading:
+    """One read of one shard's census, JVB stats, health and drain state.
+
+    Example::
+
+        ShardReading("demo-1.meet.example.org", ok=True, participants=12, conferences=3,
+                     rooms=(LiveRoom("myroom", 4),))
+    """
+
+    name: str
+    ok: bool
+    error: str = ""
+    healthy: bool = True
+    drain: bool = False
+    conferences: int = 0
+    participants: int = 0
+    stress: float = 0.0
+    capacity: int | None = None
+    rooms: tuple[LiveRoom, ...] = ()
+
+
+@dataclass(frozen=True)
+class SelectionParams:
+    """Tunables of selection (from spec.frontdoor).
+
+    Example::
+
+        SelectionParams(capacity=200, grace_period=120, ready_after=3, recent_ttl=300)
+    """
+
+    capacity: int = 200
+    grace_period: float = 120.0
+    ready_after: int = 3
+    recent_ttl: float = 300.0
+    quantum: float = 0.05
+
+
+@dataclass(frozen=True)
+class ShardMemory:
+    """What the refresher remembers of a shard between runs (derived data, safe to lose)."""
+
+    last_ok: float | None = None
+    streak: int = 0  # consecutive good reads
+    damped: bool = False  # failed since it was last ready: must reach ready_after good reads
+    pins: tuple[str, ...] = ()  # room keys of the last good read
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The refresher's memory of the fleet: per-shard damping and pins, recently routed rooms."""
+
+    shards: dict[str, ShardMemory] = field(default_factory=dict)
+    recent: dict[str, tuple[str, float]] = field(default_factory=dict)  # room key -> (shard, routed at)
+
+
+@dataclass(frozen=True)
+class ShardDecision:
+    """One shard's line of `ensemble status`."""
+
+    name: str
+    state: str
+    reason: str
+    conferences: int
+    participants: int
+    stress: float
+    capacity: int
+    weight: int  # 0.01 % units of new rooms
+    pinned: int
+
+
+@dataclass(frozen=True)
+class RoutingPlan:
+    """What the maps say: pins (room key -> shard) and split (shard, 0.01 % units), in a stable order."""
+
+    shards: tuple[ShardDecision, ...]
+    pins: dict[str, str]
+    split: list[tuple[str, int]]
+
+
+# ---------------------------------------------------------------- facts
+
+def is_good(reading: ShardReading) -> bool:
+    """A read that counts as a success for damping: answered and healthy."""
+    return reading.ok and reading.healthy
+
+
+def next_shard_memory(reading: ShardReading, before: ShardMemory | None, now: float,
+                      params: SelectionParams) -> ShardMemory:
+    """Damping bookkeeping after one read. A shard never seen failing is ready on its first good read.
+
+    Example::
+
+        next_shard_memory(ShardReading("s", ok=False), None, 10.0, SelectionParams()).damped   # True
+    """
+    before = before or ShardMemory()
+    if not is_good(reading):
+        pins = tuple(sorted(r.key for r in reading.rooms)) if reading.ok else before.pins
+        last_ok = now if reading.ok else before.last_ok
+        return ShardMemory(last_ok=last_ok, streak=0, damped=True, pins=pins)
+    streak = before.streak + 1
+    damped = before.damped and streak < params.ready_after
+    return ShardMemory(last_ok=now, streak=streak, damped=damped, pins=tuple(sorted(r.key for r in reading.rooms)))
+
+
+def shard_state(reading: ShardReading, memory: ShardMemory) -> tuple[str, str]:
+    """(state, reason) of a shard after this read.
+
+    Example::
+
+        shard_state(ShardReading("s", ok=True, drain=True), ShardMemory())   # ("draining", "drain flag set")
+    """
+    if not reading.ok:
+        return "unhealthy", reading.error or "unreadable"
+    if not reading.healthy:
+        return "unhealthy", reading.error or "health check failed"
+    if memory.damped:
+        return "unhealthy", f"recovering ({memory.streak} good reads)"
+    if reading.drain:
+        return "draining", "drain flag set"
+    return "ready", ""
+
+
+def free_capacity(reading: ShardReading, capacity: int, quantum: float) -> float:
+    """Free room of a shard in participants, quantised down to steps of quantum * capacity.
+
+    Example::
+
+        free_capacity(ShardReading("s", ok=True, participants=50), 200, 0.05)   # 150.0
+    """
+    by_count = 1.0 - reading.participants / capacity
+    by_stress = 1.0 - reading.stress
+    free = max(0.0, min(by_count, by_stress))
+    return math.floor(free / quantum + 1e-9) * quantum * capacity
+
+
+def to_units(weights: list[tuple[str, float]], total_units: int = 10000) -> list[tuple[str, int]]:
+    """Weights -> integer units summing to total_units (largest remainder); zero-unit shards dropped.
+
+    Example::
+
+        to_units([("a", 1.0), ("b", 2.0)])    # [("a", 3333), ("b", 6667)]
+    """
+    total = sum(w for _, w in weights)
+    if total <= 0:
+        return []
+    exact = [(name, w * total_units / total) for name, w in weights]
+    units = {name: math.floor(x) for name, x in exact}
+    left = total_units - sum(units.values())
+    by_remainder = sorted(exact, key=lambda item: (-(item[1] - math.floor(item[1])), item[0]))
+    for name, _ in by_remainder[:left]:
+        units[name] += 1
+    return [(name, units[name]) for name, _ in weights if units[name] > 0]
+
+
+def merge_pins(candidates: list[tuple[str, str, int, float]]) -> dict[str, str]:
+    """(key, shard, participants, created) -> key: shard; a room on two shards goes to the fuller one.
+
+    Example::
+
+        merge_pins([("r", "s2", 1, 5.0), ("r", "s1", 3, 9.0)])   # {"r": "s1"}
+    """
+    best: dict[str, tuple[int, float, str]] = {}
+    for key, shard, participants, created in candidates:
+        rank = (-participants, created, shard)
+        if key not in best or rank < best[key]:
+            best[key] = rank
+    return {key: best[key][2] for key in sorted(best)}
+
+
+# ---------------------------------------------------------------- the selection
+
+def select(readings: list[ShardReading], memory: Memory, now: float, params: SelectionParams,
+           routed: list[tuple[float, str, str]] = ()) -> tuple[RoutingPlan, Memory]:
+    """Compute the routing plan and the next memory. `routed`: (time, room key, shard) of new rooms.
+
+    Example::
+
+        plan, mem = select(readings, Memory(), time.time(), SelectionParams(capacity=200))
+    """
+    shard_memory: dict[str, ShardMemory] = {}
+    candidates: list[tuple[str, str, int, float]] = []
+    weights: list[tuple[str, float]] = []
+    decisions = []
+    alive = set()
+    for reading in readings:
+        capacity = reading.capacity or params.capacity
+        mem = next_shard_memory(reading, memory.shards.get(reading.name), now, params)
+        shard_memory[reading.name] = mem
+        state, reason = shard_state(reading, mem)
+        if reading.ok:
+            candidates += [(r.key, reading.name, r.participants, r.created) for r in reading.rooms]
+            alive.add(reading.name)
+        elif mem.last_ok is not None and now - mem.last_ok <= params.grace_period:
+            # unreadable but within grace: keep its last pins (ranked below any readable shard's claim)
+            candidates += [(key, reading.name, -1, math.inf) for key in mem.pins]
+            alive.add(reading.name)
+        if state == "ready":
+            weights.append((reading.name, free_capacity(reading, capacity, params.quantum)))
+        decisions.append((reading, state, reason, capacity))
+    if weights and sum(w for _, w in weights) <= 0:
+        # every ready shard is full: spread by capacity rather than refuse meetings
+        weights = [(name, float(cap)) for name, cap in
+                   ((r.name, c) for r, s, _, c in decisions if s == "ready")]
+    pins = merge_pins(candidates)
+    recent = {key: (shard, at) for key, (shard, at) in memory.recent.items() if now - at <= params.recent_ttl}
+    for at, key, shard in routed:
+        if now - at <= params.recent_ttl and (key not in recent or recent[key][1] < at):
+            recent[key] = (shard, at)
+    recent = {key: value for key, value in recent.items() if key not in pins and value[0] in alive}
+    pins.update({key: shard for key, (shard, _) in recent.items()})
+    pins = dict(sorted(pins.items()))
+    split = to_units(weights)
+    units = dict(split)
+    pinned_count: dict[str, int] = {}
+    for shard in pins.values():
+        pinned_count[shard] = pinned_count.get(shard, 0) + 1
+    shards = tuple(
+        ShardDecision(name=r.name, state=state, reason=reason, conferences=r.conferences,
+                      participants=r.participants, stress=r.stress, capacity=capacity,
+                      weight=units.get(r.name, 0), pinned=pinned_count.get(r.name, 0))
+        for r, state, reason, capacity in decisions)
+    return RoutingPlan(shards=shards, pins=pins, split=split), replace(memory, shards=shard_memory,
+                                                                        recent=dict(sorted(recent.items())))
+
+
+# ---------------------------------------------------------------- memory <-> JSON (the state file)
+
+def memory_to_json(memory: Memory) -> dict:
+    """Memory as JSON-able data (the refresher's state file)."""
+    return {
+        "shards": {name: {"last_ok": m.last_ok, "streak": m.streak, "damped": m.damped, "pins": list(m.pins)}
+                   for name, m in sorted(memory.shards.items())},
+        "recent": {key: [shard, at] for key, (shard, at) in sorted(memory.recent.items())},
+    }
+
+
+def memory_from_json(data: dict) -> Memory:
+    """Read back memory_to_json's output; anything unreadable gives an empty memory (it is derived data)."""
+    try:
+        shards = {name: ShardMemory(last_ok=m.get("last_ok"), streak=int(m.get("streak", 0)),
+                                    damped=bool(m.get("damped", False)), pins=tuple(m.get("pins", ())))
+                  for name, m in data.get("shards", {}).items()}
+        recent = {key: (str(v[0]), float(v[1])) for key, v in data.get("recent", {}).items()}
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return Memory()
+    return Memory(shards=shards, recent=recent)
+
+
+def plan_to_json(plan: RoutingPlan) -> dict:
+    """The plan as JSON for `ensemble status --json` (pins grouped per shard)."""
+    rooms: dict[str, list[str]] = {}
+    for key, shard in plan.pins.items():
+        rooms.setdefault(shard, []).append(key)
+    return {"shards": [{**d.__dict__, "pinned_rooms": rooms.get(d.name, [])} for d in plan.shards],
+            "split": [[name, units] for name, units in plan.split]}
