@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from standins.scaleway_env import scw  # noqa: F401  (fixture)
 
 from ensemble.errors import EnsembleError, UsageError
+
+pytest_plugins = ("standins.scaleway_env",)  # the scw fixture
 
 
 def zero(api) -> dict:
