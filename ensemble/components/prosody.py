@@ -1,0 +1,108 @@
+"""Prosody for a shard: its package source, certificates, the Jitsi virtual host, XMPP accounts.
+
+ensemble owns the virtual host file (from templates/prosody) and the `focus`/`jvb` accounts:
+they are registered with `prosodyctl register` when missing or when their passwords changed,
+so re-runs and package upgrades never clobber them.
+
+Example::
+
+    prosody(ctx)      # inside the shard deploy, after base(ctx)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import files, server
+
+from ensemble.components.base import DeployContext, put_files
+from ensemble.profiles import PROSODY_IM_KEY_URL, PROSODY_IM_REPO
+
+CERT_DIR = "/etc/prosody/certs"
+
+
+def prosody_data_dir(domain: str) -> str:
+    """Prosody's folder for a host's data (it %-encodes every non-alphanumeric byte).
+
+    Example::
+
+        prosody_data_dir("auth.a-1.test")   # "/var/lib/prosody/auth%2ea%2d1%2etest"
+    """
+    return "/var/lib/prosody/" + re.sub(r"\W|_", lambda m: f"%{ord(m.group()):02x}", domain)
+
+
+def cert_command(domain: str) -> str:
+    """A self-signed certificate for one XMPP domain, readable by prosody.
+
+    Example::
+
+        cert_command("auth.a.test")
+    """
+    key, crt = f"{CERT_DIR}/{domain}.key", f"{CERT_DIR}/{domain}.crt"
+    return (f"openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN={domain} "
+            f"-addext subjectAltName=DNS:{domain} -keyout {key} -out {crt} 2>/dev/null"
+            f" && chgrp prosody {key} && chmod 640 {key}")
+
+
+def accounts_digest(secrets: dict[str, str]) -> str:
+    """A digest of the XMPP passwords: when it changes, the accounts are registered again.
+
+    Example::
+
+        accounts_digest({"focus_password": "a", "jvb_password": "b"})
+    """
+    text = f"{secrets['focus_password']}\n{secrets['jvb_password']}\n"
+    return hashlib.sha256(text.encode()).hexdigest() + "\n"
+
+
+def prosody_im_source(codename: str) -> str:
+    return (f"Types: deb\nURIs: {PROSODY_IM_REPO}\nSuites: {codename}\nComponents: main\n"
+            "Signed-By: /usr/share/keyrings/prosody-keyring.gpg\n")
+
+
+@deploy("Prosody source")
+def prosody_source(ctx: DeployContext) -> None:
+    """prosody.im's repository for profiles whose distribution prosody is too old (before the install)."""
+    if ctx.spec.profile.prosody_source != "prosody.im":
+        return
+    if host.get_fact(File, path="/usr/share/keyrings/prosody-keyring.gpg") is None:
+        server.shell(name="prosody.im key", commands=[
+            f"curl -fsSL {PROSODY_IM_KEY_URL} | gpg --dearmor > /usr/share/keyrings/prosody-keyring.gpg"])
+    files.put(name="prosody.im source", src=io.StringIO(prosody_im_source(ctx.spec.profile.codename)),
+              dest="/etc/apt/sources.list.d/prosody.sources", mode="644")
+
+
+@deploy("Prosody")
+def prosody(ctx: DeployContext) -> None:
+    """Certificates, virtual host, accounts; restart prosody only when something of it changed."""
+    domain = ctx.host.name
+    auth = f"auth.{domain}"
+    changed = []
+    for name in (domain, auth):
+        if host.get_fact(File, path=f"{CERT_DIR}/{name}.crt") is None:
+            changed.append(server.shell(name=f"prosody certificate {name}", commands=[cert_command(name)]))
+    if changed:
+        # jicofo and the bridge talk TLS to auth.D: trust its certificate system-wide (like Jitsi's postinst).
+        server.shell(name="trust auth certificate", commands=[
+            f"cp {CERT_DIR}/{auth}.crt /usr/local/share/ca-certificates/{auth}.crt",
+            "update-ca-certificates -f >/dev/null"])
+    link = files.link(name="prosody vhost enabled", path=f"/etc/prosody/conf.d/{domain}.cfg.lua",
+                      target=f"/etc/prosody/conf.avail/{domain}.cfg.lua")
+    put_files(ctx.files_of("prosody"), also_changed={"prosody": [link, *changed]})
+    digest = files.put(name="XMPP accounts digest", src=io.StringIO(accounts_digest(ctx.host_secrets[domain])),
+                       dest="/etc/ensemble/prosody-accounts.sha256", mode="600", create_remote_dir=True)
+    missing = host.get_fact(File, path=f"{prosody_data_dir(auth)}/accounts/focus.dat") is None
+    secrets = ctx.host_secrets[domain]
+    server.shell(
+        name="XMPP accounts focus and jvb",
+        commands=[f"prosodyctl register focus {auth} '{secrets['focus_password']}'",
+                  f"prosodyctl register jvb {auth} '{secrets['jvb_password']}'",
+                  # focus.D is jicofo's client_proxy: it needs focus@auth.D in its roster
+                  f"prosodyctl mod_roster_command subscribe focus.{domain} focus@{auth} >/dev/null 2>&1 || true"],
+        _if=None if missing else digest.did_change,
+    )

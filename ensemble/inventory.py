@@ -1,0 +1,96 @@
+"""Inventory: the fleet's hosts as pyinfra targets (name + host data), with no pyinfra import.
+
+A `Target` is what the runner connects to: the host's public name (shard domain or front
+door domain) and its host data (SSH settings with a pinned known_hosts file and strict
+checking, role, shard number, addresses). The same data feeds static inventory files
+for the plain `pyinfra` CLI (inventories/*.py).
+
+Example::
+
+    targets = targets_for(provider.ensure_hosts(spec))
+    targets[0].data["ensemble_role"]      # "shard"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ensemble.providers.base import Host
+
+
+@dataclass(frozen=True)
+class Target:
+    """One host to run on: its inventory name and pyinfra host data.
+
+    Example::
+
+        Target("demo-1.meet.test", {"ssh_hostname": "10.214.4.11", "ssh_user": "root"})
+    """
+
+    name: str
+    data: dict[str, Any]
+
+
+def ssh_data(address: str, *, user: str = "root", port: int = 22, key: str | None = None,
+             known_hosts: str | None = None) -> dict[str, Any]:
+    """pyinfra host data to reach a host over SSH with a key and a pinned known_hosts file.
+
+    Example::
+
+        ssh_data("10.214.4.11", key="/root/.ssh/id", known_hosts="/var/lib/ensemble/demo/known_hosts")
+    """
+    data: dict[str, Any] = {"ssh_hostname": address, "ssh_user": user, "ssh_port": port,
+                            "ssh_connect_retries": 2, "ssh_connect_retry_min_delay": 0.5,
+                            "ssh_connect_retry_max_delay": 1.0}
+    if key:
+        data["ssh_key"] = key
+    if known_hosts:
+        # Pinned keys, strict checking: an unknown or changed host key is an error, never accepted.
+        data["ssh_known_hosts_file"] = known_hosts
+        data["ssh_strict_host_key_checking"] = "yes"
+    return data
+
+
+def host_data(host: Host) -> dict[str, Any]:
+    """pyinfra host data for one provider Host: SSH settings plus what the deploys read.
+
+    Example::
+
+        host_data(Host("demo-1.meet.test", "shard", 1, "10.214.4.11"))["ensemble_shard"]   # 1
+    """
+    return {
+        **ssh_data(host.address, user=host.ssh_user, port=host.ssh_port, key=host.ssh_key,
+                   known_hosts=host.known_hosts),
+        "ensemble_role": host.role,
+        "ensemble_shard": host.shard,
+        "ensemble_public_ipv4": host.public_ipv4 or host.address,
+        "ensemble_private_ipv4": host.private_ipv4 or host.address,
+    }
+
+
+def targets_for(hosts: list[Host]) -> list[Target]:
+    """Targets for these hosts, front door last (shards first in shard order).
+
+    Example::
+
+        [t.name for t in targets_for(hosts)]   # ["demo-1...", "demo-2...", "meet..."]
+    """
+    ordered = sorted(hosts, key=lambda h: (h.role == "frontdoor", h.shard or 0, h.name))
+    return [Target(h.name, host_data(h)) for h in ordered]
+
+
+def host_from_data(name: str, data: dict[str, Any]) -> Host:
+    """The Host a static inventory entry describes (for deploys run by the plain pyinfra CLI).
+
+    Example::
+
+        host_from_data("demo-1.meet.test", {"ssh_hostname": "10.214.4.11", "ensemble_role": "shard",
+                                            "ensemble_shard": 1})
+    """
+    address = data.get("ssh_hostname") or name
+    return Host(name=name, role=data.get("ensemble_role", "shard"), shard=data.get("ensemble_shard"),
+                address=address, ssh_user=data.get("ssh_user", "root"), ssh_port=data.get("ssh_port", 22),
+                ssh_key=data.get("ssh_key"), known_hosts=data.get("ssh_known_hosts_file"),
+                public_ipv4=data.get("ensemble_public_ipv4") or address,
+                private_ipv4=data.get("ensemble_private_ipv4") or address)
