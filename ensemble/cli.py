@@ -127,7 +127,17 @@ def render(config: Path | None, out: Path, secrets: Path | None) -> None:
 @handle_errors
 def deploy(config: Path | None, as_json: bool) -> None:
     """Create missing hosts, deploy every shard and the front door."""
-    not_built("deploy", 3)
+    from ensemble.fleet import deploy_fleet, summary_table
+
+    spec = get_spec(config)
+    # Progress goes to stderr so that --json leaves stdout to the machine-readable result.
+    result = deploy_fleet(spec, progress=lambda line: click.echo(line, err=True))
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        click.echo(summary_table(result))
+    if not result.ok:
+        sys.exit(1)
 
 
 @main.command()
@@ -136,7 +146,19 @@ def deploy(config: Path | None, as_json: bool) -> None:
 @handle_errors
 def plan(config: Path | None, as_json: bool) -> None:
     """Show what deploy would change (hosts to create, file and package changes)."""
-    not_built("plan", 3)
+    from ensemble.fleet import deploy_fleet, summary_table
+
+    spec = get_spec(config)
+    result = deploy_fleet(spec, dry=True, progress=lambda line: click.echo(line, err=True))
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        click.echo(summary_table(result))
+        for name, host_result in sorted(result.results.items()):
+            for change in host_result.changes:
+                click.echo(f"  {name}: {change}")
+    if not result.ok:
+        sys.exit(1)
 
 
 @main.command()
