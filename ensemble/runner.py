@@ -149,6 +149,8 @@ def _collect(state: State, targets: list[Target], errors: dict[str, str], counte
             meta = op_data.operation_meta
             name = ", ".join(sorted(state.get_op_meta(op_hash).names))
             if dry:
+                if op_data.global_arguments.get("_if"):
+                    continue  # only follows another change (a restart after a file): listed there
                 changes = meta._maybe_is_change is not False
                 result.changed += changes
                 result.unchanged += not changes

@@ -1,0 +1,121 @@
+"""The runner drives pyinfra for real: on this machine (@local) and over real SSH to a real sshd on loopback.
+
+Checked: per-host results (changed / unchanged / failed), second run = 0 changes, dry run changes
+nothing, a failing or unreachable host does not stop the others, strict host key checking
+refuses an unknown key, remote commands are counted, progress lines name host and operation.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pyinfra.api import deploy
+from pyinfra.operations import files, server
+
+from ensemble.inventory import Target, ssh_data
+from ensemble.runner import run_command, run_deploy
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+@deploy("Write a file")
+def write_file(path: str, text: str, fail: bool = False) -> None:
+    files.put(name="the file", src=io.StringIO(text), dest=path, mode="640")
+    server.shell(name="maybe fail", commands=["false" if fail else "true"], _if=lambda: fail)
+
+
+def test_local_first_run_changes_then_nothing(tmp_path: Path):
+    target = [Target("@local", {})]
+    path = str(tmp_path / "a.txt")
+    lines: list[str] = []
+    first = run_deploy(target, write_file, {"path": path, "text": "one\n"}, progress=lines.append)["@local"]
+    assert first.ok and first.changed == 1
+    assert Path(path).read_text() == "one\n" and oct(Path(path).stat().st_mode & 0o777) == "0o640"
+    assert any("[@local] changed" in line and "the file" in line for line in lines)
+    second = run_deploy(target, write_file, {"path": path, "text": "one\n"}, progress=lines.append)["@local"]
+    assert second.ok and second.changed == 0 and second.unchanged >= 1
+    assert second.commands > 0
+
+
+def test_dry_run_predicts_and_changes_nothing(tmp_path: Path):
+    path = tmp_path / "b.txt"
+    result = run_deploy([Target("@local", {})], write_file, {"path": str(path), "text": "x\n"}, dry=True,
+                        progress=lambda _: None)["@local"]
+    assert result.changed == 1 and any("the file" in c for c in result.changes)
+    assert not path.exists()
+
+
+def test_failed_operation_is_reported(tmp_path: Path):
+    lines: list[str] = []
+    result = run_deploy([Target("@local", {})], write_file, {"path": str(tmp_path / "c"), "text": "c", "fail": True},
+                        progress=lines.append)["@local"]
+    assert not result.ok and result.failed == 1 and "maybe fail" in (result.error or "")
+    assert any("FAILED" in line for line in lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def sshd(tmp_path: Path):
+    """A real OpenSSH server on 127.0.0.1:<free port> with its own host key and our client key."""
+    if os.geteuid() != 0 or not Path(SSHD).exists():
+        pytest.fail("these tests need root and openssh-server (see .ci/apt-packages.txt)")
+    host_key, client_key = tmp_path / "host_ed25519", tmp_path / "client_ed25519"
+    for key in (host_key, client_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text(client_key.with_suffix(".pub").read_text())
+    authorized.chmod(0o600)
+    port = _free_port()
+    config = tmp_path / "sshd_config"
+    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {tmp_path}/sshd.pid\n"
+                      f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\nStrictModes no\n"
+                      "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nUsePAM no\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {host_key.with_suffix('.pub').read_text().split(' ', 2)[0]} "
+                     f"{host_key.with_suffix('.pub').read_text().split(' ', 2)[1]}\n")
+    yield {"port": port, "key": str(client_key), "known_hosts": str(known), "tmp": tmp_path}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_ssh_with_pinned_key_and_one_unreachable_host(sshd, tmp_path: Path):
+    good = Target("good", ssh_data("127.0.0.1", port=sshd["port"], key=sshd["key"], known_hosts=sshd["known_hosts"]))
+    dead = Target("dead", ssh_data("127.0.0.1", port=_free_port(), key=sshd["key"], known_hosts=sshd["known_hosts"]))
+    path = str(tmp_path / "over-ssh.txt")
+    results = run_deploy([good, dead], write_file, {"path": path, "text": "ssh\n"}, progress=lambda _: None)
+    assert results["good"].ok and results["good"].changed == 1
+    assert Path(path).read_text() == "ssh\n"
+    assert not results["dead"].ok and "connect" in (results["dead"].error or "")
+    again = run_deploy([good], write_file, {"path": path, "text": "ssh\n"}, progress=lambda _: None)["good"]
+    assert again.ok and again.changed == 0
+
+
+def test_strict_checking_refuses_an_unknown_host_key(sshd, tmp_path: Path):
+    other = tmp_path / "other_known_hosts"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "impostor")], check=True)
+    other.write_text(f"[127.0.0.1]:{sshd['port']} {(tmp_path / 'impostor.pub').read_text()}")
+    target = Target("pinned", ssh_data("127.0.0.1", port=sshd["port"], key=sshd["key"], known_hosts=str(other)))
+    result = run_deploy([target], write_file, {"path": str(tmp_path / "never"), "text": "x"},
+                        progress=lambda _: None)["pinned"]
+    assert not result.ok and not (tmp_path / "never").exists()
+    assert run_command([target], "echo hi", progress=lambda _: None)["pinned"] is None
