@@ -1,0 +1,372 @@
+"""Every file ensemble puts on a host, rendered from the spec and the secrets: pure, no network.
+
+This module is the single source of file contents: `ensemble render` writes them into a folder
+for review (``diff -r``), and the deploys put exactly the same bytes on the hosts. Templates live
+in ``templates/<component>/`` (shipped as the package ``ensemble._templates``) and receive plain
+values only (see `shard_context`).
+
+When no hosts are known (rendering without a provider), addresses are documented placeholders
+from the documentation/benchmarking ranges, so output stays deterministic:
+
+==============  ================================  ==================================
+host            public address                    local (interface) address
+==============  ================================  ==================================
+shard n<=253    203.0.113.n (TEST-NET-3)          192.0.2.n (TEST-NET-1)
+shard n>253     198.18.0.0 + n (RFC 2544)         198.19.0.0 + n (RFC 2544)
+front door      198.51.100.1 (TEST-NET-2)         198.51.100.1
+==============  ================================  ==================================
+
+Example::
+
+    spec = load_spec("examples/ensemble.toml")
+    files = shard_files(spec, 1, secrets)              # [RenderedFile(path="/etc/jitsi/...", ...), ...]
+    render_fleet_to(spec, secrets, Path("/tmp/r"))     # /tmp/r/demo-1.meet.example.org/etc/...
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+from dataclasses import dataclass
+from importlib.resources import files as package_files
+from pathlib import Path
+
+import jinja2
+
+from ensemble.errors import EnsembleError
+from ensemble.providers.base import Host
+from ensemble.secrets import FLEET_KEY, FLEET_SECRETS, SHARD_SECRETS, Secrets
+from ensemble.spec import FleetSpec
+
+# Where the deploys expect things on a shard (documented in templates/*/README.md).
+TLS_DIR = "/etc/ensemble/tls"
+ACME_WEBROOT = "/var/www/acme"
+STATE_FILE = "/var/lib/ensemble/state.json"
+ETHERPAD_HOME = "/opt/etherpad"
+ETHERPAD_CONF_DIR = "/etc/etherpad"
+ETHERPAD_STATE_DIR = "/var/lib/etherpad"
+JVB_BREWERY = "JvbBrewery"
+PROSODY_HTTP_PORT = 5280
+JVB_PRIVATE_PORT = 8080
+JICOFO_REST_PORT = 8888
+FRONTDOOR_PLACEHOLDER = "198.51.100.1"
+
+COMPONENTS = ("base", "prosody", "jicofo", "jvb", "web", "nginx", "etherpad", "tls", "frontdoor")
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file for one host: where it goes, its bytes (text), mode, owner, and what it belongs to.
+
+    `service` is the systemd unit to restart (or, for nginx, reload) when the file changes.
+
+    Example::
+
+        RenderedFile(path="/etc/jitsi/jicofo/jicofo.conf", content="jicofo {...}\\n", mode=0o640,
+                     group="jitsi", component="jicofo", service="jicofo")
+    """
+
+    path: str
+    content: str
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+    component: str = "base"
+    service: str | None = None
+
+
+# ---------------------------------------------------------------- facts: templates, addresses
+
+@functools.cache
+def template_env() -> jinja2.Environment:
+    """The jinja2 environment over the packaged templates (strict: a missing value is an error).
+
+    Example::
+
+        template_env().get_template("jvb/jvb.conf.j2")
+    """
+    root = Path(str(package_files("ensemble._templates")))
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(root)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def render_template(name: str, context: dict) -> str:
+    """Render one template of templates/ with a context of plain values.
+
+    Example::
+
+        render_template("web/config.js.j2", shard_context(spec, 1, secrets))
+    """
+    return template_env().get_template(name).render(**context)
+
+
+def placeholder_host(spec: FleetSpec, n: int) -> Host:
+    """A stand-in Host for shard n when the provider was not asked (see the module's table).
+
+    Example::
+
+        placeholder_host(spec, 2).public_ipv4     # "203.0.113.2"
+    """
+    if n <= 253:
+        public, local = f"203.0.113.{n}", f"192.0.2.{n}"
+    else:
+        public = str(ipaddress.IPv4Address("198.18.0.0") + n)
+        local = str(ipaddress.IPv4Address("198.19.0.0") + n)
+    return Host(name=spec.shard_name(n), role="shard", shard=n, address=public,
+                public_ipv4=public, private_ipv4=local, labels={"placeholder": "true"})
+
+
+def placeholder_frontdoor(spec: FleetSpec) -> Host:
+    """A stand-in Host for the front door (198.51.100.1).
+
+    Example::
+
+        placeholder_frontdoor(spec).address       # "198.51.100.1"
+    """
+    return Host(name=spec.fleet.domain, role="frontdoor", shard=None, address=FRONTDOOR_PLACEHOLDER,
+                public_ipv4=FRONTDOOR_PLACEHOLDER, private_ipv4=FRONTDOOR_PLACEHOLDER,
+                labels={"placeholder": "true"})
+
+
+def host_addresses(host: Host) -> list[str]:
+    """Every distinct address a host may use to reach a shard, in a stable order.
+
+    Example::
+
+        host_addresses(Host("fd", "frontdoor", None, "10.0.0.2", public_ipv4="203.0.113.9"))
+        # ["10.0.0.2", "203.0.113.9"]
+    """
+    seen: list[str] = []
+    for value in (host.address, host.public_ipv4, host.private_ipv4, host.ipv6):
+        if value and value not in seen:
+            seen.append(value)
+    return seen
+
+
+def _stun_host_port(server: str) -> str:
+    """'stun:host:port' or 'host:port' -> 'host:port' (JVB's form); default port 3478."""
+    bare = server.split(":", 1)[1] if server.startswith(("stun:", "stuns:")) else server
+    return bare if ":" in bare else f"{bare}:3478"
+
+
+def _prosody_series(spec: FleetSpec) -> str:
+    """Which prosody the profile gets: "0.11" (legacy), "0.12" or "13"."""
+    profile = spec.profile
+    if profile.legacy:
+        return "0.11"
+    if profile.prosody_source == "prosody.im" or profile.codename in ("trixie",):
+        return "13"
+    return "0.12"
+
+
+def _shard_secrets(secrets: Secrets, domain: str) -> dict[str, str]:
+    """The secrets a shard's files need; a missing one is an error naming it (never its value)."""
+    values: dict[str, str] = {}
+    for name in SHARD_SECRETS:
+        value = secrets.get(domain, {}).get(name)
+        if not value:
+            raise EnsembleError(f"secrets: no {name!r} for {domain}; run 'ensemble render' or deploy to create it")
+        values[name] = value
+    for name in FLEET_SECRETS:
+        value = secrets.get(FLEET_KEY, {}).get(name)
+        if not value:
+            raise EnsembleError(f"secrets: no {name!r} in the {FLEET_KEY!r} entry")
+        values[name] = value
+    return values
+
+
+def shard_context(spec: FleetSpec, n: int, secrets: Secrets, host: Host | None = None,
+                  frontdoor: Host | None = None) -> dict:
+    """Everything a shard's templates may use, as plain values (strings, numbers, lists, dicts).
+
+    Example::
+
+        ctx = shard_context(spec, 1, secrets)
+        ctx["domain"], ctx["public_ipv4"]          # ("demo-1.meet.example.org", "203.0.113.1")
+    """
+    domain = spec.shard_name(n)
+    host = host or placeholder_host(spec, n)
+    frontdoor = frontdoor or placeholder_frontdoor(spec)
+    public = host.public_ipv4 or host.address
+    local = host.private_ipv4 or host.address
+    j = spec.jitsi
+    third_party_ok = not j.disable_third_party_requests
+    return {
+        "domain": domain,
+        "shard_number": n,
+        "fleet_name": spec.fleet.name,
+        "frontdoor_domain": spec.fleet.domain,
+        "frontdoor_addresses": host_addresses(frontdoor),
+        "public_ipv4": public,
+        "local_ipv4": local,
+        "nat_mapping": public != local,
+        "profile": {"name": spec.profile.name, "codename": spec.profile.codename, "legacy": spec.profile.legacy,
+                    "prosody": _prosody_series(spec)},
+        "jitsi_version": spec.jitsi_version,
+        "secrets": _shard_secrets(secrets, domain),
+        "jitsi": {
+            "language": j.language,
+            "etherpad": j.etherpad,
+            "gravatar": j.gravatar and third_party_ok,
+            "gravatar_base_url": j.gravatar_base_url,
+            "max_resolution": j.max_resolution,
+            "min_resolution": j.min_resolution,
+            "channel_last_n": j.channel_last_n,
+            "lobby": j.lobby,
+            "password_ui": j.password_ui,
+            "require_display_name": j.require_display_name,
+            "prejoin": j.prejoin,
+            "p2p": j.p2p,
+            "disable_third_party_requests": j.disable_third_party_requests,
+            "stun_servers": [_stun_host_port(s) for s in j.stun_servers],
+        },
+        "etherpad": {"port": spec.etherpad.port, "database": spec.etherpad.database,
+                     "home": ETHERPAD_HOME, "conf_dir": ETHERPAD_CONF_DIR, "state_dir": ETHERPAD_STATE_DIR},
+        "tls": {"mode": spec.tls.mode, "cert": f"{TLS_DIR}/{domain}/fullchain.pem",
+                "key": f"{TLS_DIR}/{domain}/privkey.pem", "webroot": ACME_WEBROOT},
+        "ports": {"prosody_http": PROSODY_HTTP_PORT, "jvb_private": JVB_PRIVATE_PORT,
+                  "jicofo_rest": JICOFO_REST_PORT},
+        "brewery_jid": f"{JVB_BREWERY}@internal.auth.{domain}",
+        "state_file": STATE_FILE,
+    }
+
+
+# ---------------------------------------------------------------- actions: rendering
+
+def _file(template: str, ctx: dict, path: str, component: str, service: str | None, mode: int = 0o644,
+          owner: str = "root", group: str = "root") -> RenderedFile:
+    return RenderedFile(path=path, content=render_template(template, ctx), mode=mode, owner=owner,
+                        group=group, component=component, service=service)
+
+
+def shard_files(spec: FleetSpec, n: int, secrets: Secrets, host: Host | None = None,
+                frontdoor: Host | None = None) -> list[RenderedFile]:
+    """Every file ensemble owns on shard n, in deploy order (prosody, jicofo, jvb, web, nginx, tls, etherpad).
+
+    Example::
+
+        [f.path for f in shard_files(spec, 1, secrets)][:1]   # ["/etc/prosody/conf.avail/demo-1...cfg.lua"]
+    """
+    ctx = shard_context(spec, n, secrets, host, frontdoor)
+    d = ctx["domain"]
+    out = [
+        _file("prosody/jitsi-meet.cfg.lua.j2", ctx, f"/etc/prosody/conf.avail/{d}.cfg.lua", "prosody", "prosody",
+              0o640, group="prosody"),
+        _file("jicofo/jicofo.conf.j2", ctx, "/etc/jitsi/jicofo/jicofo.conf", "jicofo", "jicofo", 0o640,
+              group="jitsi"),
+        _file("jvb/jvb.conf.j2", ctx, "/etc/jitsi/videobridge/jvb.conf", "jvb", "jitsi-videobridge2", 0o640,
+              group="jitsi"),
+        _file("jvb/sip-communicator.properties.j2", ctx, "/etc/jitsi/videobridge/sip-communicator.properties",
+              "jvb", "jitsi-videobridge2", 0o640, group="jitsi"),
+        _file("web/config.js.j2", ctx, f"/etc/jitsi/meet/{d}-config.js", "web", None),
+        _file("nginx/ensemble-http.conf.j2", ctx, "/etc/nginx/conf.d/ensemble-http.conf", "nginx", "nginx"),
+        # 0640: the site holds the fleet's occupancy token (nginx's master reads it as root).
+        _file("nginx/site.conf.j2", ctx, f"/etc/nginx/sites-available/{d}.conf", "nginx", "nginx", 0o640),
+    ]
+    if spec.tls.mode == "letsencrypt":
+        out.append(_file("tls/reload-nginx.sh.j2", ctx, "/etc/letsencrypt/renewal-hooks/deploy/ensemble-reload-nginx",
+                         "tls", None, 0o755))
+    if spec.jitsi.etherpad:
+        conf = ETHERPAD_CONF_DIR
+        out += [
+            _file("etherpad/settings.json.j2", ctx, f"{conf}/settings.json", "etherpad", "etherpad", 0o640,
+                  group="etherpad"),
+            RenderedFile(f"{conf}/APIKEY.txt", ctx["secrets"]["etherpad_api_key"], 0o640, "root", "etherpad",
+                         "etherpad", "etherpad"),
+            RenderedFile(f"{conf}/SESSIONKEY.txt", ctx["secrets"]["etherpad_session_key"], 0o640, "root",
+                         "etherpad", "etherpad", "etherpad"),
+            _file("etherpad/etherpad.service.j2", ctx, "/etc/systemd/system/etherpad.service", "etherpad",
+                  "etherpad"),
+        ]
+    return out
+
+
+def resolve_hosts(spec: FleetSpec, hosts: list[Host] | None) -> tuple[list[Host], Host]:
+    """Shard hosts 1..N and the front door: the provider's where known, placeholders otherwise.
+
+    Example::
+
+        shards, frontdoor = resolve_hosts(spec, None)    # all placeholders
+    """
+    by_shard = {h.shard: h for h in hosts or [] if h.role == "shard" and h.shard is not None}
+    doors = [h for h in hosts or [] if h.role == "frontdoor"]
+    shards = [by_shard.get(n) or placeholder_host(spec, n) for n in range(1, spec.fleet.shards + 1)]
+    return shards, (doors[0] if doors else placeholder_frontdoor(spec))
+
+
+def fleet_files(spec: FleetSpec, secrets: Secrets, hosts: list[Host] | None = None) -> dict[str, list[RenderedFile]]:
+    """Every file of every host, keyed by host name (shards, then the front door).
+
+    Example::
+
+        sorted(fleet_files(spec, secrets))   # ["demo-1.meet.example.org", ..., "meet.example.org"]
+    """
+    from ensemble.frontdoor.render import frontdoor_files  # the front door's own module renders its files
+
+    shards, frontdoor = resolve_hosts(spec, hosts)
+    result = {spec.shard_name(h.shard): shard_files(spec, h.shard, secrets, h, frontdoor) for h in shards}
+    result[spec.fleet.domain] = list(frontdoor_files(spec, secrets, shards))
+    return result
+
+
+def _check_relative(path: str) -> str:
+    rel = path.lstrip("/")
+    if not path.startswith("/") or ".." in Path(rel).parts or not rel:
+        raise EnsembleError(f"render: refusing a file path that is not absolute and clean: {path!r}")
+    return rel
+
+
+def _write_if_changed(target: Path, content: bytes, mode: int) -> None:
+    """Write bytes with a mode; files that already hold them are left alone (mtime kept)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not (target.is_file() and target.read_bytes() == content):
+        tmp = target.with_name(f".{target.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+        os.replace(tmp, target)
+    os.chmod(target, mode)
+
+
+def _remove_stale(folder: Path, keep: set[Path]) -> None:
+    """Delete files under folder that this render did not write, then empty directories."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file() or path.is_symlink():
+            if path not in keep:
+                path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def render_fleet_to(spec: FleetSpec, secrets: Secrets, out: Path, hosts: list[Host] | None = None) -> list[Path]:
+    """Write out/<host>/<absolute path> for every host, with file modes; return the paths written.
+
+    Byte-identical for the same spec and secrets; files left from an earlier render of the same
+    host folders are removed. Host folders are 0700: they hold secrets.
+
+    Example::
+
+        render_fleet_to(spec, secrets, Path("/tmp/r"))[0]   # /tmp/r/demo-1.meet.example.org/etc/prosody/...
+    """
+    written: list[Path] = []
+    for host_name, rendered in fleet_files(spec, secrets, hosts).items():
+        folder = out / host_name
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        keep: set[Path] = set()
+        for item in sorted(rendered, key=lambda f: f.path):
+            target = folder / _check_relative(item.path)
+            if target in keep:
+                raise EnsembleError(f"render: two files for {host_name}:{item.path}")
+            _write_if_changed(target, item.content.encode("utf-8"), item.mode)
+            keep.add(target)
+            written.append(target)
+        _remove_stale(folder, keep)
+    return written

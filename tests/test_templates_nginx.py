@@ -1,0 +1,305 @@
+"""The shard's nginx site, checked by the real nginx: `nginx -t` for every OS profile, then served on
+loopback to prove the redirects, the app fallback, the proxies and the private occupancy locations."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ensemble.profiles import PROFILES
+from ensemble.providers.base import Host
+from ensemble.render import shard_files
+from ensemble.secrets import complete_secrets
+from ensemble.spec import spec_from_dict
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def _spec(**sections):
+    return spec_from_dict(sections)
+
+
+def _secrets(spec):
+    store: dict = {}
+    complete_secrets(store, spec)
+    return store
+
+
+def _by_path(files):
+    return {f.path: f for f in files}
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate, made by openssl."""
+    folder = tmp_path_factory.mktemp("tls")
+    crt, key = folder / "fullchain.pem", folder / "privkey.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=ensemble-test", "-keyout", str(key), "-out", str(crt)],
+                   check=True, capture_output=True)
+    return crt, key
+
+
+def _nginx_tree(tmp: Path, files, cert, rewrites: dict[str, str] | None = None) -> Path:
+    """Write nginx.conf including the rendered http conf and site, certificates moved into tmp."""
+    by_path = _by_path(files)
+    site = next(f for p, f in by_path.items() if p.startswith("/etc/nginx/sites-available/"))
+    text = site.content
+    domain = Path(site.path).name.removesuffix(".conf")
+    text = text.replace(f"/etc/ensemble/tls/{domain}/fullchain.pem", str(cert[0]))
+    text = text.replace(f"/etc/ensemble/tls/{domain}/privkey.pem", str(cert[1]))
+    for old, new in (rewrites or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp / "site.conf").write_text(text)
+    (tmp / "http.conf").write_text(by_path["/etc/nginx/conf.d/ensemble-http.conf"].content)
+    # workers read the test's private tmp folders: run them as root (ignored when not root)
+    (tmp / "nginx.conf").write_text(f"""
+user root;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    include {tmp}/http.conf;
+    include {tmp}/site.conf;
+}}
+""")
+    return tmp / "nginx.conf"
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_nginx_accepts_the_site_for_every_profile(profile, tmp_path, cert):
+    spec = _spec(fleet={"os": profile})
+    conf = _nginx_tree(tmp_path, shard_files(spec, 1, _secrets(spec)), cert)
+    run = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "test is successful" in run.stderr
+
+
+@pytest.mark.parametrize("variant", [
+    {"jitsi": {"etherpad": False}},
+    {"tls": {"mode": "self-signed"}, "etherpad": {"port": 9101}},
+    {"fleet": {"shards": 300, "domain": "a-rather-long-subdomain-name.of-some-organisation.example.org"}},
+])
+def test_nginx_accepts_spec_variants(variant, tmp_path, cert):
+    spec = _spec(**variant)
+    n = spec.fleet.shards
+    conf = _nginx_tree(tmp_path, shard_files(spec, n, _secrets(spec)), cert)
+    run = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_nginx_rejects_a_broken_site(tmp_path, cert):
+    """The check can fail: a site with an unbalanced brace is refused."""
+    spec = _spec()
+    conf = _nginx_tree(tmp_path, shard_files(spec, 1, _secrets(spec)), cert)
+    (tmp_path / "site.conf").write_text((tmp_path / "site.conf").read_text().replace("server {", "server {{", 1))
+    run = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True)
+    assert run.returncode != 0
+
+
+def test_site_has_no_http_level_names_and_one_file_serves_two_sites(tmp_path, cert):
+    """Two shards' sites in one nginx (as a migration might do) do not clash."""
+    spec = _spec()
+    secrets = _secrets(spec)
+    first = _nginx_tree(tmp_path, shard_files(spec, 1, secrets), cert)
+    second = shard_files(spec, 2, secrets)
+    site2 = next(f for f in second if f.path.startswith("/etc/nginx/sites-available/")).content
+    site2 = site2.replace("/etc/ensemble/tls/demo-2.meet.example.org/fullchain.pem", str(cert[0]))
+    site2 = site2.replace("/etc/ensemble/tls/demo-2.meet.example.org/privkey.pem", str(cert[1]))
+    (tmp_path / "site2.conf").write_text(site2)
+    text = first.read_text().replace(f"include {tmp_path}/site.conf;",
+                                     f"include {tmp_path}/site.conf;\n    include {tmp_path}/site2.conf;")
+    first.write_text(text)
+    run = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(first)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    directives = [line.split()[0] for line in site2.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert not {"upstream", "map", "limit_req_zone", "split_clients", "geo"} & set(directives)
+
+
+# ---------------------------------------------------------------- served for real on loopback
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A stand-in backend (prosody / jvb / jicofo / etherpad): answers JSON naming what it saw."""
+
+    seen: list = []
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        body = json.dumps({"backend": self.server.backend_name, "path": self.path,
+                           "host": self.headers.get("Host")}).encode()
+        type(self).seen.append((self.server.backend_name, self.path, self.headers.get("Host")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def backends():
+    servers = {}
+    for name in ("prosody", "jvb", "jicofo", "etherpad"):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+        server.backend_name = name
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers[name] = server
+    yield {name: s.server_address[1] for name, s in servers.items()}
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def served_shard(tmp_path, cert, backends):
+    """The rendered shard site under real nginx on loopback; the front door is 127.0.0.3."""
+    spec = _spec(etherpad={"port": backends["etherpad"]})
+    secrets = _secrets(spec)
+    frontdoor = Host(name=spec.fleet.domain, role="frontdoor", shard=None, address="127.0.0.3")
+    files = shard_files(spec, 1, secrets, frontdoor=frontdoor)
+    domain = spec.shard_name(1)
+    web, acme = tmp_path / "web", tmp_path / "acme"
+    (web / "static").mkdir(parents=True)
+    (web / "index.html").write_text("<html>jitsi app</html>")
+    (web / "static" / "a.css").write_text("body{}")
+    (acme / ".well-known/acme-challenge").mkdir(parents=True)
+    (acme / ".well-known/acme-challenge/tok").write_text("challenge-answer")
+    (tmp_path / "config.js").write_text(_by_path(files)[f"/etc/jitsi/meet/{domain}-config.js"].content)
+    (tmp_path / "state.json").write_text('{"drain": false}\n')
+    https_port, http_port = _free_port(), _free_port()
+    conf = _nginx_tree(tmp_path, files, cert, {
+        "listen 443 ssl http2;": f"listen 127.0.0.1:{https_port} ssl http2;",
+        "listen [::]:443 ssl http2;": "",
+        "listen 80;": f"listen 127.0.0.1:{http_port};",
+        "listen [::]:80;": "",
+        "root /usr/share/jitsi-meet;": f"root {web};",
+        "alias /usr/share/jitsi-meet/$1/$2;": f"alias {web}/$1/$2;",
+        "root /var/www/acme;": f"root {acme};",
+        f"alias /etc/jitsi/meet/{domain}-config.js;": f"alias {tmp_path}/config.js;",
+        "alias /var/lib/ensemble/state.json;": f"alias {tmp_path}/state.json;",
+        "127.0.0.1:5280/": f"127.0.0.1:{backends['prosody']}/",
+        "127.0.0.1:8080/": f"127.0.0.1:{backends['jvb']}/",
+        "127.0.0.1:8888/": f"127.0.0.1:{backends['jicofo']}/",
+    })
+    proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", https_port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"nginx did not start: {proc.stderr.read().decode()}")
+            time.sleep(0.05)
+    _Recorder.seen = []
+    yield {"https": https_port, "http": http_port, "domain": domain,
+           "token": secrets["fleet"]["occupancy_token"]}
+    proc.send_signal(signal.SIGQUIT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _get(port, path, host, headers=None, tls=True, source="127.0.0.1"):
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5, source_address=(source, 0))
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
+    conn.request("GET", path, headers={"Host": host, **(headers or {})})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp, body
+
+
+def test_port_80_redirects_to_https_but_serves_acme_challenges(served_shard):
+    s = served_shard
+    resp, _ = _get(s["http"], "/myroom?x=1", s["domain"], tls=False)
+    assert resp.status == 301
+    assert resp.getheader("Location") == f"https://{s['domain']}/myroom?x=1"
+    resp, body = _get(s["http"], "/.well-known/acme-challenge/tok", s["domain"], tls=False)
+    assert (resp.status, body) == (200, b"challenge-answer")
+
+
+def test_app_room_fallback_config_and_static(served_shard):
+    s = served_shard
+    resp, body = _get(s["https"], "/SomeRoom", s["domain"])
+    assert resp.status == 200 and b"jitsi app" in body
+    assert resp.getheader("Strict-Transport-Security", "").startswith("max-age=")
+    resp, body = _get(s["https"], "/config.js", s["domain"])
+    assert resp.status == 200 and b"var config" in body
+    resp, body = _get(s["https"], "/static/a.css", s["domain"])
+    assert (resp.status, body) == (200, b"body{}")
+
+
+def test_signalling_and_etherpad_reach_their_backends(served_shard):
+    s = served_shard
+    resp, body = _get(s["https"], "/http-bind?room=abc", s["domain"])
+    assert json.loads(body) == {"backend": "prosody", "path": "/http-bind?room=abc", "host": s["domain"]}
+    resp, body = _get(s["https"], "/xmpp-websocket?room=abc", s["domain"])
+    assert json.loads(body)["path"] == "/xmpp-websocket?room=abc"
+    resp, body = _get(s["https"], "/conference-request/v1", s["domain"])
+    assert json.loads(body)["backend"] == "jicofo"
+    resp, body = _get(s["https"], "/etherpad/p/pad1", s["domain"])
+    assert json.loads(body) == {"backend": "etherpad", "path": "/p/pad1", "host": s["domain"]}
+
+
+@pytest.mark.parametrize("path, backend, backend_path", [
+    ("/_ensemble/census", "prosody", "/room-census"),
+    ("/_ensemble/stats", "jvb", "/colibri/stats"),
+    ("/_ensemble/health", "jicofo", "/about/health"),
+])
+def test_occupancy_endpoints_need_token_and_allowed_address(served_shard, path, backend, backend_path):
+    s = served_shard
+    auth = {"Authorization": f"Bearer {s['token']}"}
+    assert _get(s["https"], path, s["domain"])[0].status == 403
+    assert _get(s["https"], path, s["domain"], {"Authorization": "Bearer wrong"})[0].status == 403
+    # right token from an address that is neither the front door nor this host
+    assert _get(s["https"], path, s["domain"], auth, source="127.0.0.2")[0].status == 403
+    for source in ("127.0.0.1", "127.0.0.3"):  # this host, the front door
+        resp, body = _get(s["https"], path, s["domain"], auth, source=source)
+        assert resp.status == 200
+        seen = json.loads(body)
+        assert (seen["backend"], seen["path"]) == (backend, backend_path)
+    if backend == "prosody":
+        assert seen["host"] == s["domain"]  # mod_muc_census answers on the shard's virtual host
+
+
+def test_state_endpoint_serves_the_drain_flag(served_shard):
+    s = served_shard
+    assert _get(s["https"], "/_ensemble/state", s["domain"])[0].status == 403
+    resp, body = _get(s["https"], "/_ensemble/state", s["domain"], {"Authorization": f"Bearer {s['token']}"})
+    assert resp.status == 200
+    assert resp.getheader("Content-Type") == "application/json"
+    assert json.loads(body) == {"drain": False}
