@@ -1,0 +1,277 @@
+"""Etherpad on a shard: a pinned source, built once, its own user, a real database, a unit.
+
+What the deploy does on the host (the shard composition calls `etherpad(...)`):
+
+1. Debian's nodejs + npm (+ node-sqlite3 for sqlite, or postgresql with a role and a
+   database whose password is the host's `etherpad_db_password` secret), user `etherpad`.
+2. /opt/etherpad from the pinned source (see ensemble.etherpad_source), unless the
+   marker /opt/etherpad/.ensemble-installed already names this source: either the built
+   tree cached on the deploying machine (<cache_dir>/etherpad/<key>.tar.zst, uploaded
+   and unpacked in seconds) or a real build (`npm pack`, `npm install --omit=dev
+   --legacy-peer-deps` inside src, node_modules/ep_etherpad-lite -> ../src), whose
+   result is then saved into that cache for the next host and the next run. The new
+   tree is built beside the old one and swapped in, so a failed build breaks nothing.
+3. The rendered files of component "etherpad" (ensemble.render.shard_files: settings.json,
+   APIKEY.txt/SESSIONKEY.txt from the host's secrets, the systemd unit).
+4. Restart only when the tree, a file or a key changed; then wait until it listens.
+
+Example::
+
+    etherpad(spec=spec, rendered_files=shard_files(spec, 1, store),
+             secrets=store["demo-1.meet.test"], http_proxy="http://10.214.4.1:8888/",
+             npm_cafile=deploying_machine_npm_cafile())
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.server import Command
+from pyinfra.operations import apt, files, postgres, python, server, systemd
+from pyinfra.operations.util import any_changed
+
+from ensemble.errors import EnsembleError
+from ensemble.etherpad_source import (
+    DEFAULT_CACHE_DIR,
+    EtherpadSource,
+    built_tree_path,
+    fetch_release,
+    node_major,
+    parse_source,
+)
+
+HOME = "/opt/etherpad"
+BUILD = "/opt/etherpad.build"
+DATA = "/var/lib/etherpad"
+MARKER = f"{HOME}/.ensemble-installed"
+REMOTE_TREE = "/var/tmp/ensemble-etherpad-tree.tar.zst"
+REMOTE_RELEASE = "/var/tmp/ensemble-etherpad-release.tar.gz"
+REMOTE_NPMRC = "/root/.ensemble-etherpad-npmrc"
+REMOTE_CAFILE = "/usr/local/share/ensemble/npm-ca-bundle.pem"
+
+
+def deploying_machine_npm_cafile() -> str | None:
+    """The CA bundle this machine's npm trusts (`npm config get cafile`), if it has one.
+
+    A host that reaches the registry through the local provider's CONNECT proxy sees the
+    same TLS chain as this machine, so it must trust the same CAs. None when npm is
+    absent or uses its built-in CAs.
+
+    Example::
+
+        deploying_machine_npm_cafile()   # "/etc/ssl/certs/ca-certificates.crt"
+    """
+    try:
+        out = subprocess.run(["npm", "config", "get", "cafile"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    path = out.stdout.strip()
+    return path if out.returncode == 0 and path not in ("", "null", "undefined") and Path(path).is_file() else None
+
+
+def npmrc_text(registry: str, http_proxy: str = "", cafile: str | None = None) -> str:
+    """The npm user config the build runs with.
+
+    Example::
+
+        npmrc_text("https://registry.npmjs.org/", "http://10.0.0.1:8888/")
+    """
+    lines = [f"registry={registry}", "audit=false", "fund=false", "update-notifier=false", "nodedir=/usr"]
+    if http_proxy:
+        lines += [f"proxy={http_proxy}", f"https-proxy={http_proxy}"]
+    if cafile:
+        lines.append(f"cafile={REMOTE_CAFILE}")
+    return "\n".join(lines) + "\n"
+
+
+def build_script(source: EtherpadSource, marker: str) -> str:
+    """Shell script that builds a fresh tree in BUILD and swaps it in as HOME.
+
+    1.8.x (npm package, or a 1.8 release tarball): Etherpad finds its base dir as the
+    parent of `src` and serves client libraries from src/node_modules, so dependencies
+    go there (else a browser shows "The module at security does not exist").
+    2.x release tarballs are pnpm workspaces: pnpm installs them at the top.
+
+    Example::
+
+        build_script(parse_source("npm:ep_etherpad-lite@1.8.14"), "key label")
+    """
+    fetch = _npm_fetch(source) if source.kind == "npm" else f"tar -xzf {REMOTE_RELEASE} --strip-components=1"
+    return "\n".join([
+        "set -eu",
+        "umask 022",
+        f"export NPM_CONFIG_USERCONFIG={REMOTE_NPMRC}",
+        f"rm -rf {BUILD} && mkdir -p {BUILD} && cd {BUILD}",
+        fetch,
+        "if [ -f pnpm-workspace.yaml ]; then",
+        "  npm install --global --prefix .ensemble-tools --loglevel=error pnpm@9 >/dev/null",
+        "  .ensemble-tools/bin/pnpm install --frozen-lockfile >npm-install.log 2>&1"
+        " || { tail -30 npm-install.log; exit 1; }",
+        "else",
+        "  mkdir -p node_modules && ln -sfn ../src node_modules/ep_etherpad-lite",
+        "  (cd src && npm install --omit=dev --legacy-peer-deps --loglevel=error) >npm-install.log 2>&1"
+        " || { tail -30 npm-install.log; exit 1; }",
+        "fi",
+        "test -f src/node/server.js || test -f src/node/server.ts",
+        f"printf '%s\\n' {shlex.quote(marker)} >{BUILD}/.ensemble-installed",
+        _swap_in(),
+    ])
+
+
+def _npm_fetch(source: EtherpadSource) -> str:
+    # npm pack checks the archive against the registry's integrity hash; ours comes on top.
+    check = f"echo {source.sha256}' '\"$archive\" | sha256sum -c --quiet -" if source.sha256 else "true"
+    return "\n".join([
+        f"archive=$(npm pack --silent {shlex.quote(source.package + '@' + source.version)} | tail -1)",
+        f"{check} || {{ echo 'etherpad.sha256: checksum mismatch for {source.label}' >&2; exit 1; }}",
+        'mkdir src && tar -xzf "$archive" -C src --strip-components=1 && rm -f "$archive"',
+    ])
+
+
+def _swap_in() -> str:
+    return f"rm -rf {HOME}.old; if [ -d {HOME} ]; then mv {HOME} {HOME}.old; fi; mv {BUILD} {HOME}; rm -rf {HOME}.old"
+
+
+def restore_script(marker: str) -> str:
+    """Shell script that unpacks the uploaded cached tree and swaps it in as HOME."""
+    return "\n".join([
+        "set -eu",
+        f"rm -rf {BUILD} && mkdir -p {BUILD}",
+        f"zstd -dcq {REMOTE_TREE} | tar -C {BUILD} -xf -",
+        f'test "$(cat {BUILD}/.ensemble-installed)" = {shlex.quote(marker)}',
+        f"rm -f {REMOTE_TREE}",
+        _swap_in(),
+    ])
+
+
+def save_tree_to_cache(local_path: str) -> None:
+    """python.call target: pack HOME on the host and download it into the local cache.
+
+    Written to a private temporary name, then renamed: two hosts built at once never
+    leave a half-written cache entry.
+    """
+    packed, output = host.run_shell_command(f"tar -C {HOME} -cf - . | zstd -T0 -3 -q -o {REMOTE_TREE} -f")
+    if not packed:
+        raise EnsembleError(f"etherpad: packing {HOME} on {host.name} failed: {output.stderr}")
+    target = Path(local_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.{host.name}.part")
+    try:
+        if not host.get_file(REMOTE_TREE, str(partial)):
+            raise EnsembleError(f"etherpad: downloading the built tree from {host.name} failed")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+        host.run_shell_command(f"rm -f {REMOTE_TREE}")
+
+
+def wait_listening_command(port: int, seconds: int = 120) -> str:
+    """A command that succeeds once Etherpad answers HTTP on 127.0.0.1:port (node: always there)."""
+    script = (f"const h=require('http');const end=Date.now()+{seconds * 1000};"
+              f"(function t(){{h.get('http://127.0.0.1:{port}/',()=>process.exit(0)).on('error',()=>"
+              f"{{if(Date.now()>end){{console.error('etherpad not answering on {port}');process.exit(1)}}"
+              "setTimeout(t,250)})})()")
+    return f"node -e {shlex.quote(script)}"
+
+
+def _packages(database: str) -> list[str]:
+    db_packages = ["node-sqlite3"] if database == "sqlite" else ["postgresql"]
+    return ["nodejs", "npm", "zstd", "ca-certificates", *db_packages]
+
+
+def _put_rendered(rendered: Iterable[Any]) -> list[Any]:
+    ops = []
+    for item in rendered:
+        ops.append(files.put(
+            name=f"Etherpad file {item.path}",
+            src=io.StringIO(item.content),
+            dest=item.path,
+            user=getattr(item, "owner", "root"),
+            group=getattr(item, "group", "root"),
+            mode=f"{getattr(item, 'mode', 0o644):o}",
+        ))
+    return ops
+
+
+def _database(database: str, secrets: dict[str, str]) -> list[Any]:
+    if database != "postgres":
+        return []
+    password = secrets.get("etherpad_db_password")
+    if not password:
+        raise EnsembleError("etherpad.database = 'postgres' needs the host secret etherpad_db_password")
+    running = systemd.service(name="PostgreSQL running", service="postgresql", running=True, enabled=True)
+    role = postgres.role(name="Etherpad database role", role="etherpad", password=password, login=True,
+                         _su_user="postgres")
+    db = postgres.database(name="Etherpad database", database="etherpad", owner="etherpad", encoding="UTF8",
+                           _su_user="postgres")
+    return [running, role, db]
+
+
+def _install_tree(source: EtherpadSource, marker: str, needed, cached: Path, npmrc: str,
+                  cafile: str | None) -> list[Any]:
+    """Operations that put the pinned tree in place (each skipped when the marker matches)."""
+    if cached.exists():
+        upload = files.put(name="Etherpad: upload cached build", src=str(cached), dest=REMOTE_TREE, _if=needed)
+        restore = server.shell(name="Etherpad: unpack cached build", commands=[restore_script(marker)], _if=needed)
+        return [upload, restore]
+    ops = []
+    if source.kind == "tarball":
+        release = fetch_release(source, cached.parent.parent)  # verified here, before the host is touched
+        ops.append(files.put(name="Etherpad: upload release", src=str(release), dest=REMOTE_RELEASE, _if=needed))
+    if cafile:
+        ops.append(files.put(name="Etherpad: npm CA bundle", src=cafile, dest=REMOTE_CAFILE, _if=needed))
+    ops.append(files.put(name="Etherpad: npm config", src=io.StringIO(npmrc), dest=REMOTE_NPMRC, mode="600",
+                         _if=needed))
+    ops.append(server.shell(name=f"Etherpad: build {source.label} (npm install, ~100 s)",
+                            commands=[build_script(source, marker)], _if=needed))
+    ops.append(server.shell(name="Etherpad: remove build leftovers",
+                            commands=[f"rm -f {REMOTE_NPMRC} {REMOTE_RELEASE}"], _if=needed))
+    ops.append(python.call(name="Etherpad: save the built tree in the local cache", function=save_tree_to_cache,
+                           local_path=str(cached), _if=needed))
+    return ops
+
+
+def node_suite(spec) -> str:
+    """The distribution release whose nodejs the host gets (local fleets may override the suite)."""
+    if spec.provider.kind == "local" and spec.provider.local.suite:
+        return spec.provider.local.suite
+    return spec.profile.codename
+
+
+@deploy("Etherpad")
+def etherpad(spec, rendered_files: Iterable[Any] = (), secrets: dict[str, str] | None = None, http_proxy: str = "",
+             npm_cafile: str | None = None, cache_dir: str = DEFAULT_CACHE_DIR) -> None:
+    """Install, configure and run Etherpad on the current host (see the module doc)."""
+    ep = spec.etherpad
+    secrets = secrets or {}
+    rendered = [f for f in rendered_files if getattr(f, "component", "etherpad") == "etherpad"]
+    source = parse_source(ep.source_url, ep.sha256)
+    marker = source.marker(node_major(node_suite(spec)), ep.database)
+    cached = built_tree_path(cache_dir, source.cache_key(node_major(node_suite(spec)), ep.database))
+    installed = (host.get_fact(Command, command=f"cat {MARKER} 2>/dev/null || true") or "").strip()
+    needed = [lambda: installed != marker]
+
+    apt.packages(name="Etherpad packages", packages=_packages(ep.database), no_recommends=True)
+    server.group(name="Etherpad group", group="etherpad", system=True)
+    server.user(name="Etherpad user", user="etherpad", group="etherpad", home=DATA, shell="/usr/sbin/nologin",
+                system=True)
+    files.directory(name="Etherpad data folder", path=DATA, user="etherpad", group="etherpad", mode="750")
+    db_ops = _database(ep.database, secrets)
+    tree = _install_tree(source, marker, needed, cached, npmrc_text(ep.npm_registry, http_proxy, npm_cafile),
+                         npm_cafile)
+    config = _put_rendered(rendered)
+    units = [op for op, f in zip(config, rendered, strict=True) if f.path.endswith(".service")]
+    if units:
+        systemd.daemon_reload(name="systemd reload (etherpad unit)", _if=any_changed(*units))
+    restart = systemd.service(name="Etherpad restarted", service="etherpad", restarted=True,
+                              _if=any_changed(*tree, *config, *db_ops))
+    systemd.service(name="Etherpad enabled and running", service="etherpad", running=True, enabled=True)
+    server.shell(name="Etherpad answers", commands=[wait_listening_command(ep.port)], _if=restart.did_change)
