@@ -1,0 +1,413 @@
+"""A signed, flat apt repository of TEST STAND-INS for Jitsi's packages (not Jitsi's software).
+
+download.jitsi.org is out of reach where ensemble is tested, so the `local` provider serves this
+repository instead. The packages have the real names, dependency shape, users, directories, debconf
+questions and systemd unit names; their services are one small Python program (ensemble/standins/
+jitsi/bin/standin_service.py) answering the loopback endpoints ensemble reads. The layout is the
+one of download.jitsi.org (`stable/` with Packages, Release, InRelease; `jitsi-key.gpg.key` at the
+root), so the deploy's production path (key download, fingerprint check, signed-by keyring, deb822
+source with `Suites: stable/`) runs unchanged against it. Production never uses it.
+
+Example:
+    repo = build_standin_repo()                      # cached by content hash, fast the second time
+    repo.path / "stable" / "InRelease"               # signed by a throwaway key made once
+    repo.apt_settings("http://10.1.2.1:8081")        # values for the spec's [jitsi] section
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+DEFAULT_CACHE_DIR = Path("/var/cache/ensemble/jitsi-standin")
+SUITE = "stable/"
+KEY_FILE = "jitsi-key.gpg.key"
+KEY_UID = "ensemble TEST STAND-IN for the Jitsi repository key (not Jitsi's) <jitsi-standin@ensemble.invalid>"
+# Fixed timestamps make the .deb files and the Release file reproducible (and never "not valid yet").
+SOURCE_DATE_EPOCH = 1767225600  # 2026-01-01T00:00:00Z
+RELEASE_DATE = "Thu, 01 Jan 2026 00:00:00 UTC"
+MAINTAINER = "ensemble test stand-ins <jitsi-standin@ensemble.invalid>"
+NOT_JITSI = "(ensemble); not Jitsi's software"
+
+# The versions the stand-ins carry: real-looking numbers marked as stand-ins.
+MEET_VERSION = "2.0.10590-1+ensemble.standin"
+JVB_VERSION = "2.3-250-g0e5c6f1-1+ensemble.standin"
+JICOFO_VERSION = "1.0-1140-1+ensemble.standin"
+
+SERVICE_PROGRAM = "bin/standin_service.py"
+JVB_PROGRAM = "/usr/share/jitsi-videobridge/standin-jvb.py"
+JICOFO_PROGRAM = "/usr/share/jicofo/standin-jicofo.py"
+PLUGIN_DIR = "/usr/share/jitsi-meet/prosody-plugins"
+
+# Plugin names a Jitsi virtual host file may load. The stand-in ships a working census, anonymous
+# auth and roster command, and a do-nothing module for every other name so prosody starts cleanly.
+# Names prosody 0.12+ ships itself (bosh, websocket, smacks, external_services, ...) are left out on
+# purpose: a placeholder in plugin_paths would shadow the real module.
+PLACEHOLDER_PLUGINS = (
+    "av_moderation", "av_moderation_component", "client_proxy", "conference_duration",
+    "conference_duration_component", "end_conference", "features_identity", "filter_iq_jibri", "filter_iq_rayo",
+    "fmuc", "jibri_session", "jiconop", "jitsi_permissions", "jitsi_session", "limits_exception",
+    "measure_message_count", "muc_allowners", "muc_auth_ban", "muc_breakout_rooms", "muc_domain_mapper",
+    "muc_end_meeting", "muc_filter_access", "muc_hide_all", "muc_kick_participant", "muc_limit_messages",
+    "muc_lobby_rooms", "muc_max_occupants", "muc_meeting_id", "muc_password_check", "muc_password_whitelist",
+    "muc_poltergeist", "muc_rate_limit", "muc_resource_validate", "muc_size", "muc_visitors",
+    "muc_wait_for_host", "persistent_lobby", "polls", "polls_component", "presence_identity", "rate_limit",
+    "room_destroy", "room_metadata", "room_metadata_component", "s2s_whitelist", "s2sout_override",
+    "secure_interfaces", "speakerstats", "speakerstats_component", "system_chat_message", "token_verification",
+    "turncredentials", "visitors", "visitors_component",
+)
+
+
+@dataclass(frozen=True)
+class StandinPackage:
+    """What one stand-in .deb contains: control fields, files (guest path -> data file or text), scripts.
+
+    Example: StandinPackage("jicofo", JICOFO_VERSION, "the Jitsi Conference Focus", depends=("python3",))
+    """
+
+    name: str
+    version: str
+    what: str  # the real package this stands in for, in words
+    depends: tuple[str, ...] = ()
+    pre_depends: tuple[str, ...] = ()
+    recommends: tuple[str, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)  # guest path -> "data:<file>" or literal text
+    modes: dict[str, int] = field(default_factory=dict)  # guest path -> mode (default 0644)
+    scripts: tuple[str, ...] = ()  # maintainer scripts / debconf files under jitsi/debian/<name>.<script>
+
+    def description(self) -> str:
+        return (f"TEST STAND-IN for {self.what} {NOT_JITSI}\n"
+                f" Package-shaped stand-in built by ensemble for tests where download.jitsi.org is out of\n"
+                f" reach: same package name, users, directories and units as the real package.")
+
+
+def _unit(description: str, user: str, program: str, role: str, env_file: str) -> str:
+    """A systemd unit running the stand-in service program as the real unit's user."""
+    return f"""# TEST STAND-IN {NOT_JITSI}
+[Unit]
+Description={description} (TEST STAND-IN, ensemble; not Jitsi's software)
+After=network-online.target prosody.service
+Wants=network-online.target
+
+[Service]
+Type=simple
+User={user}
+Group=jitsi
+EnvironmentFile=-{env_file}
+ExecStart=/usr/bin/python3 {program} {role}
+Restart=on-failure
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _placeholder_plugin(name: str) -> str:
+    """Lua text of a do-nothing prosody module standing in for Jitsi's mod_<name>."""
+    return (f"-- TEST STAND-IN (ensemble) for Jitsi's mod_{name}; not Jitsi's software.\n"
+            f"-- A placeholder so a Jitsi virtual host file that loads \"{name}\" starts cleanly; it does nothing.\n"
+            f"module:log(\"debug\", \"TEST STAND-IN placeholder mod_{name} loaded on %s\", module.host);\n")
+
+
+def _readme(name: str) -> str:
+    return (f"{name}: TEST STAND-IN {NOT_JITSI}.\nBuilt by ensemble (ensemble/standins/jitsi_repo.py) for tests "
+            f"where download.jitsi.org is out of reach.\nNever install it on a production server.\n")
+
+
+def _web_files() -> dict[str, str]:
+    root = "/usr/share/jitsi-meet"
+    names = ["index.html", "base.html", "title.html", "body.html", "plugin.head.html", "interface_config.js",
+             "libs/app.bundle.min.js", "libs/lib-jitsi-meet.min.js", "css/all.css", "images/favicon.svg",
+             "images/watermark.svg", "lang/main.json", "lang/main-fr.json"]
+    return {f"{root}/{n}": f"data:web/{n}" for n in names}
+
+
+def _prosody_files() -> dict[str, str]:
+    out = {f"{PLUGIN_DIR}/mod_{n}.lua": _placeholder_plugin(n) for n in PLACEHOLDER_PLUGINS}
+    for own in ("mod_muc_census.lua", "mod_auth_jitsi-anonymous.lua", "mod_roster_command.lua"):
+        out[f"{PLUGIN_DIR}/{own}"] = f"data:prosody-plugins/{own}"
+    out["/usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example"] = "data:prosody/prosody.cfg.lua-jvb.example"
+    return out
+
+
+def standin_packages() -> list[StandinPackage]:
+    """The stand-in packages, in dependency order (facts only; building is below)."""
+    service_deps = ("python3 (>= 3.9)", "adduser", "procps", "debconf (>= 0.5) | debconf-2.0")
+    maint = ("templates", "config", "postinst", "prerm", "postrm")
+    return [
+        StandinPackage(
+            "jitsi-videobridge2", JVB_VERSION, "Jitsi Videobridge (jitsi-videobridge2)", depends=service_deps,
+            files={JVB_PROGRAM: f"data:{SERVICE_PROGRAM}",
+                   "/usr/lib/systemd/system/jitsi-videobridge2.service": _unit(
+                       "Jitsi Videobridge", "jvb", JVB_PROGRAM, "jvb", "/etc/jitsi/videobridge/config"),
+                   "/usr/share/doc/jitsi-videobridge2/README.standin": _readme("jitsi-videobridge2")},
+            modes={JVB_PROGRAM: 0o755}, scripts=maint),
+        StandinPackage(
+            "jicofo", JICOFO_VERSION, "Jitsi Conference Focus (jicofo)", depends=service_deps,
+            files={JICOFO_PROGRAM: f"data:{SERVICE_PROGRAM}",
+                   "/usr/lib/systemd/system/jicofo.service": _unit(
+                       "Jitsi Conference Focus", "jicofo", JICOFO_PROGRAM, "jicofo", "/etc/jitsi/jicofo/config"),
+                   "/usr/share/doc/jicofo/README.standin": _readme("jicofo")},
+            modes={JICOFO_PROGRAM: 0o755}, scripts=maint),
+        StandinPackage(
+            "jitsi-meet-web", MEET_VERSION, "the Jitsi Meet web application (jitsi-meet-web)",
+            files={**_web_files(), "/usr/share/doc/jitsi-meet-web/README.standin": _readme("jitsi-meet-web")}),
+        StandinPackage(
+            "jitsi-meet-web-config", MEET_VERSION, "the Jitsi Meet web server configuration (jitsi-meet-web-config)",
+            pre_depends=("nginx | nginx-full | nginx-extras | nginx-light | openresty | apache2",),
+            depends=("openssl", "debconf (>= 0.5) | debconf-2.0"),
+            files={"/usr/share/jitsi-meet-web-config/config.js": "data:web-config/config.js",
+                   "/usr/share/jitsi-meet-web-config/jitsi-meet.example": "data:web-config/jitsi-meet.example",
+                   "/usr/share/doc/jitsi-meet-web-config/README.standin": _readme("jitsi-meet-web-config")},
+            scripts=("templates", "config", "postinst", "postrm")),
+        StandinPackage(
+            "jitsi-meet-prosody", MEET_VERSION, "the Jitsi Meet prosody configuration and plugins (jitsi-meet-prosody)",
+            depends=("openssl", "ca-certificates", "prosody (>= 0.12.0) | prosody-0.12 | prosody-13.0", "lua-sec",
+                     "lua-basexx", "lua-luaossl", "lua-cjson", "lua-inspect", "debconf (>= 0.5) | debconf-2.0"),
+            files={**_prosody_files(),
+                   "/usr/share/doc/jitsi-meet-prosody/README.standin": _readme("jitsi-meet-prosody")},
+            scripts=("templates", "config", "postinst", "postrm")),
+        StandinPackage(
+            "jitsi-meet", MEET_VERSION, "the Jitsi Meet meta package (jitsi-meet)",
+            pre_depends=(f"jitsi-videobridge2 (= {JVB_VERSION})",),
+            depends=(f"jicofo (= {JICOFO_VERSION})", f"jitsi-meet-web (= {MEET_VERSION})",
+                     f"jitsi-meet-web-config (= {MEET_VERSION})", f"jitsi-meet-prosody (= {MEET_VERSION})"),
+            recommends=(f"jitsi-meet-turnserver (= {MEET_VERSION})",),
+            files={"/usr/share/doc/jitsi-meet/README.standin": _readme("jitsi-meet")}),
+    ]
+
+
+@dataclass(frozen=True)
+class StandinRepo:
+    """A built stand-in repository: serve `path` over HTTP; `suite` is the flat suite directory.
+
+    Example:
+        repo.key_url("http://10.1.2.1:8081")   # "http://10.1.2.1:8081/jitsi-key.gpg.key"
+    """
+
+    path: Path
+    key_fingerprint: str
+    suite: str = SUITE
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def key_url(self, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}/{KEY_FILE}"
+
+    def apt_settings(self, base_url: str) -> dict[str, str]:
+        """Values for the spec's [jitsi] section pointing the deploy at this repository when served at base_url.
+
+        Example: {"apt_repo": base_url, "apt_suite": "stable/", "apt_key_url": ..., "apt_key_fingerprint": ...}
+        """
+        return {"apt_repo": base_url.rstrip("/"), "apt_suite": self.suite, "apt_key_url": self.key_url(base_url),
+                "apt_key_fingerprint": self.key_fingerprint}
+
+
+# ---------------------------------------------------------------------------------------------- actions
+
+def _data_root():
+    return files("ensemble.standins").joinpath("jitsi")
+
+
+def _data_bytes(relative: str) -> bytes:
+    return _data_root().joinpath(relative).read_bytes()
+
+
+def _iter_data_files(node=None, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+    node = node or _data_root()
+    for child in sorted(node.iterdir(), key=lambda c: c.name):
+        if child.name == "__pycache__":
+            continue
+        if child.is_dir():
+            yield from _iter_data_files(child, f"{prefix}{child.name}/")
+        else:
+            yield f"{prefix}{child.name}", child.read_bytes()
+
+
+def content_hash() -> str:
+    """Hash of everything that goes into the packages (this module and its data files).
+
+    Example: content_hash() -> "3f2a..." (changes when a stand-in file changes)
+    """
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for name, data in _iter_data_files():
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH), LC_ALL="C")
+    return subprocess.run(cmd, check=True, capture_output=True, env=env, **kwargs)
+
+
+def _control_text(pkg: StandinPackage, installed_kib: int) -> str:
+    lines = [f"Package: {pkg.name}", f"Version: {pkg.version}", "Architecture: all", f"Maintainer: {MAINTAINER}",
+             f"Installed-Size: {installed_kib}", "Section: net", "Priority: optional"]
+    for name, values in (("Pre-Depends", pkg.pre_depends), ("Depends", pkg.depends),
+                         ("Recommends", pkg.recommends)):
+        if values:
+            lines.append(f"{name}: {', '.join(values)}")
+    lines += ["Homepage: https://jitsi.org/meet", f"Description: {pkg.description()}"]
+    return "\n".join(lines) + "\n"
+
+
+def _write_tree(pkg: StandinPackage, root: Path) -> None:
+    """Lay out the package's files and DEBIAN/ control area under root."""
+    for guest_path, source in pkg.files.items():
+        target = root / guest_path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = _data_bytes(source[len("data:"):]) if source.startswith("data:") else source.encode()
+        target.write_bytes(data)
+        target.chmod(pkg.modes.get(guest_path, 0o644))
+    control = root / "DEBIAN"
+    control.mkdir(parents=True, exist_ok=True)
+    for script in pkg.scripts:
+        target = control / script
+        target.write_bytes(_data_bytes(f"debian/{pkg.name}.{script}"))
+        target.chmod(0o644 if script == "templates" else 0o755)
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and control not in p.parents)
+    (control / "control").write_text(_control_text(pkg, max(1, (size + 1023) // 1024)))
+    for path in [root, *root.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o755)
+        os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH), follow_symlinks=False)
+
+
+def build_deb(pkg: StandinPackage, out_dir: Path, work_dir: Path) -> Path:
+    """Build one stand-in .deb with dpkg-deb into out_dir; returns its path.
+
+    Example: build_deb(standin_packages()[0], Path("repo/stable"), Path("tmp")) -> .../jitsi-videobridge2_..._all.deb
+    """
+    root = work_dir / pkg.name
+    _write_tree(pkg, root)
+    deb = out_dir / f"{pkg.name}_{pkg.version}_all.deb"
+    _run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(deb)])
+    return deb
+
+
+def _hashes(data: bytes) -> dict[str, str]:
+    return {name: hashlib.new(name, data).hexdigest() for name in ("md5", "sha1", "sha256", "sha512")}
+
+
+def packages_index(debs: list[Path], repo_root: Path) -> str:
+    """The flat repository's Packages file (Filename relative to the repository root, as apt expects)."""
+    stanzas = []
+    for deb in debs:
+        control = _run(["dpkg-deb", "--field", str(deb)]).stdout.decode().rstrip("\n")
+        data = deb.read_bytes()
+        digests = _hashes(data)
+        stanzas.append(f"{control}\nFilename: {deb.relative_to(repo_root).as_posix()}\nSize: {len(data)}\n"
+                       f"MD5sum: {digests['md5']}\nSHA1: {digests['sha1']}\nSHA256: {digests['sha256']}\n"
+                       f"SHA512: {digests['sha512']}\n")
+    return "\n".join(stanzas)
+
+
+def release_text(suite_dir: Path, index_names: list[str]) -> str:
+    """The Release file of the flat suite: origin marked as a stand-in, checksums of the indexes."""
+    lines = ["Origin: ensemble TEST STAND-IN for Jitsi", "Label: Jitsi TEST STAND-IN (ensemble; not Jitsi's)",
+             "Suite: stable", f"Date: {RELEASE_DATE}", "Description: TEST STAND-IN for download.jitsi.org stable/ "
+             "(ensemble); not Jitsi's software"]
+    contents = {n: (suite_dir / n).read_bytes() for n in index_names}
+    for field_name, algo in (("MD5Sum", "md5"), ("SHA1", "sha1"), ("SHA256", "sha256"), ("SHA512", "sha512")):
+        lines.append(f"{field_name}:")
+        lines += [f" {hashlib.new(algo, d).hexdigest()} {len(d):>8} {n}" for n, d in contents.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _gpg(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return _run(["gpg", "--homedir", str(home), "--batch", "--quiet", "--no-tty", *args])
+
+
+def _stop_gpg_agent(home: Path) -> None:
+    """gpg starts an agent per home directory; stop it so nothing is left running."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False)
+
+
+def ensure_signing_key(cache_dir: Path) -> tuple[Path, str]:
+    """The throwaway signing key (made once, kept under cache_dir/gnupg, mode 0700); returns (home, fingerprint)."""
+    home = cache_dir / "gnupg"
+    fingerprint_file = cache_dir / "key-fingerprint"
+    if fingerprint_file.exists() and (home / "pubring.kbx").exists():
+        return home, fingerprint_file.read_text().strip()
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(mode=0o700, parents=True)
+    try:
+        _gpg(home, "--passphrase", "", "--quick-generate-key", KEY_UID, "ed25519", "sign", "never")
+        listing = _gpg(home, "--with-colons", "--list-secret-keys").stdout.decode()
+    finally:
+        _stop_gpg_agent(home)
+    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    fingerprint_file.write_text(fingerprint + "\n")
+    return home, fingerprint
+
+
+def _sign_suite(home: Path, fingerprint: str, suite_dir: Path) -> None:
+    release = suite_dir / "Release"
+    try:
+        _gpg(home, "--local-user", fingerprint, "--digest-algo", "SHA512", "--clearsign",
+             "--output", str(suite_dir / "InRelease"), str(release))
+        _gpg(home, "--local-user", fingerprint, "--digest-algo", "SHA512", "--armor", "--detach-sign",
+             "--output", str(suite_dir / "Release.gpg"), str(release))
+    finally:
+        _stop_gpg_agent(home)
+
+
+def _build_into(repo_root: Path, home: Path, fingerprint: str, work_dir: Path) -> None:
+    suite_dir = repo_root / SUITE.rstrip("/")
+    suite_dir.mkdir(parents=True)
+    pkgs = standin_packages()
+    debs = [build_deb(pkg, suite_dir, work_dir) for pkg in pkgs]
+    index = packages_index(debs, repo_root).encode()
+    (suite_dir / "Packages").write_bytes(index)
+    (suite_dir / "Packages.gz").write_bytes(gzip.compress(index, mtime=SOURCE_DATE_EPOCH))
+    (suite_dir / "Release").write_text(release_text(suite_dir, ["Packages", "Packages.gz"]))
+    _sign_suite(home, fingerprint, suite_dir)
+    (repo_root / KEY_FILE).write_bytes(_gpg(home, "--armor", "--export", fingerprint).stdout)
+    (repo_root / "README.txt").write_text(
+        "TEST STAND-IN for download.jitsi.org (ensemble); not Jitsi's software.\n"
+        f"Flat repository: deb [signed-by=...] <url> {SUITE}\nSigning key fingerprint: {fingerprint}\n")
+    for path in [repo_root, *repo_root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _prune_old_repos(cache_dir: Path, keep: Path, kept: int = 3) -> None:
+    others = sorted((p for p in cache_dir.glob("repo-*") if p != keep), key=lambda p: p.stat().st_mtime)
+    for old in others[:max(0, len(others) - (kept - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_standin_repo(cache_dir: Path = DEFAULT_CACHE_DIR) -> StandinRepo:
+    """Build (or reuse) the signed stand-in repository under cache_dir; idempotent and safe to run concurrently.
+
+    The repository lives in cache_dir/repo-<content hash>-<key>: a change to any stand-in file gives a
+    new directory, an unchanged tree returns at once. Only the newest few repositories are kept (an older
+    one may still be served by a running test).
+
+    Example:
+        repo = build_standin_repo(Path("/var/cache/ensemble/jitsi-standin"))
+        repo.path   # .../repo-1a2b3c4d5e6f7a8b-2DC1389C (holds jitsi-key.gpg.key and stable/)
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    versions = {p.name: p.version for p in standin_packages()}
+    with open(cache_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two test processes building at once wait for each other
+        home, fingerprint = ensure_signing_key(cache_dir)
+        repo_root = cache_dir / f"repo-{content_hash()[:16]}-{fingerprint[-8:]}"
+        if not (repo_root / SUITE / "InRelease").exists():
+            with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".build-") as tmp:
+                staging = Path(tmp) / "repo"
+                _build_into(staging, home, fingerprint, Path(tmp) / "work")
+                shutil.rmtree(repo_root, ignore_errors=True)
+                staging.rename(repo_root)
+        _prune_old_repos(cache_dir, keep=repo_root)
+    return StandinRepo(path=repo_root, key_fingerprint=fingerprint, versions=versions)
