@@ -19,6 +19,7 @@ import json
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -167,6 +168,7 @@ class DeployEnv:
     spec: FleetSpec
     http_proxy: str = ""
     admin_cidrs: list[str] = field(default_factory=list)
+    apt_direct: list[str] = field(default_factory=list)  # repository hosts apt reaches without its proxy
 
 
 def local_environment(spec: FleetSpec, provider) -> DeployEnv:
@@ -187,7 +189,9 @@ def local_environment(spec: FleetSpec, provider) -> DeployEnv:
         jitsi = replace(spec.jitsi, apt_repo=url, apt_suite=repo.suite, apt_key_url=repo.key_url(url),
                         apt_key_fingerprint=repo.key_fingerprint)
         spec = replace(spec, jitsi=jitsi)
-    return DeployEnv(spec=spec, http_proxy=net.http_proxy_url, admin_cidrs=[net.subnet])
+    direct = [urllib.parse.urlsplit(spec.jitsi.apt_repo).hostname or ""]
+    return DeployEnv(spec=spec, http_proxy=net.http_proxy_url, admin_cidrs=[net.subnet],
+                     apt_direct=[h for h in direct if h])
 
 
 def deploy_environment(spec: FleetSpec, provider) -> DeployEnv:
@@ -221,7 +225,7 @@ def deploy_fleet(spec: FleetSpec, *, provider=None, dry: bool = False, progress=
         existing = {h.name for h in provider.list_hosts(spec)}
         result.created = [n for n in wanted_names(spec) if n not in existing]
         if dry:
-            hosts = [h for h in provider.list_hosts(spec)]
+            hosts = list(provider.list_hosts(spec))
         else:
             if result.created:
                 progress(f"creating {len(result.created)} host(s): {', '.join(result.created)}")
@@ -232,7 +236,7 @@ def deploy_fleet(spec: FleetSpec, *, provider=None, dry: bool = False, progress=
         keyring = jitsi_keyring(env.spec)
         store = read_secrets(env.spec, targets, hosts, progress)
         kwargs = {"spec": env.spec, "store": store, "hosts": hosts, "keyring": keyring,
-                  "http_proxy": env.http_proxy, "admin_cidrs": env.admin_cidrs}
+                  "http_proxy": env.http_proxy, "admin_cidrs": env.admin_cidrs, "apt_direct": env.apt_direct}
         result.results = run_deploy(targets, fleet_host, kwargs, dry=dry, progress=progress)
     result.seconds = time.monotonic() - started
     return result

@@ -196,7 +196,7 @@ def run_deploy(targets: list[Target], deploy: Callable[..., Any], kwargs: dict[s
         _prepare(state, deploy, kwargs or {}, errors, progress)
         if not dry:
             state.set_stage(StateStage.Execute)
-            _run_hosts_independently(state)
+            _run_hosts_independently(state, errors, progress)
     except PyinfraError as exc:  # "No hosts remaining!": every host failed, each already reported
         progress(f"every host failed ({exc})")
     finally:
@@ -208,20 +208,25 @@ def run_deploy(targets: list[Target], deploy: Callable[..., Any], kwargs: dict[s
     return results
 
 
-def _run_host(state: State, host) -> None:
+def _run_host(state: State, host, errors: dict[str, str], progress: Progress) -> None:
     try:
         _run_host_ops(state, host)
-    except PyinfraError:
-        state.failed_hosts.add(host)  # its failing operation was reported by the callback
+    except Exception as exc:  # an operation failed (reported by the callback) or could not be run
+        state.failed_hosts.add(host)
+        gevent.sleep(0)  # let the callback report the failed operation first
+        if host.name not in errors:
+            errors[host.name] = str(exc)
+            progress(f"[{host.name}] FAILED  {exc}")
 
 
-def _run_hosts_independently(state: State) -> None:
+def _run_hosts_independently(state: State, errors: dict[str, str], progress: Progress) -> None:
     """Every host runs its own operation list at its own pace (pyinfra's --no-wait), and a host
     that fails stops alone. pyinfra's own no-wait runner lets the error escape its greenlets, so
     this is that loop with the error caught (it uses pyinfra's per-host runner)."""
     state.is_executing = True
     with ctx_state.use(state):
-        greenlets = [state.pool.spawn(_run_host, state, host) for host in state.inventory.get_active_hosts()]
+        greenlets = [state.pool.spawn(_run_host, state, host, errors, progress)
+                     for host in state.inventory.get_active_hosts()]
         gevent.joinall(greenlets)
 
 

@@ -30,6 +30,7 @@ from ensemble.spec import FleetSpec
 JITSI_KEYRING = "/usr/share/keyrings/jitsi-keyring.gpg"
 JITSI_SOURCE = "/etc/apt/sources.list.d/jitsi.sources"
 SECRETS_FILE = "/etc/ensemble/secrets.json"
+APT_DIRECT_FILE = "/etc/apt/apt.conf.d/02ensemble-direct"
 SYSCTL_FILE = "/etc/sysctl.d/20-jvb-udp-buffers.conf"
 APT_CACHE_SECONDS = 3600
 BASE_PACKAGES_FRONTDOOR = ["nftables", "unattended-upgrades", "ca-certificates", "openssl", "curl", "nginx"]
@@ -54,6 +55,7 @@ class DeployContext:
     ssh_cidrs: list[str] = field(default_factory=list)
     frontdoor: Host | None = None
     http_proxy: str = ""  # proxy guests use for npm (local provider), "" = direct
+    apt_direct: list[str] = field(default_factory=list)  # apt hosts reached without the apt proxy
 
     def files_of(self, *components: str) -> list:
         return [f for f in self.files if f.component in components]
@@ -131,6 +133,16 @@ def jitsi_source(repo: str, suite: str) -> str:
     return f"Types: deb\nURIs: {repo}\nSuites: {suite}\nSigned-By: {JITSI_KEYRING}\n"
 
 
+def apt_direct_conf(hosts: Iterable[str]) -> str:
+    """apt settings that bypass a configured proxy for some hosts (a repository served on the bridge).
+
+    Example::
+
+        apt_direct_conf(["10.214.4.1"])   # 'Acquire::http::Proxy::10.214.4.1 "DIRECT";\n'
+    """
+    return "".join(f'Acquire::http::Proxy::{h} "DIRECT";\n' for h in hosts)
+
+
 def secrets_json(host_secrets: dict[str, dict[str, str]]) -> str:
     """The secrets a host keeps (its own entry + the fleet entry), stable bytes for idempotence.
 
@@ -194,6 +206,9 @@ def base(ctx: DeployContext) -> None:
     files.put(name="secrets (0600)", src=io.StringIO(secrets_json(ctx.host_secrets)), dest=SECRETS_FILE,
               mode="600", user="root", group="root", create_remote_dir=True)
     sources = []
+    if ctx.apt_direct:
+        sources.append(files.put(name="apt: direct to the local repositories", dest=APT_DIRECT_FILE, mode="644",
+                                 src=io.StringIO(apt_direct_conf(ctx.apt_direct))))
     if ctx.jitsi_keyring:
         sources.append(files.put(name="Jitsi keyring (fingerprint checked)", src=io.BytesIO(ctx.jitsi_keyring),
                                  dest=JITSI_KEYRING, mode="644"))

@@ -42,6 +42,6 @@ def frontdoor(ctx: DeployContext) -> None:
     """nginx with the front door's configuration; reloaded only when a file changed."""
     base(ctx)
     tls_files(ctx)
-    disable_default = files.file(name="nginx default site disabled", path="/etc/nginx/sites-enabled/default",
+    disable_default = files.link(name="nginx default site disabled", path="/etc/nginx/sites-enabled/default",
                                  present=False)
     put_files(ctx.files, also_changed={"nginx": [disable_default]})

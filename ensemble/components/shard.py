@@ -71,7 +71,8 @@ def ssh_cidrs(spec: FleetSpec, admin_cidrs: list[str] | None) -> list[str]:
 
 
 def shard_context(spec: FleetSpec, store: Secrets, me: Host, hosts: list[Host], *, keyring: bytes | None,
-                  http_proxy: str = "", admin_cidrs: list[str] | None = None) -> DeployContext:
+                  http_proxy: str = "", admin_cidrs: list[str] | None = None,
+                  apt_direct: list[str] | None = None) -> DeployContext:
     """Everything shard `me` needs, computed before any operation runs (pure).
 
     Example::
@@ -86,7 +87,7 @@ def shard_context(spec: FleetSpec, store: Secrets, me: Host, hosts: list[Host], 
         files=shard_files(spec, me.shard, store, me, frontdoor),
         host_secrets={me.name: store[me.name], FLEET_KEY: store[FLEET_KEY]},
         packages=shard_packages(spec), debconf=debconf_preseed(me.name), jitsi_keyring=keyring,
-        ssh_cidrs=ssh_cidrs(spec, admin_cidrs), http_proxy=http_proxy,
+        ssh_cidrs=ssh_cidrs(spec, admin_cidrs), http_proxy=http_proxy, apt_direct=list(apt_direct or []),
     )
 
 
@@ -118,7 +119,8 @@ def current(hosts: list[Host]) -> Host:
 
 @deploy("Fleet host")
 def fleet_host(spec: FleetSpec, store: Secrets, hosts: list[Host], keyring: bytes | None = None,
-               http_proxy: str = "", admin_cidrs: list[str] | None = None) -> None:
+               http_proxy: str = "", admin_cidrs: list[str] | None = None, apt_direct: list[str] | None = None
+               ) -> None:
     """The deploy of whatever role the current host has (shard or front door)."""
     me = current(hosts)
     if me.role == "frontdoor":
@@ -127,4 +129,4 @@ def fleet_host(spec: FleetSpec, store: Secrets, hosts: list[Host], keyring: byte
         frontdoor(frontdoor_context(spec, store, me, hosts, admin_cidrs=admin_cidrs))
     else:
         shard(shard_context(spec, store, me, hosts, keyring=keyring, http_proxy=http_proxy,
-                            admin_cidrs=admin_cidrs))
+                            admin_cidrs=admin_cidrs, apt_direct=apt_direct))

@@ -30,7 +30,7 @@ def enable_site(domain: str) -> list:
     """Link ensemble's site, remove Debian's default one; returns the ops (they trigger a reload)."""
     enabled, available = site_link(domain)
     return [
-        files.file(name="nginx default site disabled", path="/etc/nginx/sites-enabled/default", present=False),
+        files.link(name="nginx default site disabled", path="/etc/nginx/sites-enabled/default", present=False),
         files.link(name="nginx site enabled", path=enabled, target=available),
     ]
 
