@@ -1,0 +1,119 @@
+"""The prosody virtual host file, read by Lua's own parser and by `prosodyctl check config` (Debian's prosody)
+for every OS profile."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ensemble.profiles import PROFILES
+from ensemble.render import shard_files
+from ensemble.secrets import complete_secrets
+from ensemble.spec import spec_from_dict
+
+LUAC = shutil.which("luac5.4") or shutil.which("luac") or "luac5.4"
+PROSODYCTL = shutil.which("prosodyctl") or "/usr/bin/prosodyctl"
+
+
+def _prosody_file(profile: str) -> tuple[str, str]:
+    spec = spec_from_dict({"fleet": {"os": profile}})
+    store: dict = {}
+    complete_secrets(store, spec)
+    domain = spec.shard_name(1)
+    (item,) = [f for f in shard_files(spec, 1, store) if f.component == "prosody"]
+    assert item.path == f"/etc/prosody/conf.avail/{domain}.cfg.lua"
+    return domain, item.content
+
+
+@pytest.fixture
+def prosody_dir():
+    """A folder the 'prosody' user can read (prosodyctl drops to it; pytest's tmp_path is private)."""
+    with tempfile.TemporaryDirectory(prefix="ensemble-prosody-") as folder:
+        os.chmod(folder, 0o755)
+        yield Path(folder)
+
+
+def _prosody_root(tmp: Path, site: str) -> Path:
+    """A throwaway prosody config dir: a minimal main file that includes the rendered one, as Debian's does."""
+    (tmp / "conf.d").mkdir()
+    (tmp / "certs").mkdir()
+    (tmp / "conf.d" / "site.cfg.lua").write_text(site)
+    main = tmp / "prosody.cfg.lua"
+    main.write_text(f"""
+admins = {{ }}
+pidfile = "{tmp}/prosody.pid"
+data_path = "{tmp}/data"
+log = {{ info = "{tmp}/prosody.log" }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "ping"; "http"; }}
+Include "{tmp}/conf.d/*.cfg.lua"
+""")
+    return main
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_lua_parses_the_virtual_host_file(profile, tmp_path):
+    _, site = _prosody_file(profile)
+    path = tmp_path / "site.cfg.lua"
+    path.write_text(site)
+    run = subprocess.run([LUAC, "-p", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_luac_rejects_broken_lua(tmp_path):
+    path = tmp_path / "bad.cfg.lua"
+    path.write_text('VirtualHost "x"\n  modules_enabled = { "a"; \n')
+    assert subprocess.run([LUAC, "-p", str(path)], capture_output=True).returncode != 0
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_prosodyctl_check_config_passes(profile, prosody_dir):
+    _, site = _prosody_file(profile)
+    main = _prosody_root(prosody_dir, site)
+    run = subprocess.run([PROSODYCTL, "--config", str(main), "check", "config"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "All checks passed" in run.stdout
+
+
+def test_prosodyctl_check_config_can_fail(prosody_dir):
+    """The check is not a rubber stamp: an obsolete option in the rendered file is reported."""
+    _, site = _prosody_file("debian-bookworm")
+    broken = site.replace("consider_bosh_secure", "cross_domain_bosh = false\nconsider_bosh_secure")
+    main = _prosody_root(prosody_dir, broken)
+    run = subprocess.run([PROSODYCTL, "--config", str(main), "check", "config"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode != 0
+    assert "cross_domain_bosh" in run.stdout
+
+
+def _section(site: str, header: str) -> str:
+    """The text of one VirtualHost/Component section (up to the next one)."""
+    start = site.index(header)
+    following = re.search(r"^(VirtualHost|Component) ", site[start + len(header):], re.M)
+    return site[start:start + len(header) + following.start()] if following else site[start:]
+
+
+@pytest.mark.parametrize("profile", ["debian-bookworm", "debian-trixie", "debian-buster"])
+def test_the_jitsi_essentials_are_there(profile):
+    d, site = _prosody_file(profile)
+    main_host = _section(site, f'VirtualHost "{d}"')
+    assert '"muc_census"' in main_host  # occupancy for the front door
+    assert 'authentication = "jitsi-anonymous"' in main_host
+    for name in ("bosh", "websocket", "ping", "muc_lobby_rooms", "muc_breakout_rooms"):
+        assert f'"{name}"' in main_host
+    assert f'main_muc = "conference.{d}"' in main_host
+    assert f'muc_mapper_domain_base = "{d}"' in site
+    assert 'http_interfaces = { "127.0.0.1" }' in site
+    assert f'Component "internal.auth.{d}" "muc"' in site
+    assert f'Component "focus.{d}" "client_proxy"' in site
+    assert f'target_address = "focus@auth.{d}"' in site
+    assert 'authentication = "internal_hashed"' in _section(site, f'VirtualHost "auth.{d}"')
+    legacy = PROFILES[profile].legacy
+    # prosody 0.11 (legacy profiles) has no core mod_smacks
+    assert ('"smacks"' in site) is not legacy
