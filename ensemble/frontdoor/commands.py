@@ -1,0 +1,98 @@
+"""The front door's CLI commands as plain functions (cli.py only parses and prints).
+
+Example::
+
+    result = run_refresh(spec)                         # on the front door host
+    host = drain_shard(spec, "demo-2.meet.example.org", True)
+    upgrade_fleet(spec, timeout=3600, progress=print)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ensemble.errors import EnsembleError, UsageError
+from ensemble.frontdoor.drain import Progress, find_shard, rolling_upgrade, set_drain
+from ensemble.frontdoor.occupancy import OccupancySource
+from ensemble.frontdoor.refresh import NginxControl, RefreshResult, refresh
+from ensemble.frontdoor.render import FrontdoorLayout
+from ensemble.providers.base import Host
+from ensemble.secrets import FLEET_KEY
+from ensemble.spec import FleetSpec
+
+
+def occupancy_token(secrets_path: Path) -> str:
+    """The fleet's occupancy token from a secrets file (never created here: the deploy puts it there).
+
+    Example::
+
+        occupancy_token(Path("/etc/ensemble/secrets.json"))
+    """
+    try:
+        store = json.loads(secrets_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--secrets: no such file: {secrets_path}") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--secrets: {secrets_path} is not a readable JSON secrets file "
+                         f"({exc.__class__.__name__})") from None
+    token = store.get(FLEET_KEY, {}).get("occupancy_token") if isinstance(store, dict) else None
+    if not token:
+        raise UsageError(f"--secrets: {secrets_path} has no {FLEET_KEY}.occupancy_token")
+    return token
+
+
+def run_refresh(spec: FleetSpec, secrets_path: Path | None = None, layout: FrontdoorLayout | None = None,
+                nginx: NginxControl | None = None, ca_file: str | None = None) -> RefreshResult:
+    """One refresh with the production layout (see refresh.refresh).
+
+    Example::
+
+        run_refresh(spec).plan.split
+    """
+    layout = layout or FrontdoorLayout()
+    token = occupancy_token(secrets_path or Path(layout.secrets_path))
+    source = OccupancySource(token=token, ca_file=ca_file, verify_tls=spec.tls.mode != "self-signed")
+    return refresh(spec, layout, source, nginx or NginxControl())
+
+
+def _fleet_hosts(spec: FleetSpec) -> list[Host]:
+    from ensemble.providers import get_provider
+
+    return get_provider(spec).list_hosts(spec)
+
+
+def drain_shard(spec: FleetSpec, shard: str, drain: bool, hosts: list[Host] | None = None) -> Host:
+    """Set or clear one shard's drain flag; returns the shard.
+
+    Example::
+
+        drain_shard(spec, "2", True).name     # "demo-2.meet.example.org"
+    """
+    host = find_shard(hosts if hosts is not None else _fleet_hosts(spec), shard)
+    set_drain(host, drain)
+    return host
+
+
+def upgrade_fleet(spec: FleetSpec, timeout: int, progress: Progress = None) -> list[dict]:
+    """Rolling upgrade of every shard (drain, wait empty, redeploy, check, undrain), one at a time.
+
+    Example::
+
+        upgrade_fleet(spec, 3600, print)     # [{"shard": "demo-1...", "seconds": 312.5}, ...]
+    """
+    from ensemble.fleet import deploy_fleet
+    from ensemble.lifecycle import check_shards
+    from ensemble.providers import get_provider
+
+    provider = get_provider(spec)
+    hosts = provider.list_hosts(spec)
+    if not any(h.role == "shard" for h in hosts):
+        raise EnsembleError(f"upgrade: the fleet {spec.fleet.name!r} has no shard (run `ensemble deploy`)")
+
+    def redeploy(host: Host) -> list[str]:
+        result = deploy_fleet(spec, provider=provider, hosts=[host], progress=progress or (lambda _line: None))
+        return [f"{name}: {r.error or 'deploy failed'}" for name, r in result.results.items() if not r.ok]
+
+    return rolling_upgrade(spec, hosts, timeout=timeout, redeploy=redeploy,
+                           check=lambda host: check_shards(spec, [host]), progress=progress)

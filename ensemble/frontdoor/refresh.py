@@ -1,0 +1,207 @@
+"""`ensemble frontdoor refresh`: read the shards, select, write the maps, `nginx -t`, reload on change.
+
+Runs on the front door host (systemd timer, every `frontdoor.refresh_interval` s). The state file
+(damping, last pins, recently routed rooms, the last plan for `ensemble status`) is derived data:
+losing it costs at most one damping period. The maps are replaced atomically; when `nginx -t`
+rejects them the previous maps are put back and nginx keeps serving the old configuration.
+
+Example::
+
+    result = refresh(spec, token, FrontdoorLayout(), OccupancySource(token=token), NginxControl())
+    result.changed, result.reloaded, result.seconds
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ensemble.errors import EnsembleError
+from ensemble.frontdoor.occupancy import OccupancySource, read_all
+from ensemble.frontdoor.render import FrontdoorLayout, routing_conf
+from ensemble.frontdoor.rooms import room_key
+from ensemble.frontdoor.selection import (
+    Memory,
+    RoutingPlan,
+    SelectionParams,
+    ShardReading,
+    memory_from_json,
+    memory_to_json,
+    plan_to_json,
+    select,
+)
+from ensemble.spec import FleetSpec
+
+ROUTES_LOG_FIRST_READ = 1 << 20  # without a saved offset, only the log's last MiB matters (recent_ttl)
+
+
+@dataclass(frozen=True)
+class NginxControl:
+    """The commands that check and reload nginx (tests add -p/-c for their own instance).
+
+    Example::
+
+        NginxControl(test=("nginx", "-p", "/tmp/fd", "-c", "/tmp/fd/nginx.conf", "-t", "-q"),
+                     reload=("nginx", "-p", "/tmp/fd", "-c", "/tmp/fd/nginx.conf", "-s", "reload"))
+    """
+
+    test: tuple[str, ...] = ("nginx", "-t", "-q")
+    reload: tuple[str, ...] = ("systemctl", "reload", "nginx")
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """What one refresh did."""
+
+    plan: RoutingPlan
+    changed: bool
+    reloaded: bool
+    seconds: float
+    unreadable: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {**plan_to_json(self.plan), "changed": self.changed, "reloaded": self.reloaded,
+                "seconds": round(self.seconds, 3), "unreadable": self.unreadable}
+
+
+def selection_params(spec: FleetSpec) -> SelectionParams:
+    """Selection tunables from the spec; recently routed rooms stay pinned for 4 refreshes (>= 60 s).
+
+    Example::
+
+        selection_params(spec).grace_period     # 120
+    """
+    f = spec.frontdoor
+    return SelectionParams(capacity=f.capacity_per_shard, grace_period=f.grace_period, ready_after=f.ready_after,
+                           recent_ttl=max(60.0, 4.0 * f.refresh_interval))
+
+
+# ---------------------------------------------------------------- facts: files
+
+def parse_routes(text: str) -> list[tuple[float, str, str]]:
+    """Lines "<msec> <room key> <shard>" of the routes log -> (time, key, shard); junk lines skipped.
+
+    Example::
+
+        parse_routes("1700000000.123 myroom demo-1.meet.example.org\\n")
+        # [(1700000000.123, "myroom", "demo-1.meet.example.org")]
+    """
+    routes = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or room_key(parts[1]) != parts[1] or parts[2] == "-":
+            continue
+        try:
+            routes.append((float(parts[0]), parts[1], parts[2]))
+        except ValueError:
+            continue
+    return routes
+
+
+def load_state(path: Path) -> dict:
+    """The refresher's state file, or {} when missing or unreadable (it is derived data)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# ---------------------------------------------------------------- actions
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace path's content in one rename (readers see the old or the new file, never half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def read_new_routes(log_path: Path, position: dict) -> tuple[list[tuple[float, str, str]], dict]:
+    """Routes logged since the saved position {"inode", "offset"}; a rotated log is read from its start."""
+    try:
+        stat = log_path.stat()
+    except OSError:
+        return [], {}
+    offset = position.get("offset", 0) if position.get("inode") == stat.st_ino else None
+    if offset is None or offset > stat.st_size:
+        offset = 0 if position.get("inode") else max(0, stat.st_size - ROUTES_LOG_FIRST_READ)
+    with open(log_path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    # keep a partial last line for the next run
+    end = data.rfind(b"\n") + 1
+    return parse_routes(data[:end].decode("utf-8", "replace")), {"inode": stat.st_ino, "offset": offset + end}
+
+
+def _run(command: tuple[str, ...]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(command, 1, "", str(exc))
+
+
+def install_maps(path: Path, text: str, nginx: NginxControl) -> tuple[bool, bool]:
+    """Write the maps if they differ, `nginx -t`, reload. (changed, reloaded).
+
+    On a failed `nginx -t` the previous maps are restored and EnsembleError names nginx's complaint.
+    """
+    try:
+        old = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        old = None
+    if old == text:
+        return False, False
+    write_atomic(path, text)
+    check = _run(nginx.test)
+    if check.returncode != 0:
+        if old is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomic(path, old)
+        complaint = next((ln for ln in (check.stderr or check.stdout).splitlines() if "emerg" in ln),
+                         (check.stderr or check.stdout).strip().splitlines()[-1:] or ["?"])
+        if isinstance(complaint, list):
+            complaint = complaint[0]
+        raise EnsembleError(f"frontdoor refresh: nginx -t rejected the new maps, the old ones stay in service: "
+                            f"{complaint.strip()}")
+    reload = _run(nginx.reload)
+    if reload.returncode != 0:
+        raise EnsembleError(f"frontdoor refresh: nginx reload failed: {(reload.stderr or reload.stdout).strip()}")
+    return True, True
+
+
+def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, nginx: NginxControl,
+            now: float | None = None, readings: list[ShardReading] | None = None) -> RefreshResult:
+    """One refresh cycle (see the module). `readings` skips the network (benchmarks, tests of selection).
+
+    Example::
+
+        refresh(spec, FrontdoorLayout(), OccupancySource(token=t), NginxControl()).plan.split
+    """
+    started = time.monotonic()
+    now = time.time() if now is None else now
+    state_path = Path(layout.state_path)
+    state = load_state(state_path)
+    memory = memory_from_json(state.get("memory", {})) if state else Memory()
+    if readings is None:
+        readings = read_all(spec.shard_names(), source)
+    routed, position = read_new_routes(Path(layout.routes_log), state.get("routes_log", {}))
+    plan, memory = select(readings, memory, now, selection_params(spec), routed)
+    text = routing_conf(plan, spec, layout)
+    new_state = {"memory": memory_to_json(memory), "routes_log": position, "plan": plan_to_json(plan),
+                 "refreshed_at": now, "errors": {r.name: r.error for r in readings if r.error}}
+    try:
+        changed, reloaded = install_maps(Path(layout.routing_path), text, nginx)
+    finally:
+        write_atomic(state_path, json.dumps(new_state, indent=1, sort_keys=True) + "\n", 0o640)
+    return RefreshResult(plan=plan, changed=changed, reloaded=reloaded, seconds=time.monotonic() - started,
+                         unreadable=[r.name for r in readings if not r.ok])

@@ -1,0 +1,242 @@
+"""STAND-IN for the occupancy sources of Jitsi shards, plus real nginx instances for front door tests.
+
+Each shard of a test fleet is a `server` of a real nginx (`ShardsNginx`) that answers like a
+shard's nginx does for the front door: ``/<room>`` (a page naming the shard), ``/http-bind`` and
+``/xmpp-websocket`` (the same), and the token-protected ``/_ensemble/{census,stats,health,state}``
+locations. Behind those locations, this module's `OccupancyStandin` plays prosody's room census,
+the JVB's colibri stats and jicofo's health (the real daemons are not installed in this tier); the
+drain state is a real file per shard, written by ensemble.frontdoor.drain like on a real shard.
+
+Example::
+
+    standin = OccupancyStandin().start()
+    standin.set_rooms("s1.fd.test", {"myroom": 3})
+    shards = ShardsNginx(tmp_path / "shards", ["s1.fd.test"], standin.port, token="t").start()
+    ...
+    shards.stop(); standin.stop()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+NGINX = "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    """An ephemeral loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OccupancyStandin:
+    """Prosody census, JVB stats and jicofo health of many shards, on one loopback port.
+
+    Paths: /<shard>/room-census, /<shard>/colibri/stats, /<shard>/about/health.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rooms: dict[str, dict[str, int]] = {}
+        self.stress: dict[str, float] = {}
+        self.down: set[str] = set()  # answer 502 on everything
+        self.unhealthy: set[str] = set()  # jicofo health 500
+        self.server: ThreadingHTTPServer | None = None
+
+    # -- control
+    def set_rooms(self, shard: str, rooms: dict[str, int]) -> None:
+        with self.lock:
+            self.rooms[shard] = dict(rooms)
+
+    def set_stress(self, shard: str, stress: float) -> None:
+        with self.lock:
+            self.stress[shard] = stress
+
+    def set_down(self, shard: str, down: bool = True) -> None:
+        with self.lock:
+            (self.down.add if down else self.down.discard)(shard)
+
+    # -- answers
+    def answer(self, path: str) -> tuple[int, dict]:
+        parts = path.strip("/").split("/", 1)
+        if len(parts) != 2:
+            return 404, {}
+        shard, what = parts
+        with self.lock:
+            if shard in self.down:
+                return 502, {}
+            rooms = dict(self.rooms.get(shard, {}))
+            stress = self.stress.get(shard, 0.0)
+            healthy = shard not in self.unhealthy
+        participants = sum(rooms.values())
+        if what == "room-census":
+            domain = f"conference.{shard}"
+            return 200, {"room_census": [{"room_name": f"{name}@{domain}", "participants": n,
+                                          "created_time": 1700000000 + i, "leaked": False}
+                                         for i, (name, n) in enumerate(sorted(rooms.items()))]}
+        if what == "colibri/stats":
+            return 200, {"conferences": len(rooms), "participants": participants, "endpoints": participants,
+                         "largest_conference": max(rooms.values(), default=0), "stress_level": stress,
+                         "drain": False, "graceful_shutdown": False, "healthy": True}
+        if what == "about/health":
+            return (200, {}) if healthy else (500, {})
+        return 404, {}
+
+    def start(self) -> OccupancyStandin:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                status, body = standin.answer(self.path)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.server_address[1]
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+# ---------------------------------------------------------------- real nginx instances
+
+def nginx_main_conf(prefix: Path, body: str) -> str:
+    """A complete nginx.conf for an instance living under prefix (own pid, logs, temp dirs)."""
+    return f"""worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log off;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+{body}
+}}
+"""
+
+
+class NginxInstance:
+    """A real nginx started with its own prefix and config; stopped (and waited for) by stop()."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.prefix = prefix
+        (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        self.conf = prefix / "nginx.conf"
+
+    def command(self, *args: str) -> tuple[str, ...]:
+        return (NGINX, "-p", str(self.prefix), "-c", str(self.conf), *args)
+
+    def start(self) -> NginxInstance:
+        subprocess.run(self.command(), check=True, capture_output=True, text=True)
+        return self
+
+    def master_pid(self) -> int:
+        return int((self.prefix / "nginx.pid").read_text().strip())
+
+    def reload_and_wait(self) -> None:
+        """Reload and wait until the old workers are gone (new config fully in service)."""
+        before = self.worker_pids()
+        subprocess.run(self.command("-s", "reload"), check=True, capture_output=True)
+        self.wait_workers_replaced(before)
+
+    def worker_pids(self) -> set[int]:
+        master = self.master_pid()
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout
+        return {int(p) for p in out.split()}
+
+    def wait_workers_replaced(self, before: set[int], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.worker_pids()
+            if now and not (now & before):
+                return
+            time.sleep(0.05)
+        raise TimeoutError("nginx workers were not replaced after reload")
+
+    def stop(self) -> None:
+        try:
+            pid = self.master_pid()
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+
+def shard_servers_conf(shards: list[str], port: int, standin_port: int, token: str, state_dir: Path) -> str:
+    """nginx servers playing the shards: room pages naming the shard, and the private locations."""
+    blocks = []
+    for shard in shards:
+        guard = f'if ($http_authorization != "Bearer {token}") {{ return 403; }}'
+        blocks.append(f"""
+server {{
+    listen 127.0.0.1:{port};
+    server_name {shard};
+    default_type text/plain;
+    location = /_ensemble/census {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/room-census; }}
+    location = /_ensemble/stats {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/colibri/stats; }}
+    location = /_ensemble/health {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/about/health; }}
+    location = /_ensemble/state {{ {guard} default_type application/json; alias {state_dir}/{shard}.json; }}
+    location = /http-bind {{ return 200 "shard={shard} bosh room=$arg_room\\n"; }}
+    location = /xmpp-websocket {{ return 200 "shard={shard} websocket room=$arg_room\\n"; }}
+    location / {{
+        default_type text/html;
+        return 200 "<!DOCTYPE html><html><head><title>shard={shard}</title></head>
+<body>shard={shard} page=$uri</body></html>\\n";
+    }}
+}}""")
+    return "\n".join(blocks)
+
+
+class ShardsNginx(NginxInstance):
+    """One real nginx playing every shard of a test fleet on one loopback port (by server_name)."""
+
+    def __init__(self, prefix: Path, shards: list[str], standin_port: int, token: str) -> None:
+        super().__init__(prefix)
+        self.port = free_port()
+        self.state_dir = prefix / "state"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(nginx_main_conf(prefix, shard_servers_conf(shards, self.port, standin_port, token,
+                                                                          self.state_dir)))
+
+    def state_file(self, shard: str) -> Path:
+        return self.state_dir / f"{shard}.json"
