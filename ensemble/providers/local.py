@@ -142,8 +142,9 @@ def nspawn_argv(rootfs: Path, machine: str, bridge: str) -> list[str]:
 
         nspawn_argv(Path("/run/ensemble/demo/hosts/x/rootfs"), "x", "ens-2a9751")
     """
-    return ["setsid", "unshare", "-m", "--propagation", "private", "sh", "-c",
-            'mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn && exec systemd-nspawn "$@"', "sh",
+    in_namespace = ("mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn"
+                    ' && exec systemd-nspawn "$@"')
+    return ["setsid", "unshare", "-m", "--propagation", "private", "sh", "-c", in_namespace, "sh",
             "-D", str(rootfs), "-M", machine, "--register=no", "--keep-unit", "--link-journal=no",
             "--resolv-conf=off", "--timezone=off", "-b", "--console=passive", f"--network-bridge={bridge}"]
 
@@ -373,12 +374,10 @@ class LocalProvider:
         rootfs.mkdir(parents=True)
         record = {"name": planned.name, "role": planned.role, "shard": planned.shard, "address": planned.address,
                   "machine": machine, "suite": suite, "bridge": net.bridge, "ready": False,
-                  "creator": os.getpid()}
-        self._write_record(folder, record)
+                  "creator": os.getpid(), "machine_id": os.urandom(16).hex()}
+        self._write_record(folder, record)  # first, so cleanup_stale can find what a killed run left
         subprocess.run(f"zstd -dc {tarball} | tar -C {rootfs} --numeric-owner -xf -", shell=True, check=True)
-        machine_id = self._write_identity(spec, rootfs, planned, net)
-        record["machine_id"] = machine_id
-        self._write_record(folder, record)
+        self._write_identity(spec, rootfs, planned, net, record["machine_id"])
         self._pin_host_keys(spec, planned, rootfs)
         with open(folder / "nspawn.log", "wb") as log:
             proc = subprocess.Popen(nspawn_argv(rootfs, machine, net.bridge), stdin=subprocess.DEVNULL,
@@ -400,13 +399,13 @@ class LocalProvider:
         partial.write_text(json.dumps(record, indent=1))
         os.replace(partial, folder / "host.json")
 
-    def _write_identity(self, spec: FleetSpec, rootfs: Path, planned: PlannedHost, net: LocalNetwork) -> str:
+    def _write_identity(self, spec: FleetSpec, rootfs: Path, planned: PlannedHost, net: LocalNetwork,
+                        machine_id: str) -> None:
         """Hostname, hosts, machine-id, fresh SSH host keys, the fleet key, network and apt proxy."""
         (rootfs / "etc/hostname").write_text(planned.name + "\n")
         (rootfs / "etc/hosts").write_text(etc_hosts(planned.name, planned.address))
         (rootfs / "etc/resolv.conf").unlink(missing_ok=True)
         (rootfs / "etc/resolv.conf").write_text("nameserver 127.0.0.1\n")  # nothing outside resolves anyway
-        machine_id = os.urandom(16).hex()
         (rootfs / "etc/machine-id").write_text(machine_id + "\n")
         for key_type in HOST_KEY_TYPES:
             key_file = rootfs / f"etc/ssh/ssh_host_{key_type}_key"
@@ -420,7 +419,6 @@ class LocalProvider:
         (rootfs / "etc/systemd/network/10-host0.network").write_text(
             networkd_config(planned.address, net.prefix_length))
         (rootfs / "etc/apt/apt.conf.d/01ensemble-proxy").write_text(apt_proxy_config(net))
-        return machine_id
 
     def _pin_host_keys(self, spec: FleetSpec, planned: PlannedHost, rootfs: Path) -> None:
         """Write the guest's new public host keys into the fleet's known_hosts (replacing older ones)."""

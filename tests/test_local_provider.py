@@ -1,0 +1,353 @@
+"""The local provider: facts (names, subnets, suites, errors) and real nspawn hosts over real SSH."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+from conftest import local_spec, ssh_client, ssh_run
+
+from ensemble.errors import EnsembleError, SpecError, UsageError
+from ensemble.providers import local as local_mod
+from ensemble.providers import localnet
+from ensemble.providers.local import LocalProvider, container_processes, machine_name, mounts_under, suite_of
+from ensemble.providers.localimage import guest_sources, machine_sources, mirror_for_suite
+from ensemble.providers.localnet import plan_network
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---- facts ----
+
+def test_network_is_derived_from_the_fleet_name_and_fits_interface_limits():
+    one, again, other = plan_network("demo"), plan_network("demo"), plan_network("demo-2")
+    assert one == again
+    assert one.bridge != other.bridge and one.subnet != other.subnet
+    assert len(one.bridge) <= 15 and one.bridge.startswith("ens-")
+    assert one.gateway.endswith(".1") and one.subnet.endswith(".0/24") and one.subnet.startswith("10.")
+    assert one.apt_proxy_url == f"http://{one.gateway}:3142"
+    assert one.address(10).endswith(".10") and one.address(13).endswith(".13")
+
+
+def test_configured_subnet_wins_and_bad_ones_name_the_key():
+    assert plan_network("demo", "10.213.0.0/24").gateway == "10.213.0.1"
+    with pytest.raises(SpecError, match=r"^provider\.local\.subnet: "):
+        plan_network("demo", "8.8.8.0/24")
+
+
+def test_machine_names_are_safe_short_and_unique_per_fleet():
+    long_name = "a" * 60 + ".example.org"
+    name = machine_name("demo", long_name)
+    assert len(name) <= 64 and all(c.isalnum() or c == "-" for c in name)
+    assert machine_name("demo", "x.test") != machine_name("other", "x.test")
+
+
+def test_suite_follows_the_os_profile_and_refuses_what_the_mirror_lacks():
+    assert suite_of(local_spec("t-facts")) == "bookworm"
+    assert suite_of(local_spec("t-facts", os_profile="debian-trixie")) == "trixie"
+    for profile in ("debian-buster", "ubuntu-jammy"):
+        with pytest.raises(SpecError, match=r"^fleet\.os: .*not on this machine's mirror"):
+            suite_of(local_spec("t-facts", os_profile=profile))
+    with pytest.raises(SpecError, match=r"^provider\.local\.suite: "):
+        suite_of(local_spec("t-facts", provider={"kind": "local", "local": {"suite": "buster"}}))
+
+
+def test_mirror_is_read_from_the_machine_sources(tmp_path):
+    (tmp_path / "etc/apt/sources.list.d").mkdir(parents=True)
+    (tmp_path / "etc/apt/sources.list.d/debian.sources").write_text(textwrap.dedent("""\
+        Types: deb
+        URIs: http://mirror.test/debian-security
+        Suites: bookworm-security
+        Components: main
+
+        Types: deb
+        # a comment
+        URIs: http://mirror.test/debian
+        Suites: bookworm bookworm-updates
+        Components: main
+        """))
+    assert mirror_for_suite("", tmp_path) == "http://mirror.test/debian"
+    assert mirror_for_suite("http://other.test/debian", tmp_path) == "http://other.test/debian"
+    assert len(machine_sources(tmp_path)) == 3
+    assert "Suites: trixie trixie-updates" in guest_sources("trixie", "http://m/debian", "http://m/sec")
+    assert "Suites: trixie-security" in guest_sources("trixie", "http://m/debian", "http://m/sec")
+
+
+def test_non_root_gets_one_clear_line(monkeypatch):
+    monkeypatch.setattr(local_mod.os, "geteuid", lambda: 1000)
+    with pytest.raises(UsageError, match=r"^the local provider needs root \(systemd-nspawn, bridges\)$"):
+        LocalProvider().ensure_hosts(local_spec("t-facts"))
+
+
+def test_missing_tool_names_its_package(monkeypatch):
+    monkeypatch.setattr(local_mod.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(localnet.shutil, "which", lambda tool, path=None: None if tool == "tinyproxy" else "/bin/x")
+    with pytest.raises(EnsembleError, match=r"needs tinyproxy: apt-get install tinyproxy$"):
+        LocalProvider().ensure_hosts(local_spec("t-facts"))
+
+
+# ---- real hosts ----
+
+def _leftovers(spec, provider: LocalProvider, machine_ids: list[str]) -> list[str]:
+    """Everything of a fleet that should be gone after destroy_all."""
+    net = provider.network(spec)
+    found = []
+    if localnet.link_exists(net.bridge):
+        found.append(f"bridge {net.bridge}")
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    found += [f"veth {line.split(':')[1].strip()}" for line in links.splitlines()
+              if f"master {net.bridge} " in line]
+    found += [f"mount {m}" for m in mounts_under(provider.fleet_dir(spec).parent) if spec.fleet.name in m]
+    found += [f"container init {pid}" for mid in machine_ids for pid in container_processes(mid)]
+    if provider.fleet_dir(spec).exists():
+        found.append(f"folder {provider.fleet_dir(spec)}")
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and localnet.process_alive(int(proc.name)):
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(provider.fleet_dir(spec)) + "/" in cmdline:
+                found.append(f"process {proc.name}: {cmdline[:80]}")
+    return found
+
+
+def _machine_ids(provider: LocalProvider, spec) -> list[str]:
+    hosts_dir = provider.hosts_dir(spec)
+    return [json.loads((d / "host.json").read_text()).get("machine_id", "")
+            for d in hosts_dir.iterdir() if (d / "host.json").exists()] if hosts_dir.exists() else []
+
+
+@pytest.fixture(scope="module")
+def fleet(local_provider):
+    """A 2-host fleet (1 shard + front door), created once for the module, destroyed at its end."""
+    spec = local_spec("t-local", shards=1)
+    local_provider.destroy_all(spec)
+    started = time.monotonic()
+    hosts = local_provider.ensure_hosts(spec)
+    took = time.monotonic() - started
+    print(f"\n[measure] create {len(hosts)} hosts in parallel: {took:.1f} s")
+    yield spec, hosts
+    ids = _machine_ids(local_provider, spec)
+    started = time.monotonic()
+    local_provider.destroy_all(spec)
+    print(f"\n[measure] destroy_all of {len(hosts)} hosts: {time.monotonic() - started:.1f} s")
+    assert _leftovers(spec, local_provider, ids) == []
+
+
+@pytest.mark.realhost
+def test_hosts_boot_systemd_and_answer_ssh_with_pinned_keys(fleet):
+    spec, hosts = fleet
+    assert [(h.role, h.shard) for h in hosts] == [("shard", 1), ("frontdoor", None)]
+    net = LocalProvider().network(spec)
+    assert [h.address for h in hosts] == [net.address(11), net.address(10)]
+    for host in hosts:
+        assert host.name in Path(host.known_hosts).read_text()
+        assert oct(Path(host.ssh_key).stat().st_mode & 0o777) == "0o600"
+        code, out, _ = ssh_run(host, "systemctl is-system-running --wait; hostname; cat /etc/hosts")
+        state, hostname = out.split()[:2]
+        assert state in ("running", "degraded"), out
+        assert hostname == host.name
+        assert f"{host.address} {host.name}" in out
+
+
+@pytest.mark.realhost
+def test_ensure_hosts_again_creates_nothing(fleet, local_provider):
+    spec, hosts = fleet
+    ids = _machine_ids(local_provider, spec)
+    started = time.monotonic()
+    again = local_provider.ensure_hosts(spec)
+    assert again == hosts and _machine_ids(local_provider, spec) == ids
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.realhost
+def test_apt_works_through_the_proxy_and_nothing_else_is_reachable(fleet):
+    _spec, hosts = fleet
+    code, out, err = ssh_run(hosts[0], "apt-get update -q")
+    assert code == 0, err
+    code, _out, err = ssh_run(hosts[0], "curl -sS -m 5 http://deb.debian.org/ -o /dev/null")
+    assert code != 0  # no default route, no DNS: only the proxies on the bridge
+
+
+@pytest.mark.realhost
+def test_npm_proxy_allows_the_registry_only(fleet, local_provider):
+    spec, hosts = fleet
+    proxy = local_provider.network(spec).http_proxy_url
+    # the machine may inspect TLS: trust what its own clients trust (as the Etherpad deploy does)
+    client = ssh_client(hosts[0])
+    try:
+        sftp = client.open_sftp()
+        sftp.put("/etc/ssl/certs/ca-certificates.crt", "/tmp/machine-ca.crt")
+        sftp.close()
+    finally:
+        client.close()
+    curl = f"curl -sS -m 20 --cacert /tmp/machine-ca.crt -x {proxy} -o /dev/null -w '%{{http_code}}' "
+    code, out, err = ssh_run(hosts[0], curl + "https://registry.npmjs.org/is-number")
+    assert (code, out) == (0, "200"), err
+    code, out, err = ssh_run(hosts[0], curl + "https://pypi.org/simple/")
+    assert code != 0 and "403" in err
+
+
+@pytest.mark.realhost
+def test_hosts_reach_each_other(fleet):
+    _spec, (shard, frontdoor) = fleet
+    code, out, err = ssh_run(shard, f"timeout 5 bash -c 'head -c 7 </dev/tcp/{frontdoor.address}/22'")
+    assert (code, out) == (0, "SSH-2.0"), err
+
+
+@pytest.mark.realhost
+def test_serve_directory_reaches_guests(fleet, local_provider, tmp_path):
+    spec, hosts = fleet
+    (tmp_path / "hello.txt").write_text("stand-in repository\n")
+    url = local_provider.serve_directory(spec, "t-repo", tmp_path)
+    assert url == local_provider.serve_directory(spec, "t-repo", tmp_path)  # idempotent
+    code, out, err = ssh_run(hosts[0], f"curl -sS -m 5 {url}hello.txt")
+    assert (code, out) == (0, "stand-in repository\n"), err
+
+
+@pytest.mark.realhost
+def test_pebble_directory_answers_guests(fleet, local_provider, tmp_path):
+    from standins.acme import start_pebble
+
+    spec, hosts = fleet
+    acme = start_pebble(local_provider.network(spec).gateway, tmp_path / "pebble")
+    try:
+        assert "newOrder" in acme.directory()
+        assert "BEGIN CERTIFICATE" in acme.issuing_root()
+        client = ssh_client(hosts[0])
+        try:
+            sftp = client.open_sftp()
+            sftp.put(str(acme.ca_pem), "/tmp/pebble-ca.pem")
+            sftp.close()
+        finally:
+            client.close()
+        code, out, err = ssh_run(hosts[0], f"curl -sS -m 5 --cacert /tmp/pebble-ca.pem {acme.directory_url}")
+        assert code == 0 and "newAccount" in json.loads(out), err
+    finally:
+        acme.stop()
+
+
+@pytest.mark.realhost
+def test_a_changed_host_key_is_refused(fleet):
+    _spec, hosts = fleet
+    host = hosts[-1]
+    keep = "mkdir -p /root/keep && cp -a /etc/ssh/ssh_host_* /root/keep/"
+    new = "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null"
+    assert ssh_run(host, f"{keep} && {new} && systemctl restart ssh")[0] == 0
+    try:
+        with pytest.raises(paramiko.BadHostKeyException):
+            ssh_client(host)
+    finally:  # put the pinned keys back, through the container's own console-free path: nsenter
+        pid = _init_pid(host)
+        subprocess.run(["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "sh", "-c",
+                        "cp -a /root/keep/ssh_host_* /etc/ssh/ && systemctl restart ssh"], check=True)
+    assert ssh_run(host, "true")[0] == 0
+
+
+def _init_pid(host) -> int:
+    record = json.loads((LocalProvider().hosts_dir(local_spec("t-local")) / host.labels["machine"]
+                         / "host.json").read_text())
+    (pid,) = container_processes(record["machine_id"])
+    return pid
+
+
+@pytest.mark.realhost
+def test_destroy_one_host_leaves_the_rest(local_provider):
+    spec = local_spec("t-local-d", shards=2)
+    local_provider.destroy_all(spec)
+    try:
+        hosts = local_provider.ensure_hosts(spec)
+        ids = _machine_ids(local_provider, spec)
+        started = time.monotonic()
+        local_provider.destroy(spec, [hosts[1]])
+        print(f"\n[measure] destroy 1 host: {time.monotonic() - started:.1f} s")
+        remaining = local_provider.list_hosts(spec)
+        assert [h.name for h in remaining] == [hosts[0].name, hosts[2].name]
+        assert hosts[1].name not in Path(hosts[0].known_hosts).read_text()
+        assert hosts[0].name in Path(hosts[0].known_hosts).read_text()
+        assert len([i for i in ids if container_processes(i)]) == 2
+        recreated = local_provider.ensure_hosts(spec)
+        assert [h.name for h in recreated] == [h.name for h in hosts]
+        assert ssh_run(recreated[1], "true")[0] == 0  # new host keys were pinned
+        ids = _machine_ids(local_provider, spec)
+    finally:
+        local_provider.destroy_all(spec)
+    assert _leftovers(spec, local_provider, ids) == []
+
+
+CRASHING_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import local_spec
+from ensemble.providers.local import LocalProvider
+spec = local_spec("t-crash", shards=2)
+LocalProvider().ensure_hosts(spec)
+"""
+
+
+@pytest.mark.realhost
+def test_a_killed_run_and_a_killed_container_are_cleaned_up_and_converge(local_provider):
+    spec = local_spec("t-crash", shards=2)
+    local_provider.destroy_all(spec)
+    run = subprocess.Popen([sys.executable, "-c", CRASHING_RUN.format(tests=str(REPO / "tests"))],
+                           cwd=REPO, start_new_session=True)
+    hosts_dir = local_provider.hosts_dir(spec)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill the run once a container is booting
+        if any((d / "nspawn.pid").exists() for d in hosts_dir.glob("*")) if hosts_dir.exists() else False:
+            break
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    try:
+        ids = _machine_ids(local_provider, spec)
+        local_provider.cleanup_stale()
+        interrupted = [h.name for h in local_provider.list_hosts(spec)]
+        assert len(interrupted) < 3  # what was not ready is gone, what was ready may stay
+        hosts = local_provider.ensure_hosts(spec)
+        assert len(hosts) == 3 and all(ssh_run(h, "true")[0] == 0 for h in hosts)
+        # a container manager killed hard leaves the container's systemd running: cleanup_stale ends it
+        victim = hosts[0]
+        folder = hosts_dir / victim.labels["machine"]
+        victim_id = json.loads((folder / "host.json").read_text())["machine_id"]
+        os.kill(int((folder / "nspawn.pid").read_text()), signal.SIGKILL)
+        time.sleep(0.3)
+        assert container_processes(victim_id)  # the orphaned container still runs
+        removed = local_provider.cleanup_stale()
+        assert f"host {victim.name} (container gone)" in removed
+        assert container_processes(victim_id) == [] and not folder.exists()
+        assert [h.name for h in local_provider.ensure_hosts(spec)] == [h.name for h in hosts]
+        ids += _machine_ids(local_provider, spec)
+    finally:
+        local_provider.destroy_all(spec)
+    assert _leftovers(spec, local_provider, ids) == []
+
+
+@pytest.mark.realhost
+def test_cleanup_stale_removes_orphan_bridges_only(local_provider):
+    localnet._ip("link", "add", "ens-0rphan", "type", "bridge")
+    try:
+        assert "bridge ens-0rphan (no fleet)" in local_provider.cleanup_stale()
+        assert not localnet.link_exists("ens-0rphan")
+    finally:
+        localnet.bridge_down("ens-0rphan")
+
+
+@pytest.mark.realhost
+@pytest.mark.parametrize("os_profile", ["debian-bullseye", "debian-trixie"])
+def test_other_debian_suites_boot(local_fleet_factory, os_profile):
+    suite = os_profile.split("-")[1]
+    _spec, hosts = local_fleet_factory(f"t-{suite}", shards=1, os_profile=os_profile)
+    code, out, err = ssh_run(hosts[0], "systemctl is-system-running --wait; . /etc/os-release; "
+                             "echo $VERSION_CODENAME; apt-get update -q >/dev/null && echo apt-ok")
+    assert code == 0, err
+    assert out.split()[0] in ("running", "degraded") and out.split()[1:] == [suite, "apt-ok"]
