@@ -1,0 +1,548 @@
+"""The Jitsi package stand-ins: a signed flat apt repository that apt accepts, package shapes, the
+stand-in JVB/jicofo service on loopback, and our mod_muc_census inside a real prosody.
+
+Run: .venv/bin/pytest tests/test_jitsi_standins.py
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from ensemble.standins import build_standin_repo
+from ensemble.standins.jitsi_repo import (
+    JICOFO_VERSION,
+    JVB_VERSION,
+    KEY_FILE,
+    MEET_VERSION,
+    PLACEHOLDER_PLUGINS,
+)
+
+PACKAGES = ["jitsi-videobridge2", "jicofo", "jitsi-meet-web", "jitsi-meet-web-config", "jitsi-meet-prosody",
+            "jitsi-meet"]
+DOMAIN = "meet.standin.test"
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deb_of(repo, name: str) -> Path:
+    (deb,) = (repo.path / "stable").glob(f"{name}_*_all.deb")
+    return deb
+
+
+def deb_field(deb: Path, name: str) -> str:
+    return subprocess.run(["dpkg-deb", "--field", str(deb), name], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def deb_paths(deb: Path) -> set[str]:
+    listing = subprocess.run(["dpkg-deb", "--contents", str(deb)], check=True, capture_output=True,
+                             text=True).stdout
+    return {line.split()[-1].lstrip(".") for line in listing.splitlines()}
+
+
+def extract(deb: Path, dest: Path) -> Path:
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True)
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(dest / "DEBIAN")], check=True)
+    return dest
+
+
+def serve_dir(directory: Path) -> tuple[ThreadingHTTPServer, str]:
+    """A static HTTP server on loopback serving directory (stopped by the caller)."""
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(directory), **k)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 5) -> tuple[int, dict | None]:
+    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+def wait_for(predicate, timeout: float = 10, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("standin-cache")
+
+
+@pytest.fixture(scope="module")
+def repo(cache_dir):
+    return build_standin_repo(cache_dir)
+
+
+@pytest.fixture(scope="module")
+def served_repo(repo):
+    server, url = serve_dir(repo.path)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+class AptRoot:
+    """apt-get/apt-cache confined to a temporary root (own lists, cache, sources, empty dpkg status)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        for d in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d", "trusted.gpg.d"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        (root / "status").touch()
+        (root / "apt.conf").write_text("\n".join([
+            f'Dir::State "{root}";', f'Dir::State::Lists "{root}/lists";', f'Dir::State::status "{root}/status";',
+            f'Dir::Cache "{root}/cache";', 'Dir::Etc::sourcelist "/dev/null";',
+            f'Dir::Etc::sourceparts "{root}/sources.list.d";', f'Dir::Etc::preferencesparts "{root}/preferences.d";',
+            f'Dir::Etc::trustedparts "{root}/trusted.gpg.d";', 'Dir::Etc::trusted "/dev/null";',
+            'Acquire::http::Proxy "false";', 'APT::Sandbox::User "root";', 'Acquire::Retries "0";', ""]))
+
+    def add_jitsi_source(self, url: str, suite: str, keyring: Path) -> None:
+        """The deb822 source exactly as the deploy writes it for download.jitsi.org."""
+        (self.root / "sources.list.d" / "jitsi.sources").write_text(
+            f"Types: deb\nURIs: {url}\nSuites: {suite}\nSigned-By: {keyring}\n")
+
+    def run(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        env = dict(os.environ, APT_CONFIG=str(self.root / "apt.conf"), LC_ALL="C")
+        return subprocess.run(list(args), env=env, capture_output=True, text=True, cwd=cwd)
+
+
+def fetch_keyring(key_url: str, expected_fingerprint: str, dest: Path) -> Path:
+    """Download the armored key, check its fingerprint, dearmor it: the deploy's production steps."""
+    armored = urllib.request.urlopen(key_url, timeout=5).read()
+    shown = subprocess.run(["gpg", "--batch", "--show-keys", "--with-colons"], input=armored, check=True,
+                           capture_output=True).stdout.decode()
+    fingerprints = [line.split(":")[9] for line in shown.splitlines() if line.startswith("fpr:")]
+    assert fingerprints[0] == expected_fingerprint
+    subprocess.run(["gpg", "--batch", "--yes", "--dearmor", "--output", str(dest)], input=armored, check=True)
+    return dest
+
+
+# ------------------------------------------------------------------------------------------------ the repository
+
+def test_repository_layout_is_download_jitsi_org_shaped(repo):
+    suite = repo.path / "stable"
+    for name in ("Packages", "Packages.gz", "Release", "InRelease", "Release.gpg"):
+        assert (suite / name).is_file(), name
+    assert (repo.path / KEY_FILE).read_text().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    assert repo.suite == "stable/"
+    assert re.fullmatch(r"[0-9A-F]{40}", repo.key_fingerprint)
+    assert repo.key_url("http://10.0.0.1:8081/") == "http://10.0.0.1:8081/jitsi-key.gpg.key"
+    settings = repo.apt_settings("http://10.0.0.1:8081")
+    assert settings == {"apt_repo": "http://10.0.0.1:8081", "apt_suite": "stable/",
+                        "apt_key_url": "http://10.0.0.1:8081/jitsi-key.gpg.key",
+                        "apt_key_fingerprint": repo.key_fingerprint}
+    packages = (suite / "Packages").read_text()
+    assert gzip.decompress((suite / "Packages.gz").read_bytes()).decode() == packages
+    assert sorted(re.findall(r"^Package: (.+)$", packages, re.M)) == sorted(PACKAGES)
+    assert all(f.startswith("stable/") for f in re.findall(r"^Filename: (.+)$", packages, re.M))
+    assert "TEST STAND-IN" in (suite / "Release").read_text()
+    # the key file in the cache is private; the signature verifies with the exported public key
+    assert oct((repo.path.parent / "gnupg").stat().st_mode & 0o777) == "0o700"
+
+
+def test_second_build_is_cached_and_debs_are_reproducible(repo, cache_dir, tmp_path):
+    inrelease = repo.path / "stable" / "InRelease"
+    before = inrelease.stat().st_mtime_ns
+    started = time.monotonic()
+    again = build_standin_repo(cache_dir)
+    elapsed = time.monotonic() - started
+    assert again == repo
+    assert inrelease.stat().st_mtime_ns == before, "a cached repository must not be rebuilt"
+    assert elapsed < 1.0, f"cached build took {elapsed:.2f}s"
+    # a second cache (another throwaway key) builds byte-identical packages
+    other = build_standin_repo(tmp_path / "other-cache")
+    assert other.key_fingerprint != repo.key_fingerprint
+    for name in PACKAGES:
+        assert deb_of(other, name).read_bytes() == deb_of(repo, name).read_bytes(), name
+    assert (other.path / "stable" / "Packages").read_bytes() == (repo.path / "stable" / "Packages").read_bytes()
+    leftover = subprocess.run(["pgrep", "-f", f"gpg-agent --homedir {tmp_path}"], capture_output=True, text=True)
+    assert leftover.stdout == "", "gpg-agent must be stopped after signing"
+
+
+# ------------------------------------------------------------------------------------------------ package shapes
+
+def test_every_package_says_it_is_a_stand_in(repo):
+    for name in PACKAGES:
+        description = deb_field(deb_of(repo, name), "Description")
+        assert description.startswith("TEST STAND-IN for "), name
+        assert "(ensemble); not Jitsi's software" in description.splitlines()[0], name
+
+
+def test_dependency_shape_matches_the_real_packages(repo):
+    meet = deb_of(repo, "jitsi-meet")
+    assert deb_field(meet, "Version") == MEET_VERSION
+    assert deb_field(meet, "Pre-Depends") == f"jitsi-videobridge2 (= {JVB_VERSION})"
+    depends = deb_field(meet, "Depends")
+    for dep in (f"jicofo (= {JICOFO_VERSION})", f"jitsi-meet-web (= {MEET_VERSION})",
+                f"jitsi-meet-web-config (= {MEET_VERSION})", f"jitsi-meet-prosody (= {MEET_VERSION})"):
+        assert dep in depends
+    assert "jitsi-meet-turnserver" in deb_field(meet, "Recommends")
+    assert deb_field(deb_of(repo, "jitsi-meet-web-config"), "Pre-Depends").startswith("nginx |")
+    prosody_deps = deb_field(deb_of(repo, "jitsi-meet-prosody"), "Depends")
+    for dep in ("prosody (>= 0.12.0) | prosody-0.12 | prosody-13.0", "lua-sec", "lua-basexx", "lua-luaossl",
+                "lua-cjson", "lua-inspect"):
+        assert dep in prosody_deps
+    for name in ("jitsi-videobridge2", "jicofo"):
+        assert "python3" in deb_field(deb_of(repo, name), "Depends")
+        assert "openjdk" not in deb_field(deb_of(repo, name), "Depends")  # the stand-in needs no Java
+
+
+def test_files_units_and_debconf_templates(repo, tmp_path):
+    jvb = extract(deb_of(repo, "jitsi-videobridge2"), tmp_path / "jvb")
+    unit = (jvb / "usr/lib/systemd/system/jitsi-videobridge2.service").read_text()
+    for line in ("Type=simple", "User=jvb", "Group=jitsi", "Restart=on-failure",
+                 "ExecStart=/usr/bin/python3 /usr/share/jitsi-videobridge/standin-jvb.py jvb", "TEST STAND-IN"):
+        assert line in unit
+    assert os.access(jvb / "usr/share/jitsi-videobridge/standin-jvb.py", os.X_OK)
+    postinst = (jvb / "DEBIAN/postinst").read_text()
+    assert "adduser" in postinst and "--ingroup jitsi" in postinst and " jvb" in postinst
+    assert "/var/log/jitsi/jvb.log" in postinst and "if [ ! -e /etc/jitsi/videobridge/jvb.conf ]" in postinst
+    assert "jitsi-videobridge/jvb-hostname" in (jvb / "DEBIAN/templates").read_text()
+
+    jicofo = extract(deb_of(repo, "jicofo"), tmp_path / "jicofo")
+    unit = (jicofo / "usr/lib/systemd/system/jicofo.service").read_text()
+    assert "User=jicofo" in unit and "/usr/share/jicofo/standin-jicofo.py jicofo" in unit
+    assert "if [ ! -e /etc/jitsi/jicofo/jicofo.conf ]" in (jicofo / "DEBIAN/postinst").read_text()
+    assert "jicofo/jicofo-authpassword" in (jicofo / "DEBIAN/templates").read_text()
+
+    web = deb_paths(deb_of(repo, "jitsi-meet-web"))
+    for path in ("/usr/share/jitsi-meet/index.html", "/usr/share/jitsi-meet/libs/app.bundle.min.js",
+                 "/usr/share/jitsi-meet/css/all.css", "/usr/share/jitsi-meet/images/favicon.svg",
+                 "/usr/share/jitsi-meet/lang/main-fr.json", "/usr/share/jitsi-meet/interface_config.js"):
+        assert path in web
+    web_dir = extract(deb_of(repo, "jitsi-meet-web"), tmp_path / "web")
+    index = (web_dir / "usr/share/jitsi-meet/index.html").read_text()
+    assert '<!--#include virtual="/config.js" -->' in index and '<!--#include virtual="/title.html" -->' in index
+    assert "<title>" in (web_dir / "usr/share/jitsi-meet/title.html").read_text()
+    assert json.loads((web_dir / "usr/share/jitsi-meet/lang/main-fr.json").read_text())["toolbar"]["raiseHand"]
+
+    web_config = extract(deb_of(repo, "jitsi-meet-web-config"), tmp_path / "webcfg")
+    templates = (web_config / "DEBIAN/templates").read_text()
+    for question in ("jitsi-meet/cert-choice", "jitsi-meet/cert-path-crt", "jitsi-meet/cert-path-key",
+                     "jitsi-meet/jaas-choice", "jitsi-meet/email", "jitsi-videobridge/jvb-hostname"):
+        assert f"Template: {question}\n" in templates
+    postinst = (web_config / "DEBIAN/postinst").read_text()
+    assert 'if [ ! -e "/etc/jitsi/meet/$D-config.js" ]' in postinst and '[ ! -e "$SITE" ]' in postinst
+
+    prosody = deb_paths(deb_of(repo, "jitsi-meet-prosody"))
+    for name in ("muc_census", "auth_jitsi-anonymous", "roster_command", *PLACEHOLDER_PLUGINS):
+        assert f"/usr/share/jitsi-meet/prosody-plugins/mod_{name}.lua" in prosody
+    assert "/usr/share/jitsi-meet/prosody-plugins/mod_external_services.lua" not in prosody  # prosody ships it
+
+
+def test_maintainer_scripts_are_valid_shell(repo, tmp_path):
+    checked = 0
+    for name in PACKAGES:
+        control = extract(deb_of(repo, name), tmp_path / name) / "DEBIAN"
+        for script in ("config", "preinst", "postinst", "prerm", "postrm"):
+            if (control / script).exists():
+                subprocess.run(["sh", "-n", str(control / script)], check=True)
+                assert os.access(control / script, os.X_OK)
+                checked += 1
+    assert checked >= 12
+
+
+def test_prosody_plugins_compile(repo, tmp_path):
+    luac = shutil.which("luac5.4") or shutil.which("luac")
+    assert luac, "lua5.4 (luac) is in .ci/apt-packages.txt"
+    root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "p")
+    plugins = sorted((root / "usr/share/jitsi-meet/prosody-plugins").glob("*.lua"))
+    assert len(plugins) == len(PLACEHOLDER_PLUGINS) + 3
+    for plugin in plugins:  # one file per run: Debian's luac5.4 aborts on many files at once
+        subprocess.run([luac, "-p", str(plugin)], check=True)
+    subprocess.run([luac, "-p", str(root / "usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example")], check=True)
+
+
+# ------------------------------------------------------------------------------------------------ apt itself
+
+def test_apt_updates_from_the_repository_and_downloads_every_package(repo, served_repo, tmp_path):
+    apt = AptRoot(tmp_path / "apt")
+    keyring = fetch_keyring(repo.key_url(served_repo), repo.key_fingerprint, tmp_path / "jitsi-keyring.gpg")
+    apt.add_jitsi_source(served_repo, repo.suite, keyring)
+    update = apt.run("apt-get", "update")
+    assert update.returncode == 0, update.stderr
+    assert not re.search(r"^(W|E):", update.stdout + update.stderr, re.M), update.stdout + update.stderr
+    policy = apt.run("apt-cache", "policy", "jitsi-meet")
+    assert f"Candidate: {MEET_VERSION}" in policy.stdout, policy.stdout
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    got = apt.run("apt-get", "download", *PACKAGES, cwd=downloads)
+    assert got.returncode == 0, got.stderr
+    assert sorted(p.name.split("_")[0] for p in downloads.glob("*.deb")) == sorted(PACKAGES)
+
+
+def test_apt_resolves_jitsi_meet_against_debian(repo, served_repo, tmp_path):
+    """With Debian's own package lists beside it, apt resolves the whole jitsi-meet tree (nginx, prosody, lua)."""
+    system_lists = Path("/var/lib/apt/lists")
+    debian_lists = [p for p in system_lists.glob("deb.debian.org_debian_dists_*") if "security" not in p.name]
+    inreleases = [p for p in debian_lists if p.name.endswith("_InRelease")]
+    if not inreleases:
+        pytest.skip("this machine has no Debian package lists (run apt-get update)")
+    codename = inreleases[0].name.split("_dists_")[1].split("_")[0]
+    apt = AptRoot(tmp_path / "apt")
+    keyring = fetch_keyring(repo.key_url(served_repo), repo.key_fingerprint, tmp_path / "jitsi-keyring.gpg")
+    apt.add_jitsi_source(served_repo, repo.suite, keyring)
+    assert apt.run("apt-get", "update").returncode == 0
+    for p in debian_lists:
+        if p.name.startswith(f"deb.debian.org_debian_dists_{codename}_"):
+            shutil.copy(p, apt.root / "lists" / p.name)
+    (apt.root / "sources.list.d" / "debian.sources").write_text(
+        f"Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {codename}\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    sim = apt.run("apt-get", "install", "--simulate", "--no-install-recommends", "nginx", "jitsi-meet")
+    assert sim.returncode == 0, sim.stdout + sim.stderr
+    installed = set(re.findall(r"^Inst (\S+)", sim.stdout, re.M))
+    for name in (*PACKAGES, "prosody", "lua-cjson", "lua-sec", "python3"):
+        assert name in installed, name
+
+
+def test_apt_refuses_a_tampered_or_wrongly_keyed_repository(repo, tmp_path):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(repo.path, tampered)
+    packages = tampered / "stable" / "Packages"
+    packages.write_text(packages.read_text().replace("Priority: optional", "Priority: required", 1))
+    (tampered / "stable" / "Packages.gz").write_bytes(gzip.compress(packages.read_bytes()))
+    server, url = serve_dir(tampered)
+    try:
+        apt = AptRoot(tmp_path / "apt1")
+        apt.add_jitsi_source(url, "stable/", fetch_keyring(repo.key_url(url), repo.key_fingerprint,
+                                                           tmp_path / "k1.gpg"))
+        update = apt.run("apt-get", "update")
+        assert update.returncode != 0 or re.search(r"^(W|E):", update.stderr, re.M), update.stderr
+        assert "mismatch" in update.stderr.lower() or "unexpected size" in update.stderr.lower(), update.stderr
+        assert "jitsi-meet" not in apt.run("apt-cache", "pkgnames").stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+    # a keyring that does not hold the signing key: apt refuses the whole repository
+    other = build_standin_repo(tmp_path / "other-key-cache")
+    server, url = serve_dir(repo.path)
+    try:
+        apt = AptRoot(tmp_path / "apt2")
+        wrong_keyring = tmp_path / "k2.gpg"
+        subprocess.run(["gpg", "--batch", "--yes", "--dearmor", "--output", str(wrong_keyring),
+                        str(other.path / KEY_FILE)], check=True)
+        apt.add_jitsi_source(url, "stable/", wrong_keyring)
+        update = apt.run("apt-get", "update")
+        assert "NO_PUBKEY" in update.stderr or "not signed" in update.stderr, update.stderr
+        assert "jitsi-meet" not in apt.run("apt-cache", "pkgnames").stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ------------------------------------------------------------------------------------------------ the service program
+
+class FakeCensus:
+    """A stand-in for prosody's /room-census on loopback: rooms are set by the test, Host headers recorded."""
+
+    def __init__(self):
+        self.rooms: list[dict] = []
+        self.hosts: list[str] = []
+        census = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                census.hosts.append(self.headers.get("Host", ""))
+                body = json.dumps({"room_census": census.rooms}).encode() if self.path == "/room-census" else b""
+                self.send_response(200 if body else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/room-census"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+JVB_CONF = """
+// written like the deploy's jvb.conf
+videobridge {
+    ice { udp { port = %(udp)d } }
+    apis {
+        xmpp-client {
+            configs {
+                shard {
+                    HOSTNAME = "localhost"
+                    DOMAIN = "auth.%(domain)s"
+                    USERNAME = "jvb"
+                    PASSWORD = "p#ss: {not a brace}"
+                    MUC_JIDS = "JvbBrewery@internal.auth.%(domain)s"
+                    MUC_NICKNAME = "jvb-1"
+                }
+            }
+        }
+        rest { enabled = %(rest)s }
+    }
+    rest.shutdown.enabled = true
+}
+ice4j.harvest.mapping.static-mappings = [ { local-address = "10.0.0.2", public-address = "192.0.2.7" } ]
+"""
+
+
+@pytest.fixture(scope="module")
+def service_program(repo, tmp_path_factory) -> Path:
+    """The program exactly as the jvb package installs it."""
+    root = extract(deb_of(repo, "jitsi-videobridge2"), tmp_path_factory.mktemp("svc"))
+    return root / "usr/share/jitsi-videobridge/standin-jvb.py"
+
+
+@pytest.fixture
+def census():
+    fake = FakeCensus()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def start_service(service_program, tmp_path):
+    """Start the stand-in as a real process on loopback; returns (process, base URL, log path)."""
+    processes = []
+
+    def start(role: str, config_text: str, census_url: str, **extra):
+        port = free_port()
+        config = tmp_path / f"{role}.conf"
+        config.write_text(config_text)
+        log = tmp_path / f"{role}.log"
+        cmd = ["/usr/bin/python3", str(service_program), role, "--config", str(config), "--log", str(log),
+               "--port", str(port), "--census-url", census_url, "--env-file", str(tmp_path / "no-env")]
+        for key, value in extra.items():
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        processes.append(proc)
+        base = f"http://127.0.0.1:{port}"
+
+        def up():
+            if proc.poll() is not None:
+                return True
+            try:
+                return http("GET", f"{base}/about/health", timeout=1)[0] == 200
+            except OSError:
+                return False
+        wait_for(up, what=f"{role} stand-in to listen")
+        return proc, base, log
+
+    yield start
+    for proc in processes:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_jvb_standin_serves_stats_from_the_census(start_service, census):
+    udp = free_port(socket.SOCK_DGRAM)
+    census.rooms = [
+        {"room_name": f"alpha@conference.{DOMAIN}", "participants": 3, "created_time": 1, "leaked": False},
+        {"room_name": f"beta@conference.{DOMAIN}", "participants": 2, "created_time": 2, "leaked": False},
+        {"room_name": f"empty@conference.{DOMAIN}", "participants": 0, "created_time": 3, "leaked": True},
+    ]
+    proc, base, log = start_service("jvb", JVB_CONF % {"udp": udp, "domain": DOMAIN, "rest": "true"}, census.url)
+    assert proc.poll() is None
+    status, stats = http("GET", f"{base}/colibri/stats")
+    assert status == 200
+    assert (stats["conferences"], stats["participants"], stats["endpoints"], stats["largest_conference"]) == \
+        (2, 5, 5, 3)
+    assert stats["stress_level"] == pytest.approx(5 / 200)
+    assert (stats["drain"], stats["graceful_shutdown"], stats["healthy"]) == (False, False, True)
+    assert census.hosts[-1] == DOMAIN, "the census is asked with the shard's domain (from jvb.conf) as Host"
+    # the media port is really held
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, pytest.raises(OSError):
+        s.bind(("0.0.0.0", udp))
+    # drain on and off
+    assert http("POST", f"{base}/colibri/drain/enable")[0] == 200
+    assert http("GET", f"{base}/colibri/stats")[1]["drain"] is True
+    assert http("POST", f"{base}/colibri/drain/disable")[0] == 200
+    assert http("GET", f"{base}/colibri/stats")[1]["drain"] is False
+    census.rooms = []
+    assert http("GET", f"{base}/colibri/stats")[1]["participants"] == 0
+    text = log.read_text()
+    assert f"would log in as jvb@auth.{DOMAIN}" in text and "TEST STAND-IN" in text
+    assert "p#ss" not in text, "the XMPP password is never logged"
+
+
+def test_jvb_standin_graceful_shutdown_waits_for_the_last_participant(start_service, census):
+    census.rooms = [{"room_name": f"r@conference.{DOMAIN}", "participants": 1, "created_time": 1, "leaked": False}]
+    conf = JVB_CONF % {"udp": free_port(socket.SOCK_DGRAM), "domain": DOMAIN, "rest": "true"}
+    proc, base, _ = start_service("jvb", conf, census.url)
+    assert http("POST", f"{base}/colibri/shutdown", {"graceful-shutdown": "true"})[0] == 200
+    assert http("GET", f"{base}/colibri/stats")[1]["graceful_shutdown"] is True
+    time.sleep(2.5)
+    assert proc.poll() is None, "a bridge with a participant keeps running during a graceful shutdown"
+    census.rooms = []
+    assert wait_for(lambda: proc.poll() is not None, timeout=10, what="exit after the last participant left")
+    assert proc.returncode == 0
+
+
+def test_jvb_standin_honours_the_rest_switches_and_refuses_a_broken_config(start_service, census):
+    conf = JVB_CONF % {"udp": free_port(socket.SOCK_DGRAM), "domain": DOMAIN, "rest": "false"}
+    proc, base, _ = start_service("jvb", conf.replace("rest.shutdown.enabled = true", ""), census.url)
+    assert http("GET", f"{base}/about/health")[0] == 200
+    assert http("GET", f"{base}/colibri/stats")[0] == 404  # like the real bridge without apis.rest.enabled
+    assert http("POST", f"{base}/colibri/shutdown", {"graceful-shutdown": "true"})[0] == 404
+    assert proc.poll() is None
+    broken, _, log = start_service("jvb", "videobridge { apis { rest.enabled = true }\n", census.url,
+                                   udp_port=0)
+    assert broken.wait(timeout=10) == 1
+    assert "does not parse" in log.read_text()
+
+
+def test_jicofo_standin_answers_health_stats_and_conference_requests(start_service, census):
+    census.rooms = [{"room_name": f"r@conference.{DOMAIN}", "participants": 4, "created_time": 1, "leaked": False}]
+    conf = (f'jicofo {{\n xmpp.client {{ client-proxy = "focus.{DOMAIN}", xmpp-domain = "{DOMAIN}",\n'
+            f'  domain = "auth.{DOMAIN}", username = "focus", password = "x y" }}\n'
+            f' bridge.brewery-jid = "JvbBrewery@internal.auth.{DOMAIN}"\n health.enabled = true\n}}\n')
+    proc, base, log = start_service("jicofo", conf, census.url)
+    status, stats = http("GET", f"{base}/stats")
+    assert status == 200 and stats["conferences"] == 1 and stats["participants"] == 4
+    assert "bridge_selector" in stats
+    status, answer = http("POST", f"{base}/conference-request/v1", {"room": f"r@conference.{DOMAIN}"})
+    assert status == 200 and answer["ready"] is True and answer["focusJid"] == f"focus.{DOMAIN}"
+    assert census.hosts[-1] == DOMAIN
+    assert f"would log in as focus@auth.{DOMAIN}" in log.read_text()
