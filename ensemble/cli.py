@@ -163,11 +163,19 @@ def plan(config: Path | None, as_json: bool) -> None:
 
 @main.command()
 @config_option
+@click.option("--timeout", type=int, default=3600, show_default=True,
+              help="Seconds to wait for each shard to empty.")
 @json_option
 @handle_errors
-def upgrade(config: Path | None, as_json: bool) -> None:
+def upgrade(config: Path | None, timeout: int, as_json: bool) -> None:
     """Rolling upgrade: drain, wait empty, redeploy, check, undrain; one shard at a time."""
-    not_built("upgrade", 5)
+    from ensemble.frontdoor.commands import upgrade_fleet
+
+    results = upgrade_fleet(get_spec(config), timeout, progress=lambda line: click.echo(line, err=True))
+    if as_json:
+        print_json({"upgraded": results})
+    else:
+        click.echo(f"upgraded {len(results)} shard(s): {', '.join(r['shard'] for r in results)}")
 
 
 # ---------------------------------------------------------------- fleet
@@ -183,7 +191,13 @@ def fleet() -> None:
 @handle_errors
 def fleet_list(config: Path | None, as_json: bool) -> None:
     """The fleet's hosts as the provider reports them."""
-    not_built("fleet list", 4)
+    from ensemble.lifecycle import format_table, list_fleet
+
+    rows = list_fleet(get_spec(config))
+    if as_json:
+        print_json(rows)
+    else:
+        click.echo(format_table(rows, ("name", "role", "shard", "address", "state", "created")))
 
 
 @fleet.command("scale")
@@ -195,7 +209,15 @@ def fleet_list(config: Path | None, as_json: bool) -> None:
 @handle_errors
 def fleet_scale(config: Path | None, count: int, force: bool, timeout: int, as_json: bool) -> None:
     """Grow or shrink the fleet to COUNT shards (shrinking drains the highest numbers first)."""
-    not_built("fleet scale", 4)
+    from ensemble.lifecycle import scale_fleet
+
+    result = scale_fleet(get_spec(config), count, force=force, timeout=timeout,
+                         progress=lambda line: click.echo(line, err=True))
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        click.echo(f"{len(result.hosts)} host(s); created: {', '.join(result.created) or 'none'}; "
+                   f"removed: {', '.join(result.removed) or 'none'}")
 
 
 @fleet.command("destroy")
@@ -204,7 +226,11 @@ def fleet_scale(config: Path | None, count: int, force: bool, timeout: int, as_j
 @handle_errors
 def fleet_destroy(config: Path | None, yes: bool) -> None:
     """Destroy every host of the fleet with its addresses and volumes."""
-    not_built("fleet destroy", 4)
+    from ensemble.lifecycle import destroy_fleet
+
+    names = destroy_fleet(get_spec(config), yes=yes, confirm=lambda q: click.confirm(q, default=False, err=True),
+                          progress=lambda line: click.echo(line, err=True))
+    click.echo(f"destroyed {len(names)} host(s){': ' + ', '.join(names) if names else ''}")
 
 
 @fleet.command("drain")
@@ -213,7 +239,10 @@ def fleet_destroy(config: Path | None, yes: bool) -> None:
 @handle_errors
 def fleet_drain(config: Path | None, shard: str) -> None:
     """Stop sending new rooms to SHARD (live rooms stay)."""
-    not_built("fleet drain", 5)
+    from ensemble.frontdoor.commands import drain_shard
+
+    host = drain_shard(get_spec(config), shard, True)
+    click.echo(f"{host.name}: drained (no new rooms after the front door's next refresh; live rooms stay)")
 
 
 @fleet.command("undrain")
@@ -222,7 +251,10 @@ def fleet_drain(config: Path | None, shard: str) -> None:
 @handle_errors
 def fleet_undrain(config: Path | None, shard: str) -> None:
     """Let SHARD take new rooms again."""
-    not_built("fleet undrain", 5)
+    from ensemble.frontdoor.commands import drain_shard
+
+    host = drain_shard(get_spec(config), shard, False)
+    click.echo(f"{host.name}: undrained (takes new rooms after the front door's next refresh)")
 
 
 # ---------------------------------------------------------------- front door
@@ -234,22 +266,40 @@ def frontdoor() -> None:
 
 @frontdoor.command("refresh")
 @config_option
+@click.option("--secrets", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Secrets file holding fleet.occupancy_token. Default: /etc/ensemble/secrets.json.")
 @json_option
 @handle_errors
-def frontdoor_refresh(config: Path | None, as_json: bool) -> None:
+def frontdoor_refresh(config: Path | None, secrets: Path | None, as_json: bool) -> None:
     """Read every shard's occupancy, rewrite the routing maps, reload nginx if they changed."""
-    not_built("frontdoor refresh", 5)
+    from ensemble.frontdoor.commands import run_refresh
+
+    result = run_refresh(get_spec(config), secrets)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        states = ", ".join(f"{d.name}={d.state}" for d in result.plan.shards)
+        click.echo(f"{len(result.plan.pins)} pinned room(s); {states}; "
+                   f"{'maps changed, nginx reloaded' if result.reloaded else 'no change'} ({result.seconds:.2f}s)")
 
 
 # ---------------------------------------------------------------- status / smoke / inventory / janitor
 
 @main.command()
 @config_option
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The front door's state file. Default: the local one on a front door, else read over SSH.")
 @json_option
 @handle_errors
-def status(config: Path | None, as_json: bool) -> None:
+def status(config: Path | None, state_path: Path | None, as_json: bool) -> None:
     """Shards' state, occupancy, weights and pinned rooms."""
-    not_built("status", 5)
+    from ensemble.frontdoor.status import format_status, load_status_state, status_document, status_rows
+
+    state = load_status_state(get_spec(config), state_path)
+    if as_json:
+        print_json(status_document(state))
+    else:
+        click.echo(format_status(status_rows(state), state.get("refreshed_at")))
 
 
 @main.command()
@@ -259,7 +309,15 @@ def status(config: Path | None, as_json: bool) -> None:
 @handle_errors
 def smoke(config: Path | None, keep: bool, as_json: bool) -> None:
     """Create one throwaway shard, deploy it, check it, destroy it (pass/fail exit code)."""
-    not_built("smoke", 4)
+    from ensemble.lifecycle import smoke as run_smoke
+
+    result = run_smoke(get_spec(config), keep=keep, progress=lambda line: click.echo(line, err=True))
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        verdict = "PASS" if result.ok else "FAIL: " + "; ".join(result.failures)
+        click.echo(f"smoke {result.fleet}: {verdict}")
+    sys.exit(0 if result.ok else 1)
 
 
 @main.command()
@@ -268,7 +326,14 @@ def smoke(config: Path | None, keep: bool, as_json: bool) -> None:
 @handle_errors
 def inventory(config: Path | None, as_json: bool) -> None:
     """The fleet's hosts with their SSH data (pyinfra inventory)."""
-    not_built("inventory", 4)
+    from ensemble.lifecycle import inventory_of
+
+    data = inventory_of(get_spec(config))
+    if as_json:
+        print_json(data)
+    else:
+        for name, host in data["hosts"].items():
+            click.echo(f"{name}  {host['ensemble_role']}  {host['ssh_user']}@{host['ssh_hostname']}:{host['ssh_port']}")
 
 
 @main.command()
@@ -279,7 +344,19 @@ def inventory(config: Path | None, as_json: bool) -> None:
 @handle_errors
 def janitor(config: Path | None, older_than: str, tags: tuple[str, ...], yes: bool) -> None:
     """Delete throwaway (smoke) resources that leaked, and nothing else."""
-    not_built("janitor", 4)
+    from ensemble.lifecycle import janitor as run_janitor
+
+    spec = get_spec(config)
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    if not yes:
+        found = run_janitor(spec, older_than, tags, dry_run=True, progress=say)
+        if not found:
+            click.echo("janitor: nothing to delete")
+            return
+        if not click.confirm(f"Delete {len(found)} leaked smoke resource(s): {', '.join(found)}?", err=True):
+            raise click.exceptions.Abort()
+    removed = run_janitor(spec, older_than, tags, progress=say)
+    click.echo(f"janitor: deleted {len(removed)} resource(s){': ' + ', '.join(removed) if removed else ''}")
 
 
 if __name__ == "__main__":

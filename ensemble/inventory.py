@@ -94,3 +94,20 @@ def host_from_data(name: str, data: dict[str, Any]) -> Host:
                 ssh_key=data.get("ssh_key"), known_hosts=data.get("ssh_known_hosts_file"),
                 public_ipv4=data.get("ensemble_public_ipv4") or address,
                 private_ipv4=data.get("ensemble_private_ipv4") or address)
+
+
+def scaleway() -> dict[str, list]:
+    """pyinfra inventory function: the fleet's hosts found by their tags, with SSH data.
+
+    Reads the spec named by $ENSEMBLE_CONFIG (default ./ensemble.toml); credentials as for `scw`.
+
+    Example::
+
+        ENSEMBLE_CONFIG=prod.toml pyinfra ensemble.inventory:scaleway deploys/shard.py
+    """
+    import os
+
+    from ensemble.lifecycle import pyinfra_groups
+    from ensemble.spec import load_spec
+
+    return pyinfra_groups(load_spec(os.environ.get("ENSEMBLE_CONFIG", "ensemble.toml")))

@@ -582,24 +582,38 @@ class ScalewayProvider:
         servers = self._servers([TAG])
         return [s.name for s in servers if s.security_group and s.security_group.id == group_id]
 
-    def janitor(self, older_than_seconds: float, extra_tags: list[str], progress: Progress = None) -> list[str]:
-        """Delete smoke resources older than the threshold (servers, then their leftovers); nothing else."""
+    def janitor(self, older_than_seconds: float, extra_tags: list[str], progress: Progress = None,
+                dry_run: bool = False) -> list[str]:
+        """Delete smoke resources older than the threshold (servers, then their leftovers); nothing else.
+
+        Only resources tagged ensemble-smoke (and every extra tag) are considered, whatever the fleet.
+        """
         self.progress = progress
         tags = [SMOKE_TAG, *extra_tags]
-        cutoff = datetime.now(UTC).timestamp() - older_than_seconds
-        cutoff_dt = datetime.fromtimestamp(cutoff, UTC)
-        removed = []
-        old_servers = [s for s in self._servers(tags) if _old_enough(s.tags, cutoff_dt, s.creation_date)]
-        fleets = {tag_values(s.tags).get("ensemble-fleet") for s in old_servers}
-        hosts = [self._host(s, self.spec) for s in old_servers]
-        if hosts:
-            self.destroy_hosts(hosts)
-            removed += [f"server {h.name}" for h in hosts]
-        removed += self.sweep(tags, with_groups=False, older_than=cutoff_dt)
-        for fleet in fleets - {None}:  # groups of smoke fleets whose servers are all gone now
-            if not self._servers([fleet_tag(fleet)]):
-                removed += self.sweep([SMOKE_TAG, fleet_tag(fleet)], with_groups=True)
-        return removed
+        cutoff = datetime.fromtimestamp(datetime.now(UTC).timestamp() - older_than_seconds, UTC)
+        old_servers = [s for s in self._servers(tags) if _old_enough(s.tags, cutoff, s.creation_date)]
+        found = [f"server {s.name}" for s in old_servers]
+        if dry_run:
+            ips = self.call("list IPs", lambda: self.instance.list_ips_all(zone=self.zone, tags=tags))
+            return found + [f"ip {ip.address or ip.prefix}" for ip in ips
+                            if ip.server is None and _old_enough(ip.tags, cutoff)]
+        if old_servers:
+            self.destroy_hosts([self._host(s, self.spec) for s in old_servers])
+        found += self.sweep(tags, with_groups=False, older_than=cutoff)
+        groups = self.call("list security groups", lambda: self.instance.list_security_groups_all(
+            zone=self.zone, tags=tags))
+        for group in groups:  # smoke fleets' groups, once no server uses them
+            if (group.creation_date is None or group.creation_date < cutoff) and not self._servers_using(group.id):
+                self._ignore_404(f"delete security group {group.name}", lambda g=group.id: (
+                    self.instance.delete_security_group(zone=self.zone, security_group_id=g)))
+                found.append(f"security group {group.name}")
+        for line in found:
+            self._say(f"janitor: deleted {line}")
+        return found
+
+    def destroy_all(self, spec: FleetSpec, progress: Progress = None) -> None:
+        """Every host of the fleet, then whatever else carries its tag (IPs, volumes, security group)."""
+        self.destroy(spec, self.list_hosts(spec), progress=progress)
 
     def destroy_hosts(self, hosts: list[Host]) -> None:
         self._raise_any(self._parallel(hosts, self._destroy_one), "could not destroy")

@@ -1,0 +1,170 @@
+"""Fleet life cycle (list / scale / destroy / inventory / janitor / smoke) against the Scaleway STAND-IN.
+
+The CLI runs as a real subprocess; the real SDK reaches the stand-in through SCW_API_URL; every
+server answers SSH from a real sshd on 127.0.10.x.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ensemble import lifecycle
+
+pytest_plugins = ("standins.scaleway_env",)  # the scw fixture
+
+ZERO = {"servers": 0, "ips": 0, "volumes": 0, "security_groups": 0}
+
+
+def cli(scw, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ensemble.cli", *args, "-c", str(scw.config)],
+                          input=stdin, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+
+
+def shards(api) -> list[int]:
+    numbers = []
+    for server in api.state.servers.values():
+        numbers += [int(t.split("=")[1]) for t in server["tags"] if t.startswith("ensemble-shard=")]
+    return sorted(numbers)
+
+
+@pytest.mark.parametrize("faults", ["none", "429s and a failed create"])
+def test_cli_scale_up_down_destroy_leaves_nothing(scw, faults):
+    if faults != "none":
+        scw.api.inject("POST", r"/servers$", status=429, retry_after=1, times=3)
+        scw.api.inject("GET", r"/servers$", status=429, retry_after=1, times=2)
+        scw.api.inject("POST", r"/servers$", status=400, nth=6, times=None,
+                       body={"type": "invalid_arguments", "message": "injected failure"})
+        failed = cli(scw, "fleet", "scale", "5")
+        assert failed.returncode == 1, failed.stderr
+        assert "1 of 6 host(s) failed" in failed.stderr and "run the same command again" in failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert len(scw.api.state.servers) == 5 and len(scw.api.state.ips) == 5
+    up = cli(scw, "fleet", "scale", "5", "--json")
+    assert up.returncode == 0, up.stderr
+    assert shards(scw.api) == [1, 2, 3, 4, 5] and len(scw.api.state.servers) == 6
+    again = cli(scw, "fleet", "scale", "5", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["created"] == []
+    assert len(scw.api.state.servers) == 6
+
+    refused = cli(scw, "fleet", "scale", "2")
+    assert refused.returncode == 2 and refused.stderr.startswith("ensemble: error: --force:")
+    assert len(scw.api.state.servers) == 6
+    down = cli(scw, "fleet", "scale", "2", "--force", "--json")
+    assert down.returncode == 0, down.stderr
+    assert json.loads(down.stdout)["removed"] == [f"demo-{n}.meet.example.org" for n in (5, 4, 3)]
+    assert shards(scw.api) == [1, 2]
+    assert scw.api.resource_count() == {"servers": 3, "ips": 3, "volumes": 3, "security_groups": 1}
+
+    listed = json.loads(cli(scw, "fleet", "list", "--json").stdout)
+    assert [(r["role"], r["shard"]) for r in listed] == [("frontdoor", None), ("shard", 1), ("shard", 2)]
+    inventory = json.loads(cli(scw, "inventory", "--json").stdout)
+    data = inventory["hosts"]["demo-1.meet.example.org"]
+    assert data["ssh_hostname"].startswith("127.0.10.") and data["ssh_strict_host_key_checking"] == "yes"
+    assert inventory["groups"]["frontdoor"] == ["meet.example.org"]
+
+    no = cli(scw, "fleet", "destroy", stdin="n\n")
+    assert no.returncode == 1 and len(scw.api.state.servers) == 3
+    gone = cli(scw, "fleet", "destroy", "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert scw.api.resource_count() == ZERO
+
+
+def test_pyinfra_inventory_function_reaches_the_hosts(scw, monkeypatch):
+    scw.provider().ensure_hosts(scw.spec.with_shards(1))
+    monkeypatch.setenv("ENSEMBLE_CONFIG", str(scw.config))
+    from ensemble.inventory import scaleway
+
+    groups = scaleway()
+    assert [name for name, _ in groups["shards"]] == ["demo-1.meet.example.org"]
+    run = subprocess.run([os.path.join(os.path.dirname(sys.executable), "pyinfra"), "-y",
+                          "ensemble.inventory:scaleway", "exec", "--", "echo", "reached-$(hostname)"],
+                         capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (run.stdout + run.stderr).count("reached-") >= 2
+    scw.provider().destroy_all(scw.spec)
+    assert scw.api.resource_count() == ZERO
+
+
+def _iso(delta: timedelta) -> str:
+    return (datetime.now(UTC) - delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_janitor_deletes_only_old_smoke_resources(scw):
+    old, young = _iso(timedelta(hours=3)), _iso(timedelta(minutes=5))
+    api = scw.api
+    leaked = api.add_foreign_server("demo-smoke-aaa-1", ["ensemble", "ensemble-fleet=demo-smoke-aaa",
+                                                        "ensemble-smoke", f"ensemble-created={old}"])
+    api.add_foreign_server("demo-smoke-bbb-1", ["ensemble", "ensemble-smoke", f"ensemble-created={young}"])
+    api.add_foreign_server("prod-1", ["ensemble", "ensemble-fleet=prod", f"ensemble-created={old}"])
+    api.add_foreign_server("someone-elses", [], created=old)
+    with api.lock:
+        orphan = api._new_ip({"tags": ["ensemble", "ensemble-smoke", f"ensemble-created={old}"]}, "fr-par-1")
+        api._new_ip({"tags": ["ensemble", "ensemble-fleet=prod", f"ensemble-created={old}"]}, "fr-par-1")
+    listed = lifecycle.janitor(scw.spec, "2h", dry_run=True, provider=scw.provider())
+    assert listed == ["server demo-smoke-aaa-1", f"ip {orphan['address']}"]
+    assert len(api.state.servers) == 4
+    run = cli(scw, "janitor", "--older-than", "2h", "--yes")
+    assert run.returncode == 0, run.stderr
+    names = sorted(s["name"] for s in api.state.servers.values())
+    assert names == ["demo-smoke-bbb-1", "prod-1", "someone-elses"]
+    assert leaked["id"] not in api.state.servers and orphan["id"] not in api.state.ips
+    assert len(api.state.ips) == 1
+    assert cli(scw, "janitor", "--older-than", "soon", "--yes").returncode == 2
+
+
+def test_smoke_destroys_in_all_cases(scw):
+    calls = []
+
+    def deploy(spec, provider, hosts, progress):
+        calls.append((spec.fleet.name, [h.role for h in hosts]))
+        assert spec.tls.staging or spec.tls.mode != "letsencrypt"
+        assert all("ensemble-smoke" in s["tags"] for s in scw.api.state.servers.values())
+        return []
+
+    passed = lifecycle.smoke(scw.spec, provider=None, deploy=deploy, checks=lambda spec, hosts: [], suffix="t1")
+    assert passed.ok and passed.destroyed and calls == [("demo-smoke-t1", ["shard"])]
+    assert scw.api.resource_count() == ZERO
+
+    failed = lifecycle.smoke(scw.spec, deploy=deploy, checks=lambda spec, hosts: ["/: 502"], suffix="t2")
+    assert not failed.ok and failed.failures == ["/: 502"] and failed.destroyed
+    assert scw.api.resource_count() == ZERO
+
+    def interrupted(spec, provider, hosts, progress):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lifecycle.smoke(scw.spec, deploy=interrupted, suffix="t3")
+    assert scw.api.resource_count() == ZERO
+
+    kept = lifecycle.smoke(scw.spec, keep=True, deploy=deploy, checks=lambda spec, hosts: [], suffix="t4")
+    assert kept.ok and kept.kept and len(scw.api.state.servers) == 1
+    assert lifecycle.janitor(scw.spec, "1h", dry_run=True, provider=scw.provider()) == []  # too young
+    assert lifecycle.janitor(scw.spec, "0s", dry_run=True, provider=scw.provider()) == [
+        "server demo-smoke-t4-1.meet.example.org"]
+    lifecycle.destroy_fleet(lifecycle.throwaway_spec(scw.spec, "t4"), yes=True, provider=scw.provider())
+    assert scw.api.resource_count() == ZERO
+
+
+def test_scale_uses_the_drain_hook_when_not_forced(scw):
+    provider = scw.provider()
+    lifecycle.scale_fleet(scw.spec, 3, provider=provider)
+    drained = []
+    lifecycle.scale_fleet(scw.spec, 1, provider=provider,
+                          drain_and_wait=lambda spec, hosts, timeout: drained.extend(h.shard for h in hosts))
+    assert drained == [3, 2] and shards(scw.api) == [1]
+    with pytest.raises(lifecycle.UsageError, match="COUNT: must be >= 1"):
+        lifecycle.scale_fleet(scw.spec, 0, provider=provider)
+    lifecycle.destroy_fleet(scw.spec, yes=True, provider=provider)
+    assert scw.api.resource_count() == ZERO
+
+
+def test_parse_duration():
+    assert lifecycle.parse_duration("2h") == 7200 and lifecycle.parse_duration("90s") == 90
+    with pytest.raises(lifecycle.UsageError, match="--older-than"):
+        lifecycle.parse_duration("2 hours")
