@@ -546,3 +546,133 @@ def test_jicofo_standin_answers_health_stats_and_conference_requests(start_servi
     assert status == 200 and answer["ready"] is True and answer["focusJid"] == f"focus.{DOMAIN}"
     assert census.hosts[-1] == DOMAIN
     assert f"would log in as focus@auth.{DOMAIN}" in log.read_text()
+
+
+# ------------------------------------------------------------------------------------------------ real prosody
+
+class XmppClient:
+    """The smallest XMPP client that can join a MUC: plain c2s on loopback, SASL ANONYMOUS, bind, presence."""
+
+    def __init__(self, port: int, domain: str):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.domain, self.buffer = domain, ""
+        self.open_stream()
+        assert "<mechanism>ANONYMOUS</mechanism>" in self.read_until("</stream:features>")
+        self.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'/>")
+        assert "<success" in self.read_until(r"<success|<failure")
+        self.open_stream()
+        self.read_until("</stream:features>")
+        self.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        self.jid = re.search(r"<jid>([^<]+)</jid>", self.read_until(r"</iq>")).group(1)
+
+    def open_stream(self) -> None:
+        self.buffer = ""
+        self.send(f"<?xml version='1.0'?><stream:stream to='{self.domain}' xmlns='jabber:client' "
+                  "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+
+    def send(self, text: str) -> None:
+        self.sock.sendall(text.encode())
+
+    def read_until(self, pattern: str) -> str:
+        while not re.search(pattern, self.buffer):
+            chunk = self.sock.recv(65536)
+            assert chunk, f"stream closed waiting for {pattern}: {self.buffer[-500:]}"
+            self.buffer += chunk.decode()
+        match = re.search(pattern, self.buffer)
+        text, self.buffer = self.buffer[:match.end()], self.buffer[match.end():]
+        return text
+
+    def join(self, room_jid: str, nick: str) -> None:
+        self.send(f"<presence to='{room_jid}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        self.read_until(r"<status code=['\"]110['\"]")  # our own presence in the room: joined
+
+    def close(self) -> None:
+        try:
+            self.send("</stream:stream>")
+        finally:
+            self.sock.close()
+
+
+@pytest.fixture
+def real_prosody(repo, tmp_path):
+    """A real prosody on loopback loading the stand-in plugins with the stand-in example virtual host."""
+    prosody = shutil.which("prosody")
+    assert prosody, "prosody is in .ci/apt-packages.txt"
+    root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "pkg")
+    plugins = root / "usr/share/jitsi-meet/prosody-plugins"
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for host in (DOMAIN, f"auth.{DOMAIN}"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        f"/CN={host}", "-keyout", str(certs / f"{host}.key"), "-out", str(certs / f"{host}.crt")],
+                       check=True, capture_output=True)
+    vhost = (root / "usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example").read_text()
+    vhost = vhost.replace("jitmeet.example.com", DOMAIN).replace("/var/lib/prosody/", f"{certs}/")
+    vhost = vhost.replace('"/usr/share/jitsi-meet/prosody-plugins/"', f'"{plugins}/"')
+    c2s, http_port = free_port(), free_port()
+    (tmp_path / "data").mkdir()
+    config = tmp_path / "prosody.cfg.lua"
+    config.write_text(f"""
+run_as_root = true
+daemonize = false
+pidfile = "{tmp_path}/prosody.pid"
+data_path = "{tmp_path}/data"
+log = {{ debug = "{tmp_path}/prosody.log" }}
+modules_enabled = {{ "saslauth"; "disco"; "roster"; "tls"; "ping" }}
+c2s_ports = {{ {c2s} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+http_ports = {{ {http_port} }}
+http_interfaces = {{ "127.0.0.1" }}
+https_ports = {{ }}
+s2s_ports = {{ }}
+component_ports = {{ }}
+{vhost}
+""")
+    proc = subprocess.Popen([prosody, "-F", "--config", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+    def listening():
+        assert proc.poll() is None, proc.stdout.read().decode()
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", http_port)) == 0
+    try:
+        wait_for(listening, timeout=20, what="prosody to listen")
+        yield {"c2s": c2s, "census": f"http://127.0.0.1:{http_port}/room-census", "log": tmp_path / "prosody.log"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def get_census(url: str, host: str) -> list[dict]:
+    req = urllib.request.Request(url, headers={"Host": host})
+    with urllib.request.urlopen(req, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("application/json")
+        return json.load(response)["room_census"]
+
+
+def test_muc_census_in_real_prosody_counts_participants(real_prosody):
+    url = real_prosody["census"]
+    assert get_census(url, DOMAIN) == []
+    alice, bob, carol = (XmppClient(real_prosody["c2s"], DOMAIN) for _ in range(3))
+    try:
+        started = time.time()
+        alice.join(f"standup@conference.{DOMAIN}", "alice")
+        bob.join(f"standup@conference.{DOMAIN}", "bob")
+        carol.join(f"retro@conference.{DOMAIN}", "carol")
+        rooms = {r["room_name"]: r for r in get_census(url, DOMAIN)}
+        assert set(rooms) == {f"standup@conference.{DOMAIN}", f"retro@conference.{DOMAIN}"}
+        assert rooms[f"standup@conference.{DOMAIN}"]["participants"] == 2
+        assert rooms[f"retro@conference.{DOMAIN}"]["participants"] == 1
+        for room in rooms.values():
+            assert room["leaked"] is False
+            assert abs(room["created_time"] / 1000 - started) < 60
+        bob.close()
+        wait_for(lambda: {r["room_name"]: r["participants"] for r in get_census(url, DOMAIN)}
+                 .get(f"standup@conference.{DOMAIN}") == 1, what="bob's departure in the census")
+    finally:
+        for client in (alice, carol):
+            client.close()
+    log = real_prosody["log"].read_text()
+    assert "TEST STAND-IN room census" in log and "TEST STAND-IN anonymous authentication" in log
+    problems = [line for line in log.splitlines() if re.search(r"\terror\t|Unable to load|Failed to load", line)]
+    assert not problems, "\n".join(problems)
