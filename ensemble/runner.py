@@ -24,12 +24,14 @@ with warnings.catch_warnings():
 
     monkey.patch_all()
 
+import importlib  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
+from pyinfra import context as pyinfra_context  # noqa: E402
 from pyinfra.api import BaseStateCallback, Config, Inventory, State  # noqa: E402
 from pyinfra.api.connect import connect_all, disconnect_all  # noqa: E402
 from pyinfra.api.deploy import add_deploy  # noqa: E402
@@ -42,6 +44,31 @@ from pyinfra.facts.server import Command  # noqa: E402
 from ensemble.inventory import Target  # noqa: E402
 
 Progress = Callable[[str], None]
+# The module (pyinfra.api re-exports a function of the same name as `operation`).
+pyinfra_operation = importlib.import_module("pyinfra.api.operation")
+
+
+_OP_NAMES: dict[tuple[str, str], str] = {}  # (host name, op hash) -> name; one deploy at a time per process
+
+
+def _record_names_per_host() -> None:
+    """pyinfra keys an operation by its call site, so one put_files loop gives different files on
+    different hosts the same operation with a union of names. Keep each host's own name too."""
+    original = pyinfra_operation.ensure_shared_op_meta
+    if getattr(original, "ensemble_wrapped", False):
+        return
+
+    def ensure_shared_op_meta(state, op_hash, op_order, global_arguments, names):
+        _OP_NAMES[(pyinfra_context.host.name, op_hash)] = ", ".join(sorted(names))
+        return original(state, op_hash, op_order, global_arguments, names)
+
+    ensure_shared_op_meta.ensemble_wrapped = True
+    pyinfra_operation.ensure_shared_op_meta = ensure_shared_op_meta
+
+
+def op_name(state: State, host_name: str, op_hash: str) -> str:
+    """The name an operation has on one host (see _record_names_per_host)."""
+    return _OP_NAMES.get((host_name, op_hash)) or ", ".join(sorted(state.get_op_meta(op_hash).names)) or op_hash
 
 
 @dataclass
@@ -78,9 +105,6 @@ class _ProgressCallback(BaseStateCallback):
         self.errors = errors
         self.started: dict[tuple[str, str], float] = {}
 
-    def _op_name(self, state: State, op_hash: str) -> str:
-        return ", ".join(sorted(state.get_op_meta(op_hash).names)) or op_hash
-
     def host_connect(self, state, host):
         self.progress(f"[{host.name}] connected")
 
@@ -102,7 +126,7 @@ class _ProgressCallback(BaseStateCallback):
     def _report(self, state, host, op_hash):
         meta = state.ops[host][op_hash].operation_meta
         took = time.monotonic() - self.started.pop((host.name, op_hash), time.monotonic())
-        name = self._op_name(state, op_hash)
+        name = op_name(state, host.name, op_hash)
         if meta.did_succeed(_raise_if_not_complete=False):
             verdict = "changed" if meta.did_change() else "ok"
             self.progress(f"[{host.name}] {verdict:7} {name} ({took:.1f}s)")
@@ -147,7 +171,7 @@ def _collect(state: State, targets: list[Target], errors: dict[str, str], counte
         result = HostResult(host.name, error=errors.get(host.name), commands=counters[host.name][0])
         for op_hash, op_data in state.ops[host].items():
             meta = op_data.operation_meta
-            name = ", ".join(sorted(state.get_op_meta(op_hash).names))
+            name = op_name(state, host.name, op_hash)
             if dry:
                 if op_data.global_arguments.get("_if"):
                     continue  # only follows another change (a restart after a file): listed there
@@ -184,6 +208,8 @@ def run_deploy(targets: list[Target], deploy: Callable[..., Any], kwargs: dict[s
         run_deploy([Target("h1", ssh_data("10.0.0.2"))], base, {"spec": spec}, dry=True)
     """
     _quiet_pyinfra()
+    _record_names_per_host()
+    _OP_NAMES.clear()
     started = time.monotonic()
     errors: dict[str, str] = {}
     state = _make_state(targets, check_for_changes=dry, parallel=parallel)

@@ -1,7 +1,10 @@
-"""The front door's deploy: base, nginx, TLS and the front door's files (landing page, routing maps).
+"""The front door's deploy: base, nginx, TLS, the front door's files and its refresh timer.
 
-Its files come from `ensemble.frontdoor.render.frontdoor_files` (the front door's own module);
-this deploy installs nginx, disables Debian's default site and reloads nginx when a file changed.
+Its files come from `ensemble.frontdoor.render.frontdoor_files` (the front door's own module):
+the nginx site, landing page, seed routing maps and the refresh service + timer. The timer runs
+`ensemble frontdoor refresh` on the host, so the deploy also installs ensemble itself there: the
+package's own files (a deterministic archive, unpacked only when it changed) run by Debian's
+python3 with python3-click and python3-jinja2, plus the fleet spec it reads.
 
 Example::
 
@@ -10,14 +13,65 @@ Example::
 
 from __future__ import annotations
 
+import gzip
+import io
+import tarfile
+from importlib.resources import files as package_files
+from pathlib import Path
+
+from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files
+from pyinfra.facts.files import File
+from pyinfra.operations import files, server
 
 from ensemble.components.base import BASE_PACKAGES_FRONTDOOR, DeployContext, base, put_files
 from ensemble.components.tls import tls_files
 from ensemble.providers.base import Host
 from ensemble.secrets import FLEET_KEY, Secrets
 from ensemble.spec import FleetSpec
+
+ENSEMBLE_HOME = "/usr/local/lib/ensemble"
+ENSEMBLE_BIN = "/usr/local/bin/ensemble"
+SPEC_PATH = "/etc/ensemble/ensemble.toml"
+ROUTING_PATH = "/var/lib/ensemble/frontdoor/routing.conf"
+SEED_PATH = "/etc/ensemble/frontdoor/routing.seed.conf"
+PACKAGES = [*BASE_PACKAGES_FRONTDOOR, "python3", "python3-click", "python3-jinja2"]
+
+
+def package_archive() -> bytes:
+    """ensemble's own package (code + templates) as a byte-stable tar.gz (same code, same bytes).
+
+    Example::
+
+        tarfile.open(fileobj=io.BytesIO(package_archive())).getnames()[0]   # "ensemble/__init__.py" or so
+    """
+    roots = {"ensemble": Path(str(package_files("ensemble"))),
+             "ensemble/_templates": Path(str(package_files("ensemble._templates")))}
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for prefix, root in roots.items():
+            for path in sorted(root.rglob("*")):
+                rel = path.relative_to(root)
+                if not path.is_file() or "__pycache__" in rel.parts or path.suffix == ".pyc":
+                    continue
+                if prefix == "ensemble" and rel.parts[0] == "_templates":
+                    continue
+                info = tarfile.TarInfo(f"{prefix}/{rel.as_posix()}")
+                data = path.read_bytes()
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def spec_text(spec: FleetSpec) -> str:
+    """The fleet spec as the refresher on the front door reads it (the file deploy was given)."""
+    if spec.source.startswith("<"):
+        return str(package_files("ensemble").joinpath("default.toml").read_text(encoding="utf-8"))
+    return Path(spec.source).read_text(encoding="utf-8")
+
+
+def launcher() -> str:
+    return f'#!/bin/sh\n# Managed by ensemble.\nPYTHONPATH={ENSEMBLE_HOME}/lib exec python3 -m ensemble.cli "$@"\n'
 
 
 def frontdoor_context(spec: FleetSpec, store: Secrets, me: Host, hosts: list[Host],
@@ -26,22 +80,43 @@ def frontdoor_context(spec: FleetSpec, store: Secrets, me: Host, hosts: list[Hos
 
     Example::
 
-        frontdoor_context(spec, store, door, hosts).packages     # [..., "nginx"]
+        frontdoor_context(spec, store, door, hosts).packages     # [..., "nginx", "python3", ...]
     """
     from ensemble.components.shard import ssh_cidrs
     from ensemble.frontdoor.render import frontdoor_files
 
     shards = sorted((h for h in hosts if h.role == "shard"), key=lambda h: h.shard or 0)
     return DeployContext(spec=spec, host=me, files=list(frontdoor_files(spec, store, shards)),
-                         host_secrets={FLEET_KEY: store[FLEET_KEY]}, packages=BASE_PACKAGES_FRONTDOOR,
+                         host_secrets={FLEET_KEY: store[FLEET_KEY]}, packages=PACKAGES,
                          ssh_cidrs=ssh_cidrs(spec, admin_cidrs))
+
+
+@deploy("ensemble on the front door")
+def ensemble_itself(spec: FleetSpec) -> None:
+    """The code the refresh timer runs, and the spec it reads; unpacked only when the archive changed."""
+    archive = files.put(name="ensemble package archive", src=io.BytesIO(package_archive()),
+                        dest=f"{ENSEMBLE_HOME}/ensemble.tar.gz", mode="644", create_remote_dir=True)
+    server.shell(name="ensemble package unpacked", commands=[
+        f"rm -rf {ENSEMBLE_HOME}/lib && mkdir -p {ENSEMBLE_HOME}/lib && tar -xzf {ENSEMBLE_HOME}/ensemble.tar.gz"
+        f" -C {ENSEMBLE_HOME}/lib"], _if=archive.did_change)
+    files.put(name="ensemble command", src=io.StringIO(launcher()), dest=ENSEMBLE_BIN, mode="755")
+    files.put(name="fleet spec", src=io.StringIO(spec_text(spec)), dest=SPEC_PATH, mode="644",
+              create_remote_dir=True)
 
 
 @deploy("Front door")
 def frontdoor(ctx: DeployContext) -> None:
-    """nginx with the front door's configuration; reloaded only when a file changed."""
+    """nginx with the front door's configuration (reloaded only on change) and the refresh timer."""
     base(ctx)
     tls_files(ctx)
+    ensemble_itself(ctx.spec)
     disable_default = files.link(name="nginx default site disabled", path="/etc/nginx/sites-enabled/default",
                                  present=False)
-    put_files(ctx.files, also_changed={"nginx": [disable_default]})
+    seed = put_files([f for f in ctx.files if f.path == SEED_PATH])
+    seeded = []
+    if host.get_fact(File, path=ROUTING_PATH) is None:
+        # nginx includes the live maps; until the first refresh they are the seed (no pins, spec weights)
+        seeded.append(server.shell(name="routing maps seeded", commands=[
+            f"install -D -m 0644 {SEED_PATH} {ROUTING_PATH}"]))
+    put_files([f for f in ctx.files if f.path != SEED_PATH],
+              also_changed={"nginx": [disable_default, *seeded, *seed]})
