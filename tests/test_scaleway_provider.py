@@ -138,3 +138,32 @@ def test_profile_from_scw_config_file(scw, monkeypatch, tmp_path):
     spec = load_spec(write_spec(tmp_path / "q.toml", tmp_path, extra='profile = "nope"'))
     with pytest.raises(UsageError, match="provider.scaleway.profile: no profile 'nope'.*profiles: ops"):
         scw.provider(spec)
+
+
+def test_slow_api_times_out_and_is_retried(scw, tmp_path):
+    from standins.scaleway_env import write_spec
+
+    from ensemble.spec import load_spec
+
+    spec = load_spec(write_spec(tmp_path / "slow.toml", tmp_path, shards=1, api_timeout=1))
+    scw.api.inject("GET", r"/servers$", status=0, delay=6, times=1)  # hangs longer than api_timeout
+    provider = scw.provider(spec)
+    assert provider.list_hosts(spec) == []
+    assert len([r for r in scw.api.requests if r[0] == "GET" and r[1].endswith("/servers")]) == 1  # the retry
+    scw.api.inject("GET", r"/servers$", status=0, delay=3, times=None)
+    with pytest.raises(EnsembleError, match="list servers: timed out.*gave up after 5 attempts"):
+        provider.list_hosts(spec)
+
+
+def test_ipv6_hosts_get_two_routed_ips_and_lose_both(scw, tmp_path):
+    from standins.scaleway_env import write_spec
+
+    from ensemble.spec import load_spec
+
+    spec = load_spec(write_spec(tmp_path / "v6.toml", tmp_path, shards=1, extra="ipv6 = true"))
+    provider = scw.provider(spec)
+    hosts = provider.ensure_hosts(spec)
+    assert all(h.ipv6 and ":" in h.ipv6 and h.address.startswith("127.0.10.") for h in hosts)
+    assert sorted(ip["type"] for ip in scw.api.state.ips.values()) == ["routed_ipv4"] * 2 + ["routed_ipv6"] * 2
+    provider.destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)

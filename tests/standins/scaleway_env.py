@@ -99,7 +99,8 @@ class ScwEnv:
         return ScalewayProvider(spec or self.spec, **kwargs)
 
 
-def write_spec(path: Path, tmp: Path, shards: int = 2, name: str = "demo", extra: str = "") -> Path:
+def write_spec(path: Path, tmp: Path, shards: int = 2, name: str = "demo", extra: str = "",
+               api_timeout: int = 10) -> Path:
     path.write_text(f"""
 [fleet]
 name = "{name}"
@@ -115,7 +116,7 @@ ssh_public_key = "{tmp / 'ops_key.pub'}"
 ssh_private_key = "{tmp / 'ops_key'}"
 ssh_allowed_cidrs = ["198.51.100.0/24"]
 ssh_timeout = 30
-api_timeout = 10
+api_timeout = {api_timeout}
 {extra}
 """)
     return path
