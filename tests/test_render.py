@@ -241,3 +241,25 @@ def test_templates_ship_in_a_regular_install(tmp_path):
     assert run.returncode == 0, run.stderr
     module_file, count = run.stdout.split()
     assert module_file.startswith(str(target)) and int(count) >= 8
+
+
+def test_rendered_tree_passes_nginx_t_for_every_shard(workdir):
+    """The tree `ensemble render` wrote, as is (only certificate paths moved), accepted by the real nginx."""
+    out = workdir / "r"
+    assert _render(workdir, out).returncode == 0
+    crt, key = workdir / "fullchain.pem", workdir / "privkey.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=t",
+                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True)
+    for name in load_spec(workdir / "ensemble.toml").shard_names():
+        root = out / name
+        site = (root / f"etc/nginx/sites-available/{name}.conf").read_text()
+        site = site.replace(f"/etc/ensemble/tls/{name}/fullchain.pem", str(crt))
+        site = site.replace(f"/etc/ensemble/tls/{name}/privkey.pem", str(key))
+        (workdir / f"{name}.conf").write_text(site)
+        conf = workdir / f"{name}-nginx.conf"
+        conf.write_text(f"pid {workdir}/nginx.pid; error_log {workdir}/error.log;\nevents {{}}\n"
+                        f"http {{ include /etc/nginx/mime.types; include {root}/etc/nginx/conf.d/ensemble-http.conf;"
+                        f" include {workdir}/{name}.conf; }}\n")
+        run = subprocess.run([shutil.which("nginx") or "/usr/sbin/nginx", "-t", "-p", str(workdir), "-c", str(conf)],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
