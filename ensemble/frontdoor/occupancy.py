@@ -107,7 +107,8 @@ def _context(source: OccupancySource) -> ssl.SSLContext | None:
 def fetch(source: OccupancySource, shard: str, endpoint: str) -> tuple[int, bytes]:
     """GET <base>/_ensemble/<endpoint> with the token; (status, body). Network errors raise OSError."""
     url = f"{source.base_url(shard)}/_ensemble/{endpoint}"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {source.token}",
+    # Host names the shard even when the URL is an override (a stand-in or an address)
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {source.token}", "Host": shard,
                                                    "User-Agent": "ensemble-frontdoor"})
     context = _context(source) if url.startswith("https:") else None
     try:

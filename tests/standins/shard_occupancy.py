@@ -127,7 +127,8 @@ class OccupancyStandin:
 
 def nginx_main_conf(prefix: Path, body: str) -> str:
     """A complete nginx.conf for an instance living under prefix (own pid, logs, temp dirs)."""
-    return f"""worker_processes 1;
+    return f"""user root root;  # test files live under pytest's private (0700) temporary folders
+worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
@@ -240,3 +241,80 @@ class ShardsNginx(NginxInstance):
 
     def state_file(self, shard: str) -> Path:
         return self.state_dir / f"{shard}.json"
+
+
+# ---------------------------------------------------------------- the front door under test
+
+class FrontdoorUnderTest(NginxInstance):
+    """The generated front door (ensemble.frontdoor.render) served by a real nginx on loopback.
+
+    Shards are reached at http://<shard>:<shards.port> (redirects) or 127.0.0.1:<shards.port> (proxy).
+    """
+
+    def __init__(self, prefix: Path, spec, shards: ShardsNginx, token: str) -> None:
+        from ensemble.frontdoor.occupancy import OccupancySource
+        from ensemble.frontdoor.refresh import NginxControl
+        from ensemble.frontdoor.render import FrontdoorLayout, frontdoor_files, routing_conf, seed_plan
+
+        super().__init__(prefix)
+        self.spec = spec
+        self.port = free_port()
+        names = spec.shard_names()
+        self.layout = FrontdoorLayout(
+            site_path=str(prefix / "conf/site.conf"), proxy_params_path=str(prefix / "conf/proxy.conf"),
+            routing_path=str(prefix / "var/routing.conf"), seed_path=str(prefix / "conf/routing.seed.conf"),
+            state_path=str(prefix / "var/state.json"), webroot=str(prefix / "www"),
+            routes_log=str(prefix / "logs/routes.log"), listen=(f"127.0.0.1:{self.port}",), tls=False,
+            shard_scheme="http", shard_port=shards.port,
+            shard_addresses={n: f"127.0.0.1:{shards.port}" for n in names})
+        for item in frontdoor_files(spec, {}, None, self.layout):
+            if item.path.startswith(str(prefix)):
+                Path(item.path).parent.mkdir(parents=True, exist_ok=True)
+                Path(item.path).write_text(item.content, encoding="utf-8")
+        (prefix / "logs").mkdir(exist_ok=True)
+        Path(self.layout.routing_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.layout.routing_path).write_text(routing_conf(seed_plan(spec), spec, self.layout))
+        self.conf.write_text(nginx_main_conf(prefix, f"    include {self.layout.site_path};"))
+        self.source = OccupancySource(token=token, urls={n: f"http://127.0.0.1:{shards.port}" for n in names})
+        self.shard_hosts = shards
+        self.nginx = NginxControl(test=self.command("-t", "-q"), reload=self.command("-s", "reload"))
+        self.clock = time.time()  # the refresher's clock: tests move it forward explicitly
+
+    def refresh(self, advance: float | None = None):
+        """One real refresh (HTTP reads through the shards' nginx); waits until a reload is in service."""
+        from ensemble.frontdoor.refresh import refresh
+
+        self.clock += self.spec.frontdoor.refresh_interval if advance is None else advance
+        before = self.worker_pids()
+        result = refresh(self.spec, self.layout, self.source, self.nginx, now=self.clock)
+        if result.reloaded:
+            self.wait_workers_replaced(before)
+        return result
+
+
+class Client:
+    """Keep-alive HTTP/1.1 client to one loopback port; returns (status, Location or body)."""
+
+    def __init__(self, port: int, host: str) -> None:
+        import http.client
+
+        self.host = host
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def get(self, path: str, headers: dict | None = None) -> tuple[int, str]:
+        import http.client
+
+        for attempt in (1, 2):  # an idle keep-alive connection is closed by a reload: reconnect once
+            try:
+                self.conn.request("GET", path, headers={"Host": self.host, **(headers or {})})
+                response = self.conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()
+                if attempt == 2:
+                    raise
+        body = response.read().decode("utf-8", "replace")
+        return response.status, response.getheader("Location") or body
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,191 @@
+"""The generated front door served by real nginx, shards played by real nginx + stand-in occupancy.
+
+Thousands of room requests prove: 100 % affinity for pinned and new rooms across refreshes that
+change weights; new rooms split as the weights say (chi-square); nginx agrees with the Python
+model of split_clients; drained and unreadable shards get no new rooms but keep their rooms;
+malformed names get 400; a refresh changes nothing when nothing changed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import string
+
+import pytest
+from standins.shard_occupancy import Client, FrontdoorUnderTest, OccupancyStandin, ShardsNginx
+
+from ensemble.frontdoor.drain import set_drain
+from ensemble.frontdoor.rooms import room_key, split_bounds, split_choice
+from ensemble.frontdoor.status import format_status, status_rows
+from ensemble.providers.base import Host
+from ensemble.spec import spec_from_dict
+
+pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not __import__("os").path.exists(
+    "/usr/sbin/nginx"), reason="needs nginx (apt-get install nginx-light)")
+
+TOKEN = "test-occupancy-token"
+CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47}  # chi-square critical values, p = 0.001
+
+
+def make_spec(mode: str = "redirect"):
+    return spec_from_dict({
+        "fleet": {"name": "fdt", "domain": "fd.ensemble.test", "shards": 4},
+        "frontdoor": {"mode": mode, "capacity_per_shard": 100, "refresh_interval": 15, "grace_period": 60,
+                      "ready_after": 2},
+    })
+
+
+def room_names(count: int, seed: int) -> list[str]:
+    """Readable CamelCase room names (like Jitsi's), fixed by the seed."""
+    rng = random.Random(seed)
+    return ["".join(rng.choice(string.ascii_letters) for _ in range(rng.randint(6, 18))) + str(i)
+            for i in range(count)]
+
+
+@pytest.fixture()
+def fleet(tmp_path):
+    spec = make_spec()
+    standin = OccupancyStandin().start()
+    shards = ShardsNginx(tmp_path / "shards", spec.shard_names(), standin.port, TOKEN).start()
+    door = FrontdoorUnderTest(tmp_path / "door", spec, shards, TOKEN).start()
+    client = Client(door.port, spec.fleet.domain)
+    try:
+        yield spec, standin, shards, door, client
+    finally:
+        client.close()
+        door.stop()
+        shards.stop()
+        standin.stop()
+
+
+def shard_of(client: Client, room: str) -> str:
+    status, location = client.get(f"/{room}")
+    assert status == 302, (room, status, location)
+    match = re.fullmatch(r"http://([^/:]+):\d+/(.*)", location)
+    assert match and match.group(2) == room, location
+    return match.group(1)
+
+
+def drain_writer(shards: ShardsNginx):
+    """Writes the drain flag where the shard's nginx serves it (SSH does this on a real shard)."""
+    import json
+
+    def write(host: Host, document: dict) -> None:
+        shards.state_file(host.name).write_text(json.dumps(document))
+    return write
+
+
+def test_landing_page_and_malformed_rooms(fleet):
+    spec, _, _, door, client = fleet
+    status, body = client.get("/")
+    assert status == 200 and 'lang="fr"' in body and "Lancer une réunion" in body
+    status, body = client.get("/?lang=en")
+    assert status == 200 and 'lang="en"' in body and "Start a meeting" in body
+    for asset in ("/_ensemble/landing.js", "/_ensemble/landing.css", "/", "/?lang=en"):
+        _, text = client.get(asset)
+        assert not re.search(r"(src|href)=\"(https?:)?//", text) and "url(http" not in text  # no third party
+    for bad in ("/a%20b", "/a.b", "/a%2Fb", "/a/b", "/%25C3%25A9", "/x%41", "/" + "a" * 81, "/..%2F..%2Fetc",
+                "/_ensemble/go?room=%2F%2Fevil.example", "/a'b", "/a%22b"):
+        status, _ = client.get(bad)
+        assert status == 400, bad
+    assert client.get("/_ensemble/go?room=Team-1")[1].endswith("/Team-1")
+    assert re.search(r"/reunion-[0-9a-f]{32}$", client.get("/_ensemble/go?room=")[1])
+    # case and percent-encoding normalised: the same room whatever its spelling
+    spellings = ("R%C3%A9union-X", "r%c3%a9union-x", "R%c3%A9UNION-x")
+    assert len({shard_of(client, room) for room in spellings}) == 1
+
+
+def test_nginx_agrees_with_python_model_and_weights(fleet):
+    spec, standin, _, door, client = fleet
+    for i, name in enumerate(spec.shard_names()):
+        standin.set_rooms(name, {f"busy{i}-{j}": 1 for j in range(10 * i)})  # 0, 10, 20, 30 participants
+    result = door.refresh()
+    assert result.reloaded
+    units = dict(result.plan.split)
+    # free capacity 100, 90, 80, 70 (quantised by 5) -> weights proportional
+    assert [units[n] for n in spec.shard_names()] == [2941, 2647, 2353, 2059]
+    bounds = split_bounds(result.plan.split)
+    rooms = room_names(4000, seed=7)
+    counts = dict.fromkeys(spec.shard_names(), 0)
+    for room in rooms:
+        got = shard_of(client, room)
+        assert got == split_choice(room_key(room), bounds), room  # nginx == the Python model
+        counts[got] += 1
+    expected = {n: 4000 * units[n] / 10000 for n in counts}
+    chi2 = sum((counts[n] - expected[n]) ** 2 / expected[n] for n in counts)
+    assert chi2 < CHI2_999[len(counts) - 1], (counts, expected, chi2)
+
+
+def test_affinity_across_refreshes_that_change_weights(fleet):
+    spec, standin, _, door, client = fleet
+    names = spec.shard_names()
+    door.refresh()
+    rooms = room_names(1500, seed=11)
+    first = {room: shard_of(client, room) for room in rooms}
+    # some rooms start (census), the others were only routed (nobody joined yet)
+    live = rooms[:200]  # about 50 participants per shard (capacity 100)
+    for shard in names:
+        standin.set_rooms(shard, {room.lower(): 1 for room in live if first[room] == shard})
+    standin.set_rooms(names[0], {**{r.lower(): 1 for r in live if first[r] == names[0]},
+                                 **{f"big{j}": 1 for j in range(30)}})  # shard 1 gets busier: weights move
+    before = door.refresh()
+    assert before.changed and dict(before.plan.split)[names[0]] < 2500
+    bounds = split_bounds(before.plan.split)
+    moved_by_split = [r for r in rooms[200:] if split_choice(room_key(r), bounds) != first[r]]
+    assert len(moved_by_split) > 100  # without pins, the new weights would move these rooms
+    second = {room: shard_of(client, room) for room in rooms}
+    assert second == first  # 100 %: live rooms by census pins, routed rooms by route-log pins
+    # a room opened after the refresh lands on one shard, whatever its spelling, every time
+    fresh = room_names(300, seed=12)
+    placed = {room: shard_of(client, room) for room in fresh}
+    assert all(shard_of(client, room.upper()) == placed[room] for room in fresh)
+    # another refresh with other weights: everything above still lands where it did
+    standin.set_stress(names[1], 0.5)
+    again = door.refresh()
+    assert again.changed
+    assert {room: shard_of(client, room) for room in rooms} == first
+    assert {room: shard_of(client, room) for room in fresh} == placed
+
+
+def test_drained_and_unreadable_shards_get_no_new_rooms_but_keep_theirs(fleet):
+    spec, standin, shards, door, client = fleet
+    names = spec.shard_names()
+    standin.set_rooms(names[2], {"drainroom": 4})
+    standin.set_rooms(names[3], {"downroom": 2})
+    door.refresh()
+    host = Host(name=names[2], role="shard", shard=3, address="127.0.0.1")
+    set_drain(host, True, writer=drain_writer(shards))
+    standin.set_down(names[3])
+    result = door.refresh()
+    states = {d.name: d.state for d in result.plan.shards}
+    assert states == {names[0]: "ready", names[1]: "ready", names[2]: "draining", names[3]: "unhealthy"}
+    assert {n for n, _ in result.plan.split} == {names[0], names[1]}
+    new_rooms = room_names(2000, seed=21)
+    got = {shard_of(client, room) for room in new_rooms}
+    assert got == {names[0], names[1]}
+    assert shard_of(client, "DrainRoom") == names[2]  # live rooms stay on the draining shard
+    assert shard_of(client, "downroom") == names[3]  # and on an unreadable one, within the grace period
+    # status shows it
+    table = format_status(status_rows(__import__("json").loads(open(door.layout.state_path).read())))
+    assert re.search(rf"{re.escape(names[2])}\s+draining", table) and "unhealthy" in table
+    # past the grace period the unreadable shard's pins go
+    door.refresh(advance=61)
+    assert shard_of(client, "downroom") != names[3]
+    # back: it must answer ready_after (2) times before taking new rooms
+    standin.set_down(names[3], False)
+    assert {d.name: d.state for d in door.refresh().plan.shards}[names[3]] == "unhealthy"
+    assert {d.name: d.state for d in door.refresh().plan.shards}[names[3]] == "ready"
+    set_drain(host, False, writer=drain_writer(shards))
+    final = door.refresh()
+    assert {n for n, _ in final.plan.split} == set(names)
+    assert names[2] in {shard_of(client, room) for room in room_names(400, seed=22)}
+
+
+def test_refresh_reloads_only_on_change(fleet):
+    spec, standin, _, door, _ = fleet
+    standin.set_rooms(spec.shard_names()[0], {"a": 2})
+    assert door.refresh().reloaded
+    unchanged = door.refresh()
+    assert not unchanged.changed and not unchanged.reloaded
