@@ -351,3 +351,61 @@ def test_other_debian_suites_boot(local_fleet_factory, os_profile):
                              "echo $VERSION_CODENAME; apt-get update -q >/dev/null && echo apt-ok")
     assert code == 0, err
     assert out.split()[0] in ("running", "degraded") and out.split()[1:] == [suite, "apt-ok"]
+
+
+NGINX_TLS_SITE = """server {{
+    listen 443 ssl;
+    server_name {domain};
+    ssl_certificate /etc/letsencrypt/live/{domain}/fullchain.pem;
+    ssl_certificate_key /etc/letsencrypt/live/{domain}/privkey.pem;
+    root /var/www/html;
+    location / {{ return 200 "hello from {domain}\\n"; }}
+}}
+"""
+
+
+@pytest.mark.realhost
+@pytest.mark.slow
+def test_pebble_issues_a_certificate_to_a_guest_nginx_with_certbot_webroot(fleet, local_provider, tmp_path):
+    import socket
+    import ssl
+
+    from standins.acme import start_pebble
+
+    spec, (shard, _frontdoor) = fleet
+    install = ("apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+               "--no-install-recommends nginx-light certbot >/dev/null && systemctl is-active nginx")
+    code, out, err = ssh_run(shard, install, timeout=600)
+    assert code == 0, err
+    acme = start_pebble(local_provider.network(spec).gateway, tmp_path / "pebble")
+    try:
+        acme.add_a(shard.name, shard.address)
+        client = ssh_client(shard)
+        try:
+            sftp = client.open_sftp()
+            sftp.put(str(acme.ca_pem), "/usr/local/share/ca-certificates/ensemble-test-pebble.crt")
+            with sftp.open(f"/etc/nginx/sites-enabled/{shard.name}-tls", "w") as site:
+                site.write(NGINX_TLS_SITE.format(domain=shard.name))
+            sftp.close()
+        finally:
+            client.close()
+        certbot = (f"update-ca-certificates >/dev/null && REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt "
+                   f"certbot certonly --non-interactive --agree-tos --register-unsafely-without-email "
+                   f"--server {acme.directory_url} --webroot -w /var/www/html -d {shard.name} "
+                   f"&& nginx -t && systemctl reload nginx")
+        code, out, err = ssh_run(shard, certbot, timeout=300)
+        assert code == 0, out + err
+        root = tmp_path / "root0.pem"
+        root.write_text(acme.issuing_root())
+        time.sleep(0.5)  # nginx reload
+        context = ssl.create_default_context(cafile=str(root))
+        with socket.create_connection((shard.address, 443), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=shard.name) as tls:
+                assert tls.getpeercert()["subjectAltName"] == (("DNS", shard.name),)
+                tls.sendall(f"GET / HTTP/1.0\r\nHost: {shard.name}\r\n\r\n".encode())
+                assert f"hello from {shard.name}" in tls.recv(4096).decode()
+        with pytest.raises(ssl.SSLCertVerificationError):  # and not trusted without pebble's root
+            with socket.create_connection((shard.address, 443), timeout=5) as raw:
+                ssl.create_default_context().wrap_socket(raw, server_hostname=shard.name)
+    finally:
+        acme.stop()

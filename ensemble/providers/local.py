@@ -297,6 +297,7 @@ class LocalProvider:
         say = progress or (lambda _line: None)
         self.check_machine()
         suite = suite_of(spec)
+        self.cleanup_stale(progress=say)  # what a crashed earlier run left behind
         net = self.network(spec)
         wanted = planned_hosts(spec, net)
         tarball = ensure_image(suite, Path(spec.provider.local.cache_dir),

@@ -244,6 +244,24 @@ def require_tool(tool: str, package: str) -> str:
     return found
 
 
+def machine_ca_bundle() -> Path:
+    """The CA bundle this machine's own clients trust (npm's cafile, else the system bundle).
+
+    Guests reach npm through tinyproxy's CONNECT; where the machine's way out inspects TLS, guests
+    must trust the same CAs as the machine's npm does.
+
+    Example::
+
+        machine_ca_bundle()   # PosixPath("/etc/ssl/certs/ca-certificates.crt")
+    """
+    npm = shutil.which("npm")
+    if npm:
+        found = subprocess.run([npm, "config", "get", "cafile"], capture_output=True, text=True).stdout.strip()
+        if found and found not in ("null", "undefined") and Path(found).is_file():
+            return Path(found)
+    return Path("/etc/ssl/certs/ca-certificates.crt")
+
+
 def acng_config(net: LocalNetwork, cache: Path, base: Path) -> str:
     """apt-cacher-ng settings: bound to the gateway only, cache kept across runs.
 
@@ -252,7 +270,7 @@ def acng_config(net: LocalNetwork, cache: Path, base: Path) -> str:
         acng_config(net, Path("/var/cache/ensemble/apt/demo"), Path("/run/ensemble/demo/acng"))
     """
     return (f"CacheDir: {cache}\nLogDir: {base}\nSupportDir: /usr/lib/apt-cacher-ng\n"
-            f"SocketPath: {base}/socket\nPidFile: {base}/acng.pid.internal\nBindAddress: {net.gateway}\n"
+            f"SocketPath: {base}/socket\nBindAddress: {net.gateway}\n"
             f"Port: {APT_PROXY_PORT}\nExThreshold: 4\n")
 
 
