@@ -1,0 +1,73 @@
+"""Proxy mode through real nginx: a room's page, BOSH, websocket and assets all reach one shard;
+and a refresh whose maps `nginx -t` rejects leaves the old maps in service."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from standins.shard_occupancy import Client, FrontdoorUnderTest, OccupancyStandin, ShardsNginx
+from test_frontdoor_routing import TOKEN, make_spec, room_names
+
+from ensemble.errors import EnsembleError
+
+
+@pytest.fixture()
+def proxy_fleet(tmp_path):
+    spec = make_spec("proxy")
+    standin = OccupancyStandin().start()
+    shards = ShardsNginx(tmp_path / "shards", spec.shard_names(), standin.port, TOKEN).start()
+    door = FrontdoorUnderTest(tmp_path / "door", spec, shards, TOKEN).start()
+    client = Client(door.port, spec.fleet.domain)
+    try:
+        yield spec, standin, door, client
+    finally:
+        client.close()
+        door.stop()
+        shards.stop()
+        standin.stop()
+
+
+def served_by(client: Client, path: str, headers: dict | None = None) -> str:
+    status, body = client.get(path, headers)
+    assert status == 200, (path, status, body[:200])
+    match = re.search(r"shard=([a-z0-9.-]+)", body)
+    assert match, body
+    return match.group(1)
+
+
+def test_all_traffic_of_a_room_reaches_one_shard(proxy_fleet):
+    spec, standin, door, client = proxy_fleet
+    standin.set_rooms(spec.shard_names()[1], {"busy": 40})
+    door.refresh()
+    seen = set()
+    for room in room_names(400, seed=5):
+        page = served_by(client, f"/{room}")
+        key = room.lower()
+        assert served_by(client, f"/http-bind?room={key}") == page
+        assert served_by(client, f"/xmpp-websocket?room={key}") == page
+        assert served_by(client, "/libs/app.bundle.min.js", {"Referer": f"http://{spec.fleet.domain}/{room}"}) == page
+        seen.add(page)
+    assert seen == set(spec.shard_names())
+    assert client.get("/http-bind?room=a%20b")[0] == 400
+    assert client.get("/xmpp-websocket")[0] == 400  # signalling without a room cannot be routed
+
+
+def test_rejected_maps_leave_the_old_ones_in_service(proxy_fleet):
+    spec, standin, door, client = proxy_fleet
+    names = spec.shard_names()
+    standin.set_rooms(names[2], {"keepme": 3})
+    door.refresh()
+    before = {room: served_by(client, f"/{room}") for room in room_names(200, seed=9)}
+    assert served_by(client, "/KeepMe") == names[2]
+    old_maps = Path(door.layout.routing_path).read_text()
+    # a shard whose upstream nginx cannot use (a bad port): nginx -t fails
+    door.layout = replace(door.layout, shard_addresses={**door.layout.shard_addresses, names[3]: "127.0.0.1:99999"})
+    standin.set_rooms(names[0], {f"x{i}": 1 for i in range(50)})  # the maps would change
+    with pytest.raises(EnsembleError, match="nginx -t rejected the new maps"):
+        door.refresh()
+    assert Path(door.layout.routing_path).read_text() == old_maps
+    assert {room: served_by(client, f"/{room}") for room in before} == before
+    assert served_by(client, "/KeepMe") == names[2]
