@@ -1,6 +1,11 @@
-"""jicofo.conf and jvb.conf parsed by a HOCON parser (pyhocon), with the keys that make a shard work."""
+"""jicofo.conf and jvb.conf parsed by a HOCON parser (pyhocon), with the keys that make a shard work, and by
+the parser jicofo and the videobridge themselves use (Typesafe Config on Java, Debian's libtypesafe-config-java)."""
 
 from __future__ import annotations
+
+import json
+import shutil
+import subprocess
 
 import pytest
 from pyhocon import ConfigFactory
@@ -93,3 +98,58 @@ def test_passwords_differ_between_components_and_shards():
     p1 = ConfigFactory.parse_string(one["/etc/jitsi/jicofo/jicofo.conf"])["jicofo.xmpp.client.password"]
     p2 = ConfigFactory.parse_string(two["/etc/jitsi/jicofo/jicofo.conf"])["jicofo.xmpp.client.password"]
     assert p1 != p2
+
+
+# Jitsi's components read their HOCON with Typesafe Config: parse every rendered file with it, print JSON.
+HOCON_TO_JSON = """
+import com.typesafe.config.*;
+import java.io.File;
+
+public class HoconToJson {
+    public static void main(String[] args) {
+        StringBuilder out = new StringBuilder("[");
+        for (int i = 0; i < args.length; i++) {
+            ConfigParseOptions strict = ConfigParseOptions.defaults().setAllowMissing(false);
+            Config config = ConfigFactory.parseFile(new File(args[i]), strict).resolve();
+            out.append(i > 0 ? "," : "").append(config.root().render(ConfigRenderOptions.concise()));
+        }
+        System.out.println(out.append("]"));
+    }
+}
+"""
+TYPESAFE_JAR = "/usr/share/java/typesafe-config.jar"
+
+
+def _typesafe(tmp_path, paths) -> list[dict]:
+    source = tmp_path / "HoconToJson.java"
+    source.write_text(HOCON_TO_JSON)
+    java = shutil.which("java") or "/usr/bin/java"
+    run = subprocess.run([java, "-cp", TYPESAFE_JAR, str(source), *map(str, paths)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout)
+
+
+def test_typesafe_config_reads_every_profile_like_pyhocon(tmp_path):
+    """One JVM for all profiles (it is slow to start): Jitsi's own parser agrees with pyhocon on every file."""
+    paths, expected = [], []
+    for profile in sorted(PROFILES):
+        _, _, files = _render(profile)
+        for name in ("/etc/jitsi/jicofo/jicofo.conf", "/etc/jitsi/videobridge/jvb.conf"):
+            path = tmp_path / f"{profile}-{name.rsplit('/', 1)[1]}"
+            path.write_text(files[name].content)
+            paths.append(path)
+            expected.append(json.loads(json.dumps(ConfigFactory.parse_string(files[name].content))))
+    parsed = _typesafe(tmp_path, paths)
+    assert parsed == expected
+    assert all(p.get("jicofo", p.get("videobridge")) for p in parsed)
+
+
+def test_typesafe_config_rejects_a_broken_file(tmp_path):
+    bad = tmp_path / "bad.conf"
+    bad.write_text('jicofo { xmpp { client { password = "x" }\n')
+    source = tmp_path / "HoconToJson.java"
+    source.write_text(HOCON_TO_JSON)
+    run = subprocess.run([shutil.which("java") or "/usr/bin/java", "-cp", TYPESAFE_JAR, str(source), str(bad)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "ConfigException" in run.stderr
