@@ -1,0 +1,182 @@
+"""Pure parts of the front door: room keys, the split_clients model, selection rules, damping, state
+file round trip, status table, drain_and_wait (against the stand-in through real nginx), CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from standins.shard_occupancy import FrontdoorUnderTest, OccupancyStandin, ShardsNginx
+from test_frontdoor_routing import TOKEN, drain_writer, make_spec
+
+from ensemble.errors import EnsembleError, UsageError
+from ensemble.frontdoor.drain import drain_and_wait, find_shard
+from ensemble.frontdoor.occupancy import parse_census, read_shard
+from ensemble.frontdoor.refresh import parse_routes
+from ensemble.frontdoor.rooms import key_from_census, murmur2, room_key, split_bounds, split_choice
+from ensemble.frontdoor.selection import (
+    LiveRoom,
+    Memory,
+    SelectionParams,
+    ShardReading,
+    memory_from_json,
+    memory_to_json,
+    select,
+    to_units,
+)
+from ensemble.frontdoor.status import format_status, status_rows
+from ensemble.providers.base import Host
+
+P = SelectionParams(capacity=100, grace_period=60, ready_after=3, recent_ttl=60)
+
+
+def ok(name: str, participants: int = 0, rooms=(), **kw) -> ShardReading:
+    return ShardReading(name=name, ok=True, participants=participants, rooms=tuple(rooms), **kw)
+
+
+def test_room_keys():
+    assert room_key("ImpossibleCrimes") == "impossiblecrimes"
+    assert room_key("r%C3%A9union") == "r%c3%a9union"
+    for bad in ("", "a b", "a.b", "a/b", "%25C3", "%41", "a" * 81, "é"):
+        assert room_key(bad) is None, bad
+    assert key_from_census("Réunion@conference.s1.test") == "r%c3%a9union"
+    assert key_from_census("@conference.s1.test") is None
+
+
+def test_murmur2_and_split_model():
+    assert murmur2(b"") == 0
+    assert murmur2(b"a") != murmur2(b"b")
+    bounds = split_bounds([("a", 2500), ("b", 7500)])
+    assert bounds[-1] == ("b", 0)
+    picks = [split_choice(f"room{i}", bounds) for i in range(4000)]
+    assert 800 < picks.count("a") < 1200
+    assert split_choice("x", []) is None
+
+
+def test_to_units_sums_and_drops_zero():
+    assert to_units([("a", 1.0), ("b", 2.0)]) == [("a", 3333), ("b", 6667)]
+    assert to_units([("a", 1.0), ("b", 0.0)]) == [("a", 10000)]
+    assert to_units([]) == []
+    assert sum(u for _, u in to_units([(str(i), 1.0 + i % 7) for i in range(500)])) == 10000
+
+
+def test_weights_follow_free_capacity_and_stress():
+    plan, _ = select([ok("s1", 0), ok("s2", 50), ok("s3", 10, stress=0.8), ok("s4", 120)], Memory(), 0.0, P)
+    # free: 100, 50, min(90, 20) = 20 (stress), 0 (full: no new rooms)
+    assert dict(plan.split) == {"s1": 5882, "s2": 2941, "s3": 1177}
+    full, _ = select([ok("s1", 100), ok("s2", 150)], Memory(), 0.0, P)
+    assert dict(full.split) == {"s1": 5000, "s2": 5000}  # all full: spread rather than refuse
+
+
+def test_pins_conflicts_and_grace():
+    r1 = ok("s1", 3, [LiveRoom("a", 1), LiveRoom("b", 2)])
+    r2 = ok("s2", 5, [LiveRoom("a", 5)])
+    plan, mem = select([r1, r2], Memory(), 0.0, P)
+    assert plan.pins == {"a": "s2", "b": "s1"}
+    down = ShardReading("s1", ok=False, error="refused")
+    plan, mem = select([down, ok("s2")], mem, 30.0, P)
+    assert plan.pins == {"a": "s1", "b": "s1"} and dict(plan.split) == {"s2": 10000}
+    plan, mem = select([down, ok("s2")], mem, 61.0, P)
+    assert plan.pins == {}
+
+
+def test_damping_and_first_sight():
+    plan, mem = select([ok("s1")], Memory(), 0.0, P)
+    assert plan.shards[0].state == "ready"  # never seen failing: ready at once
+    states = []
+    for t, reading in enumerate([ShardReading("s1", ok=False), ok("s1"), ok("s1"), ok("s1"), ok("s1")], 1):
+        plan, mem = select([reading], mem, float(t), P)
+        states.append(plan.shards[0].state)
+    assert states == ["unhealthy", "unhealthy", "unhealthy", "ready", "ready"]
+    unhealthy = ok("s1", healthy=False)
+    plan, _ = select([unhealthy], mem, 9.0, P)
+    assert plan.shards[0].state == "unhealthy" and plan.split == []
+
+
+def test_recent_routes_pin_until_census_or_ttl():
+    plan, mem = select([ok("s1"), ok("s2")], Memory(), 100.0, P, routed=[(99.0, "new", "s2"), (10.0, "old", "s1")])
+    assert plan.pins == {"new": "s2"}
+    plan, mem = select([ok("s1", 1, [LiveRoom("new", 1)]), ok("s2")], mem, 110.0, P)
+    assert plan.pins == {"new": "s1"}  # the census wins
+    plan, mem = select([ok("s1"), ok("s2")], memory_from_json(json.loads(json.dumps(memory_to_json(mem)))),
+                       200.0, P)
+    assert plan.pins == {}
+
+
+def test_memory_json_is_forgiving():
+    assert memory_from_json({"shards": "junk"}) == Memory()
+    assert parse_routes("1.5 room s1\njunk\n2 a.b s1\n3 x -\n") == [(1.5, "room", "s1")]
+    assert parse_census({"room_census": [{"room_name": "a@c", "participants": 2, "leaked": True}]}) == ()
+
+
+def test_status_table():
+    plan, _ = select([ok("s1", 10, [LiveRoom("a", 10)], conferences=1), ShardReading("s2", ok=False, error="x")],
+                     Memory(), 0.0, P)
+    from ensemble.frontdoor.selection import plan_to_json
+
+    rows = status_rows({"plan": plan_to_json(plan)})
+    assert rows[0]["pinned_rooms"] == ["a"] and rows[0]["weight"] == 100.0
+    text = format_status(rows)
+    assert "s1" in text.splitlines()[1] and "ready" in text and "unhealthy" in text
+
+
+def test_find_shard():
+    hosts = [Host("d-1.t.test", "shard", 1, "10.0.0.1"), Host("t.test", "frontdoor", None, "10.0.0.9")]
+    assert find_shard(hosts, "1").name == "d-1.t.test" and find_shard(hosts, "d-1.t.test").shard == 1
+    with pytest.raises(UsageError, match="SHARD: no shard 't.test'; valid: d-1.t.test"):
+        find_shard(hosts, "t.test")
+
+
+def test_drain_and_wait_through_real_nginx(tmp_path):
+    spec = make_spec()
+    name = spec.shard_names()[0]
+    standin = OccupancyStandin().start()
+    shards = ShardsNginx(tmp_path / "shards", spec.shard_names(), standin.port, TOKEN).start()
+    door = FrontdoorUnderTest(tmp_path / "door", spec, shards, TOKEN)  # for its OccupancySource only
+    host = Host(name, "shard", 1, "127.0.0.1")
+    clock = [0.0]
+    lines: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        if clock[0] >= 40:  # the last participants leave
+            standin.set_rooms(name, {})
+
+    try:
+        standin.set_rooms(name, {"late": 2})
+        drain_and_wait(spec, [host], timeout=120, progress=lines.append, writer=drain_writer(shards),
+                       reader=lambda h: read_shard(h.name, door.source), interval=10, clock=lambda: clock[0],
+                       sleep=sleep)
+        assert json.loads(shards.state_file(name).read_text())["drain"] is True
+        assert lines[-1] == f"{name}: empty" and any("2 participant(s)" in ln for ln in lines)
+        assert 40 <= clock[0] <= 60
+        standin.set_rooms(name, {"stuck": 1})
+        clock[0] = 0.0
+        with pytest.raises(EnsembleError, match=r"timeout after 30s, still in use: .*1 participant"):
+            drain_and_wait(spec, [host], timeout=30, writer=drain_writer(shards),
+                           reader=lambda h: read_shard(h.name, door.source), interval=10, clock=lambda: clock[0],
+                           sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+    finally:
+        shards.stop()
+        standin.stop()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from ensemble.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["frontdoor", "refresh", "--secrets", str(tmp_path / "none.json")])
+    assert result.exit_code == 2 and "--secrets: no such file" in result.output
+    (tmp_path / "s.json").write_text(json.dumps({"fleet": {}}))
+    result = runner.invoke(main, ["frontdoor", "refresh", "--secrets", str(tmp_path / "s.json")])
+    assert result.exit_code == 2 and "fleet.occupancy_token" in result.output
+    result = runner.invoke(main, ["status", "--state", str(tmp_path / "missing.json")])
+    assert result.exit_code == 1 and "status: cannot read" in result.output
+    state = tmp_path / "state.json"
+    plan, _ = select([ok("s1", 4, [LiveRoom("a", 4)])], Memory(), 0.0, P)
+    from ensemble.frontdoor.selection import plan_to_json
+
+    state.write_text(json.dumps({"plan": plan_to_json(plan), "refreshed_at": 1.0}))
+    result = runner.invoke(main, ["status", "--state", str(state), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["shards"][0]["pinned_rooms"] == ["a"]
