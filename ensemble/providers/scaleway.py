@@ -325,7 +325,7 @@ class ScalewayProvider:
         public_key = read_public_key(self.settings.ssh_public_key, "provider.scaleway.ssh_public_key")
         if wanted:
             self._say(f"creating {len(wanted)} host(s): {', '.join(w.name for w in wanted)}")
-            images = {t: self.resolve_image(spec, t) for t in {w.commercial_type for w in wanted}}
+            images = {t: self.resolve_image(spec, t) for t in sorted({w.commercial_type for w in wanted})}
             group = self.ensure_security_group(spec)
             created = self._parallel(wanted, lambda w: self._create(spec, w, images[w.commercial_type], group,
                                                                     public_key))
