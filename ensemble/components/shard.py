@@ -130,3 +130,37 @@ def fleet_host(spec: FleetSpec, store: Secrets, hosts: list[Host], keyring: byte
     else:
         shard(shard_context(spec, store, me, hosts, keyring=keyring, http_proxy=http_proxy,
                             admin_cidrs=admin_cidrs, apt_direct=apt_direct))
+
+
+_CLI_KWARGS: dict[str, dict] = {}
+
+
+def cli_kwargs(spec_path: str) -> dict:
+    """fleet_host's arguments when the plain `pyinfra` CLI runs deploys/*.py against an inventory.
+
+    Computed once per process (the CLI executes a deploy file once per host): the spec, the
+    provider's deploy environment, the checked Jitsi keyring, and the secrets every host of the
+    inventory keeps (read over SSH through pyinfra facts), completed with what is missing.
+
+    Example::
+
+        fleet_host(**cli_kwargs(host.data.get("ensemble_spec")))      # in deploys/shard.py
+    """
+    if spec_path in _CLI_KWARGS:
+        return _CLI_KWARGS[spec_path]
+    from pyinfra import inventory
+    from pyinfra.facts.server import Command
+
+    from ensemble.fleet import SECRETS_FILE, deploy_environment, jitsi_keyring, merge_secrets
+    from ensemble.providers import get_provider
+    from ensemble.spec import load_spec
+
+    spec = load_spec(spec_path)
+    env = deploy_environment(spec, get_provider(spec))
+    hosts = [host_from_data(h.name, h.data.dict()) for h in inventory]
+    remote = {h.name: h.get_fact(Command, command=f"cat {SECRETS_FILE} 2>/dev/null || true") for h in inventory}
+    store, _ = merge_secrets(env.spec, remote, hosts)
+    _CLI_KWARGS[spec_path] = {"spec": env.spec, "store": store, "hosts": hosts, "keyring": jitsi_keyring(env.spec),
+                              "http_proxy": env.http_proxy, "admin_cidrs": env.admin_cidrs,
+                              "apt_direct": env.apt_direct}
+    return _CLI_KWARGS[spec_path]
