@@ -676,3 +676,92 @@ def test_muc_census_in_real_prosody_counts_participants(real_prosody):
     assert "TEST STAND-IN room census" in log and "TEST STAND-IN anonymous authentication" in log
     problems = [line for line in log.splitlines() if re.search(r"\terror\t|Unable to load|Failed to load", line)]
     assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------------------------------------------ a real guest
+
+GUEST_INSTALL = r"""
+set -e
+export DEBIAN_FRONTEND=noninteractive
+echo 'Acquire::http::Proxy::{gateway} "DIRECT";' > /etc/apt/apt.conf.d/02jitsi-standin-direct
+apt-get update -q >/dev/null
+apt-get install -y -q --no-install-recommends curl gnupg ca-certificates >/dev/null
+curl -fsS {key_url} -o /tmp/jitsi-key.asc
+gpg --batch --show-keys --with-colons /tmp/jitsi-key.asc | awk -F: '/^fpr/ {{print "FPR=" $10; exit}}'
+gpg --batch --yes --dearmor -o /usr/share/keyrings/jitsi-keyring.gpg /tmp/jitsi-key.asc
+printf 'Types: deb\nURIs: {url}\nSuites: stable/\nSigned-By: /usr/share/keyrings/jitsi-keyring.gpg\n' \
+    > /etc/apt/sources.list.d/jitsi-stable.sources
+printf '%s\n' \
+    'jitsi-videobridge2 jitsi-videobridge/jvb-hostname string {domain}' \
+    'jitsi-meet-web-config jitsi-meet/cert-choice select Generate a new self-signed certificate' \
+    'jitsi-meet-web-config jitsi-meet/jaas-choice boolean false' \
+    'jicofo jicofo/jicofo-authpassword password focus-secret' \
+    'jitsi-videobridge2 jitsi-videobridge/jvbsecret password jvb-secret' | debconf-set-selections
+apt-get update -q >/dev/null
+apt-get install -y -q --no-install-recommends nginx >/dev/null
+apt-get install -y -q --no-install-recommends jitsi-meet >/dev/null
+echo INSTALLED
+"""
+
+
+@pytest.mark.realhost
+def test_packages_install_and_run_in_a_real_debian_guest(repo, local_fleet_factory, local_provider):
+    from conftest import ssh_run
+
+    spec, hosts = local_fleet_factory("t-standin", shards=1)
+    shard = next(h for h in hosts if h.role == "shard")
+    domain = shard.name
+    url = local_provider.serve_directory(spec, "jitsi-standin", repo.path).rstrip("/")
+    gateway = local_provider.network(spec).gateway
+    started = time.monotonic()
+    code, out, err = ssh_run(shard, GUEST_INSTALL.format(gateway=gateway, key_url=repo.key_url(url), url=url,
+                                                          domain=domain), timeout=900)
+    print(f"\n[measure] stand-in jitsi-meet install in a fresh guest: {time.monotonic() - started:.1f} s")
+    assert code == 0 and "INSTALLED" in out, out + err
+    assert f"FPR={repo.key_fingerprint}" in out
+
+    checks = {
+        "versions": "dpkg-query -W -f='${Package} ${Version}\\n' jitsi-meet jitsi-videobridge2 jicofo",
+        "users": "id -nG jvb; id -nG jicofo",
+        "active": "systemctl is-active jitsi-videobridge2 jicofo prosody nginx",
+        "jvb_health": "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/about/health",
+        "jicofo_stats": "curl -fsS http://127.0.0.1:8888/stats",
+        "census": f"curl -fsS -H 'Host: {domain}' http://127.0.0.1:5280/room-census",
+        "udp": "ss -Hulnp 'sport = :10000'",
+        "processes": "ps -eo user=,args= | grep '[s]tandin-'",
+        "web": f"curl -sk --resolve {domain}:443:127.0.0.1 https://{domain}/somemeeting",
+        "config_js": f"grep -c {domain} /etc/jitsi/meet/{domain}-config.js",
+        "debconf": "debconf-show jitsi-meet-web-config",
+        "log": "cat /var/log/jitsi/jvb.log",
+    }
+    results = {}
+    for name, command in checks.items():
+        results[name] = ssh_run(shard, command)
+        assert results[name][0] == 0, f"{name}: {results[name]}"
+    assert f"jitsi-meet {MEET_VERSION}" in results["versions"][1]
+    assert results["users"][1].split() == ["jitsi", "jitsi"]
+    assert results["active"][1].split() == ["active"] * 4
+    assert results["jvb_health"][1] == "200"
+    assert json.loads(results["jicofo_stats"][1])["bridge_selector"]["operational_bridge_count"] == 1
+    assert json.loads(results["census"][1]) == {"room_census": []}
+    assert "python3" in results["udp"][1]
+    assert "jvb " in results["processes"][1] and "jicofo " in results["processes"][1]
+    web = results["web"][1]
+    assert "Jitsi Meet (TEST STAND-IN, ensemble)" in web and "var config" in web, web[:500]
+    assert "* jitsi-meet/cert-choice: Generate a new self-signed certificate" in results["debconf"][1]
+    assert f"would log in as jvb@auth.{domain}" in results["log"][1]
+
+    # existing configuration survives a reconfigure and a reinstall (the deploy owns these files)
+    marker = "// owned by the deploy"
+    code, out, err = ssh_run(shard, f"""set -e
+        echo '{marker}' >> /etc/jitsi/videobridge/jvb.conf
+        echo '{marker}' >> /etc/jitsi/jicofo/jicofo.conf
+        echo '{marker}' >> /etc/jitsi/meet/{domain}-config.js
+        export DEBIAN_FRONTEND=noninteractive
+        dpkg-reconfigure jitsi-videobridge2 jicofo jitsi-meet-web-config jitsi-meet-prosody >/dev/null
+        apt-get install -y -q --reinstall jitsi-videobridge2 jicofo jitsi-meet-web-config >/dev/null
+        grep -c '{marker}' /etc/jitsi/videobridge/jvb.conf /etc/jitsi/jicofo/jicofo.conf \\
+            /etc/jitsi/meet/{domain}-config.js
+        systemctl is-active jitsi-videobridge2 jicofo""")
+    assert code == 0, out + err
+    assert out.count(":1\n") == 3 and out.endswith("active\nactive\n"), out
