@@ -117,3 +117,66 @@ def test_the_jitsi_essentials_are_there(profile):
     legacy = PROFILES[profile].legacy
     # prosody 0.11 (legacy profiles) has no core mod_smacks
     assert ('"smacks"' in site) is not legacy
+
+
+# ---------------------------------------------------------------- prosody running the rendered file
+
+# Runs inside a private network namespace (only its own loopback): start prosody as its user, wait for
+# BOSH, list listening sockets, fetch the BOSH page for the shard's virtual host, stop prosody.
+RUN_IN_NETNS = r"""
+set -u
+ip link set lo up
+runuser -u prosody -- prosody --config "$1" >"$2/prosody.out" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
+for _ in $(seq 100); do
+  curl -s -o /dev/null http://127.0.0.1:5280/ && break
+  sleep 0.1
+done
+sleep 0.5
+echo "== listening"
+ss -ltnuH | awk '{print $5}' | sort -u
+echo "== bosh"
+curl -s -H "Host: $3" http://127.0.0.1:5280/http-bind | grep -o '<title>[^<]*</title>'
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private network namespace (CI runs as root)")
+def test_prosody_runs_the_file_and_listens_on_loopback_only(prosody_dir):
+    domain, site = _prosody_file("debian-bookworm")
+    certs = prosody_dir / "certs"
+    certs.mkdir()
+    for name in (domain, f"auth.{domain}"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        f"/CN={name}", "-keyout", str(certs / f"{name}.key"), "-out", str(certs / f"{name}.crt")],
+                       check=True, capture_output=True)
+    for path in certs.iterdir():
+        os.chmod(path, 0o644)  # the prosody user reads them
+    site = site.replace("/etc/prosody/certs/", f"{certs}/")
+    (prosody_dir / "conf.d").mkdir()
+    (prosody_dir / "conf.d" / "site.cfg.lua").write_text(site)
+    data = prosody_dir / "data"
+    data.mkdir()
+    shutil.chown(data, "prosody", "prosody")
+    main = prosody_dir / "prosody.cfg.lua"
+    main.write_text(f"""
+daemonize = false
+pidfile = "{data}/prosody.pid"
+data_path = "{data}"
+log = {{ info = "*console" }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "ping"; "posix"; }}
+Include "{prosody_dir}/conf.d/*.cfg.lua"
+""")
+    for path in prosody_dir.rglob("*"):
+        if path.is_file():
+            os.chmod(path, 0o644)
+    run = subprocess.run(["unshare", "-n", "sh", "-c", RUN_IN_NETNS, "sh", str(main), str(prosody_dir), domain],
+                         capture_output=True, text=True, timeout=60)
+    log = (prosody_dir / "prosody.out").read_text()
+    listening, _, bosh = run.stdout.partition("== bosh")
+    sockets = listening.replace("== listening", "").split()
+    assert "127.0.0.1:5280" in sockets, log
+    assert "127.0.0.1:5222" in sockets, log  # c2s for jicofo and the bridge
+    # nothing else reachable from outside the host: no wildcard, no HTTPS 5281, no s2s 5269
+    assert all(s.startswith("127.0.0.1:") for s in sockets), sockets
+    assert "<title>Prosody BOSH endpoint</title>" in bosh, log
