@@ -168,3 +168,24 @@ def test_parse_duration():
     assert lifecycle.parse_duration("2h") == 7200 and lifecycle.parse_duration("90s") == 90
     with pytest.raises(lifecycle.UsageError, match="--older-than"):
         lifecycle.parse_duration("2 hours")
+
+
+@pytest.mark.realhost
+def test_smoke_with_the_local_provider_reaches_and_destroys_its_hosts():
+    from conftest import local_spec, ssh_run
+
+    from ensemble.providers.local import LocalProvider
+
+    spec = local_spec("t-lifecycle")
+    reached = []
+
+    def checks(test_spec, hosts):
+        for host in hosts:
+            code, out, _ = ssh_run(host, "hostname")
+            reached.append((host.role, code))
+        return []
+
+    result = lifecycle.smoke(spec, deploy=lambda *args: [], checks=checks, suffix="a1")
+    assert result.ok and result.destroyed, result.failures
+    assert ("shard", 0) in reached
+    assert LocalProvider().list_hosts(lifecycle.throwaway_spec(spec, "a1")) == []
