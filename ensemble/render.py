@@ -28,13 +28,14 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from importlib.resources import files as package_files
 from pathlib import Path
 
 import jinja2
 
-from ensemble.errors import EnsembleError
+from ensemble.errors import EnsembleError, UsageError
 from ensemble.providers.base import Host
 from ensemble.secrets import FLEET_KEY, FLEET_SECRETS, SHARD_SECRETS, Secrets
 from ensemble.spec import FleetSpec
@@ -51,6 +52,8 @@ PROSODY_HTTP_PORT = 5280
 JVB_PRIVATE_PORT = 8080
 JICOFO_REST_PORT = 8888
 FRONTDOOR_PLACEHOLDER = "198.51.100.1"
+# Secrets go into quoted HOCON, nginx and JSON strings: only characters that need no escaping anywhere.
+SAFE_SECRET = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
 COMPONENTS = ("base", "prosody", "jicofo", "jvb", "web", "nginx", "etherpad", "tls", "frontdoor")
 
@@ -166,19 +169,22 @@ def _prosody_series(spec: FleetSpec) -> str:
     return "0.12"
 
 
+def _secret(secrets: Secrets, entry: str, name: str) -> str:
+    """One secret, checked: present, and made of characters safe inside HOCON, nginx and JSON strings."""
+    value = secrets.get(entry, {}).get(name)
+    if not value:
+        raise EnsembleError(f"secrets: no {name!r} in the {entry!r} entry; 'ensemble render' or deploy creates it")
+    if not isinstance(value, str) or not SAFE_SECRET.fullmatch(value):
+        # never echo the value: say what is wrong and what is valid
+        raise UsageError(f"secrets: {entry}.{name} must be 16-256 characters of A-Z a-z 0-9 - _ . ~ "
+                         "(no quotes, backslashes, $ or spaces); delete it to have a new one generated")
+    return value
+
+
 def _shard_secrets(secrets: Secrets, domain: str) -> dict[str, str]:
-    """The secrets a shard's files need; a missing one is an error naming it (never its value)."""
-    values: dict[str, str] = {}
-    for name in SHARD_SECRETS:
-        value = secrets.get(domain, {}).get(name)
-        if not value:
-            raise EnsembleError(f"secrets: no {name!r} for {domain}; run 'ensemble render' or deploy to create it")
-        values[name] = value
-    for name in FLEET_SECRETS:
-        value = secrets.get(FLEET_KEY, {}).get(name)
-        if not value:
-            raise EnsembleError(f"secrets: no {name!r} in the {FLEET_KEY!r} entry")
-        values[name] = value
+    """The secrets a shard's files need; a missing or unsafe one is an error naming it (never its value)."""
+    values = {name: _secret(secrets, domain, name) for name in SHARD_SECRETS}
+    values.update({name: _secret(secrets, FLEET_KEY, name) for name in FLEET_SECRETS})
     return values
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.errors import EnsembleError
+from ensemble.errors import EnsembleError, UsageError
 from ensemble.providers.base import Host
 from ensemble.render import (
     RenderedFile,
@@ -198,6 +198,16 @@ def test_missing_secret_is_named_without_values():
     with pytest.raises(EnsembleError, match="jvb_password") as info:
         shard_files(spec, 1, store)
     assert store[spec.shard_name(1)]["focus_password"] not in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ['abc"def0123456789', "abc$def0123456789", "short", "a b c d e f g h i j k"])
+def test_unsafe_secret_is_refused_without_echoing_it(bad):
+    spec = spec_from_dict({})
+    store = _secrets(spec)
+    store["fleet"]["occupancy_token"] = bad
+    with pytest.raises(UsageError, match="fleet.occupancy_token") as info:
+        shard_files(spec, 1, store)
+    assert bad not in str(info.value)
 
 
 def test_every_file_is_well_formed():
