@@ -409,3 +409,66 @@ def test_pebble_issues_a_certificate_to_a_guest_nginx_with_certbot_webroot(fleet
                 ssl.create_default_context().wrap_socket(raw, server_hostname=shard.name)
     finally:
         acme.stop()
+
+
+# ---- the cached image: one build under concurrency, nothing half-built after a crash ----
+
+STUB_DEBOOTSTRAP = """#!/bin/bash
+# TEST STAND-IN for debootstrap: unpacks the real cached image (debootstrap itself ran when it was built)
+echo "$*" >> {calls}
+{delay}
+target="${{@: -2:1}}"
+mkdir -p "$target" && zstd -dc {image} | tar -C "$target" --numeric-owner -xf -
+{after}
+"""
+
+
+def _stub_debootstrap(tmp_path: Path, monkeypatch, delay: str, after: str = "") -> Path:
+    from ensemble.providers.localimage import ensure_image
+
+    real = ensure_image("bookworm", Path(local_spec("t-image").provider.local.cache_dir), mirror_for_suite(""))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "calls"
+    stub = bin_dir / "debootstrap"
+    stub.write_text(STUB_DEBOOTSTRAP.format(calls=calls, delay=delay, after=after, image=real))
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return calls
+
+
+@pytest.mark.realhost
+def test_concurrent_runs_build_the_image_once(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ensemble.providers.localimage import ensure_image
+
+    calls = _stub_debootstrap(tmp_path, monkeypatch, "sleep 1")
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(3) as pool:
+        built = list(pool.map(lambda _: ensure_image("bookworm", cache, "http://mirror.test/debian"), range(3)))
+    assert len(set(built)) == 1 and built[0].exists()
+    assert len(calls.read_text().splitlines()) == 1
+    assert [p.name for p in cache.iterdir() if p.name.startswith("build-")] == []
+
+
+@pytest.mark.realhost
+def test_a_build_killed_midway_leaves_no_tarball_and_the_next_run_recovers(tmp_path, monkeypatch):
+    from ensemble.providers.localimage import ensure_image, image_path
+
+    started = _stub_debootstrap(tmp_path, monkeypatch, "", after="touch unpacked; sleep 60")
+    cache = tmp_path / "cache"
+    build = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                              "from ensemble.providers.localimage import ensure_image; "
+                              "ensure_image('bookworm', Path(sys.argv[1]), 'http://mirror.test/debian')", str(cache)],
+                             cwd=tmp_path, start_new_session=True, env=dict(os.environ))
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "unpacked").exists() and time.monotonic() < deadline:  # killed while half-built
+        time.sleep(0.05)
+    os.killpg(build.pid, signal.SIGKILL)
+    build.wait()
+    assert started.exists() and list(cache.glob("build-bookworm-*"))
+    assert not image_path(cache, "bookworm").exists()
+    calls = _stub_debootstrap(tmp_path, monkeypatch, "")
+    assert ensure_image("bookworm", cache, "http://mirror.test/debian").exists()
+    assert list(cache.glob("build-bookworm-*")) == [] and len(calls.read_text().splitlines()) == 2

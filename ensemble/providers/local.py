@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING
 from ensemble.errors import EnsembleError, SpecError, UsageError
 from ensemble.providers import localnet
 from ensemble.providers.base import Host
-from ensemble.providers.localimage import check_suite, ensure_image, file_lock, mirror_for_suite
+from ensemble.providers.localimage import (
+    check_suite,
+    ensure_image,
+    file_lock,
+    mirror_for_suite,
+    mounts_under,
+    remove_tree,
+)
 from ensemble.providers.localnet import LocalNetwork, plan_network, process_alive, read_pid
 
 if TYPE_CHECKING:
@@ -154,14 +161,6 @@ def is_mountpoint(path: Path) -> bool:
     target = str(path.resolve())
     with open("/proc/self/mounts") as mounts:
         return any(line.split()[1] == target for line in mounts)
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below `path`. Example: mounts_under(Path("/run/ensemble/demo"))."""
-    prefix = str(path.resolve())
-    with open("/proc/self/mounts") as mounts:
-        points = [line.split()[1] for line in mounts]
-    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
 
 
 def container_processes(machine_id: str) -> list[int]:
@@ -304,15 +303,17 @@ class LocalProvider:
                                mirror_for_suite(spec.provider.local.mirror), progress=say)
         self.ensure_network(spec)
         self._ensure_ssh_key(spec)
-        running = {h.name for h in self.list_hosts(spec)}
-        missing = [h for h in wanted if h.name not in running]
-        if missing:
-            say(f"creating {len(missing)} host(s): {', '.join(h.name for h in missing)}")
-            with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
-                futures = {h.name: pool.submit(self._create_host, spec, h, suite, tarball, net, say) for h in missing}
-            failures = [f"{name}: {fut.exception()}" for name, fut in futures.items() if fut.exception()]
-            if failures:
-                raise EnsembleError("local hosts failed to start: " + "; ".join(failures))
+        with file_lock(self.keys_dir(spec) / ".create.lock"):  # two runs on one fleet create each host once
+            running = {h.name for h in self.list_hosts(spec)}
+            missing = [h for h in wanted if h.name not in running]
+            if missing:
+                say(f"creating {len(missing)} host(s): {', '.join(h.name for h in missing)}")
+                with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+                    futures = {h.name: pool.submit(self._create_host, spec, h, suite, tarball, net, say)
+                               for h in missing}
+                failures = [f"{name}: {fut.exception()}" for name, fut in futures.items() if fut.exception()]
+                if failures:
+                    raise EnsembleError("local hosts failed to start: " + "; ".join(failures))
         return self.list_hosts(spec)
 
     def ensure_network(self, spec: FleetSpec) -> LocalNetwork:
@@ -515,9 +516,7 @@ class LocalProvider:
     def _teardown_fleet(fleet_dir: Path, bridge: str, known_hosts: Path | None) -> None:
         localnet.stop_services(fleet_dir)
         localnet.bridge_down(bridge)
-        for point in sorted(mounts_under(fleet_dir), reverse=True):
-            subprocess.run(["umount", "-l", point], check=False)
-        shutil.rmtree(fleet_dir, ignore_errors=True)
+        remove_tree(fleet_dir)  # unmounts the hosts' tmpfs first
         if known_hosts is not None:
             known_hosts.unlink(missing_ok=True)
         (REGISTRY / f"{bridge}.json").unlink(missing_ok=True)

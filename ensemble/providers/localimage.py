@@ -136,6 +136,33 @@ def file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below `path`, deepest first. Example: mounts_under(Path("/var/cache/ensemble"))."""
+    prefix = str(path.resolve())
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1].replace("\\040", " ") for line in mounts]
+    return sorted((p for p in points if p == prefix or p.startswith(prefix + "/")), key=len, reverse=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Unmount whatever is mounted below `path` (debootstrap mounts proc, sys, dev), then delete it.
+
+    Refuses to delete while a mount remains: deleting through a bind mount of /dev would empty the machine's.
+
+    Example::
+
+        remove_tree(Path("/var/cache/ensemble/build-bookworm-123"))
+    """
+    if not path.exists():
+        return
+    for point in mounts_under(path):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    left = mounts_under(path)
+    if left:
+        raise EnsembleError(f"cannot remove {path}: still mounted: {', '.join(left)}")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def ensure_image(suite: str, cache_dir: Path, mirror: str, progress=None) -> Path:
     """Build the rootfs tarball of `suite` unless it is cached; return its path.
 
@@ -149,13 +176,15 @@ def ensure_image(suite: str, cache_dir: Path, mirror: str, progress=None) -> Pat
     with file_lock(cache_dir / f"rootfs-{suite}.lock"):
         if tarball.exists():  # another run built it while we waited
             return tarball
+        for leftover in cache_dir.glob(f"build-{suite}-*"):  # a build killed mid-way (we hold the lock)
+            remove_tree(leftover)
         _build_image(suite, cache_dir, mirror, tarball, progress)
     return tarball
 
 
 def _build_image(suite: str, cache_dir: Path, mirror: str, tarball: Path, progress) -> None:
     work = cache_dir / f"build-{suite}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work)
     log = cache_dir / f"debootstrap-{suite}.log"
     started = time.monotonic()
     if progress:
@@ -174,7 +203,7 @@ def _build_image(suite: str, cache_dir: Path, mirror: str, tarball: Path, progre
                        shell=True, check=True)
         os.replace(partial, tarball)  # atomic: the tarball is whole or absent
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
     if progress:
         progress(f"image {tarball.name} built in {time.monotonic() - started:.0f} s")
 
