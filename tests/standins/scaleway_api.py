@@ -5,7 +5,7 @@ talks to through its API URL setting (`SCW_API_URL`). It keeps servers, IPs, SBS
 security groups and user data; paginates honestly; moves servers starting -> running and
 stopping -> gone on timers; enforces the real teardown order (an SBS volume is deletable once
 its server is gone, a security group once no server uses it); and injects faults (429 with
-Retry-After, 5xx, HTML 502, slow responses, quota errors, the Nth create failing).
+Retry-After, 5xx, HTML 502, slow responses, dropped connections, quota errors, the Nth create failing).
 
 Server addresses are handed out on 127.0.10.0/24: tests run a real sshd there (see
 `on_running`), so nothing ever tries to reach a public or foreign private address.
@@ -51,6 +51,7 @@ class Fault:
     html: bool = False
     delay: float = 0.0
     body: dict | None = None
+    drop: bool = False  # close the connection without an answer (a connection error for the client)
     seen: int = 0
     fired: int = 0
 
@@ -437,6 +438,10 @@ class _Handler(BaseHTTPRequestHandler):
             fault.fired += 1
             if fault.delay:
                 time.sleep(fault.delay)
+            if fault.drop:
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return None
             if fault.status:
                 return self._fault(fault, url.path)
         if self.headers.get("X-Auth-Token") != api.secret_key:
