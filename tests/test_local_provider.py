@@ -268,8 +268,12 @@ def test_destroy_one_host_leaves_the_rest(local_provider):
         hosts = local_provider.ensure_hosts(spec)
         ids = _machine_ids(local_provider, spec)
         started = time.monotonic()
+        folder = local_provider.hosts_dir(spec) / hosts[1].labels["machine"]
+        veth = json.loads((folder / "host.json").read_text())["veth"]
+        assert veth and localnet.link_exists(veth)
         local_provider.destroy(spec, [hosts[1]])
         print(f"\n[measure] destroy 1 host: {time.monotonic() - started:.1f} s")
+        assert not localnet.link_exists(veth) and not folder.exists()
         remaining = local_provider.list_hosts(spec)
         assert [h.name for h in remaining] == [hosts[0].name, hosts[2].name]
         assert hosts[1].name not in Path(hosts[0].known_hosts).read_text()
@@ -472,3 +476,19 @@ def test_a_build_killed_midway_leaves_no_tarball_and_the_next_run_recovers(tmp_p
     calls = _stub_debootstrap(tmp_path, monkeypatch, "")
     assert ensure_image("bookworm", cache, "http://mirror.test/debian").exists()
     assert list(cache.glob("build-bookworm-*")) == [] and len(calls.read_text().splitlines()) == 2
+
+
+@pytest.mark.realhost
+def test_a_container_that_dies_at_boot_gives_its_console_and_leaves_nothing(local_provider, monkeypatch):
+    spec = local_spec("t-dies", shards=1)
+    real_argv = local_mod.nspawn_argv
+    monkeypatch.setattr(local_mod, "nspawn_argv",
+                        lambda rootfs, machine, bridge: real_argv(rootfs, machine, "ens-missing0"))
+    try:
+        with pytest.raises(EnsembleError, match=r"container of t-dies-1\.t-dies\.test exited \(\d+\): .*ens-missing0"):
+            local_provider.ensure_hosts(spec)
+        assert local_provider.list_hosts(spec) == []
+        assert [p for p in local_provider.hosts_dir(spec).iterdir()] == []
+        assert "t-dies-1" not in Path(local_provider.known_hosts(spec)).read_text()
+    finally:
+        local_provider.destroy_all(spec)

@@ -186,6 +186,31 @@ def container_processes(machine_id: str) -> list[int]:
     return found
 
 
+def host_side_veth(machine_id: str) -> str | None:
+    """Name of the veth on the bridge whose peer is the container's host0 (nspawn shortens long names
+    with a hash, so it is read, not computed).
+
+    Example::
+
+        host_side_veth("3f2b...")   # "vb-e2a9751-Jk2x"
+    """
+    inits = container_processes(machine_id)
+    if not inits:
+        return None
+    shown = subprocess.run(["nsenter", "-t", str(inits[0]), "-n", "ip", "-o", "link", "show", "host0"],
+                           capture_output=True, text=True).stdout
+    match = re.search(r"host0@if(\d+)", shown)
+    if not match:
+        return None
+    for link in Path("/sys/class/net").iterdir():
+        try:
+            if (link / "ifindex").read_text().strip() == match.group(1):
+                return link.name
+        except OSError:
+            continue
+    return None
+
+
 def edit_known_hosts(path: Path, drop: set[str], add: list[str]) -> None:
     """Rewrite a known_hosts file atomically without the lines naming `drop`, plus the lines `add`.
 
@@ -390,6 +415,7 @@ class LocalProvider:
         except BaseException:
             self._remove_host(self.known_hosts(spec), folder)
             raise
+        record["veth"] = host_side_veth(record["machine_id"])
         record["ready"] = True
         self._write_record(folder, record)
         say(f"{planned.name} up at {planned.address} in {time.monotonic() - started:.1f} s")
@@ -471,6 +497,9 @@ class LocalProvider:
         record = self._read_record(folder) or {}
         started = time.monotonic()
         self._stop_container(folder, record)
+        veth = record.get("veth")
+        if veth and localnet.link_exists(veth):  # normally gone with the container's network namespace
+            localnet._ip("link", "del", veth, check=False)
         leftovers = mounts_under(folder)
         if leftovers:
             raise EnsembleError(f"mounts left under {folder}: {', '.join(leftovers)}; not removing it")
