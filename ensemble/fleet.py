@@ -29,10 +29,11 @@ from ensemble.errors import EnsembleError
 from ensemble.inventory import Target, targets_for
 from ensemble.providers.base import Host
 from ensemble.secrets import FLEET_KEY, Secrets, complete_secrets
-from ensemble.spec import FleetSpec
+from ensemble.spec import EtherpadSection, FleetSpec
 
 SECRETS_FILE = "/etc/ensemble/secrets.json"
 PRODUCTION_JITSI_REPO = "https://download.jitsi.org"
+LOCAL_ETHERPAD_SOURCE = "npm:ep_etherpad-lite@1.8.14"
 
 
 @dataclass
@@ -173,8 +174,8 @@ class DeployEnv:
 
 def local_environment(spec: FleetSpec, provider) -> DeployEnv:
     """Local provider: Jitsi's packages from the stand-in repository it serves (download.jitsi.org is
-    out of reach), npm through its proxy, SSH from its bridge. A spec that names its own Jitsi
-    repository keeps it.
+    out of reach), Etherpad from npm through its proxy (GitHub is out of reach), SSH from its bridge.
+    A spec that names its own Jitsi repository or Etherpad source keeps it.
 
     Example::
 
@@ -189,6 +190,9 @@ def local_environment(spec: FleetSpec, provider) -> DeployEnv:
         jitsi = replace(spec.jitsi, apt_repo=url, apt_suite=repo.suite, apt_key_url=repo.key_url(url),
                         apt_key_fingerprint=repo.key_fingerprint)
         spec = replace(spec, jitsi=jitsi)
+    if spec.etherpad.source_url == EtherpadSection().source_url:
+        # GitHub is out of reach too: the npm package through the fleet's npm proxy (checked by npm's integrity)
+        spec = replace(spec, etherpad=replace(spec.etherpad, source_url=LOCAL_ETHERPAD_SOURCE, sha256=""))
     direct = [urllib.parse.urlsplit(spec.jitsi.apt_repo).hostname or ""]
     return DeployEnv(spec=spec, http_proxy=net.http_proxy_url, admin_cidrs=[net.subnet],
                      apt_direct=[h for h in direct if h])
