@@ -446,7 +446,7 @@ def start_service(service_program, tmp_path):
     """Start the stand-in as a real process on loopback; returns (process, base URL, log path)."""
     processes = []
 
-    def start(role: str, config_text: str, census_url: str, **extra):
+    def start(role: str, config_text: str, census_url: str, flags: tuple[str, ...] = ("--no-xmpp",), **extra):
         port = free_port()
         config = tmp_path / f"{role}.conf"
         config.write_text(config_text)
@@ -455,6 +455,7 @@ def start_service(service_program, tmp_path):
                "--port", str(port), "--census-url", census_url, "--env-file", str(tmp_path / "no-env")]
         for key, value in extra.items():
             cmd += [f"--{key.replace('_', '-')}", str(value)]
+        cmd += flags
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         processes.append(proc)
         base = f"http://127.0.0.1:{port}"
@@ -463,7 +464,7 @@ def start_service(service_program, tmp_path):
             if proc.poll() is not None:
                 return True
             try:
-                return http("GET", f"{base}/about/health", timeout=1)[0] == 200
+                return http("GET", f"{base}/about/health", timeout=1)[0] in (200, 500)
             except OSError:
                 return False
         wait_for(up, what=f"{role} stand-in to listen")
@@ -637,7 +638,8 @@ component_ports = {{ }}
             return s.connect_ex(("127.0.0.1", http_port)) == 0
     try:
         wait_for(listening, timeout=20, what="prosody to listen")
-        yield {"c2s": c2s, "census": f"http://127.0.0.1:{http_port}/room-census", "log": tmp_path / "prosody.log"}
+        yield {"c2s": c2s, "census": f"http://127.0.0.1:{http_port}/room-census", "log": tmp_path / "prosody.log",
+               "config": config}
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -676,6 +678,62 @@ def test_muc_census_in_real_prosody_counts_participants(real_prosody):
     assert "TEST STAND-IN room census" in log and "TEST STAND-IN anonymous authentication" in log
     problems = [line for line in log.splitlines() if re.search(r"\terror\t|Unable to load|Failed to load", line)]
     assert not problems, "\n".join(problems)
+
+
+
+def register(prosody: dict, user: str, host: str, password: str) -> None:
+    subprocess.run(["prosodyctl", "--config", str(prosody["config"]), "register", user, host, password],
+                   check=True, capture_output=True)
+
+
+def test_standins_log_in_to_real_prosody_and_the_focus_makes_rooms(real_prosody, start_service):
+    """The services log in over STARTTLS + SCRAM-SHA-1 as the real ones do; jicofo's health depends on it;
+    a conference request makes the focus create the room; the census leaves the focus out."""
+    auth = f"auth.{DOMAIN}"
+    register(real_prosody, "jvb", auth, "jvb pass,=1")
+    register(real_prosody, "focus", auth, "focus-pass")
+    census = real_prosody["census"]
+    jvb_conf = (JVB_CONF % {"udp": free_port(socket.SOCK_DGRAM), "domain": DOMAIN, "rest": "true"}).replace(
+        'HOSTNAME = "localhost"', f'HOSTNAME = "127.0.0.1"\n PORT = {real_prosody["c2s"]}\n'
+        ' DISABLE_CERTIFICATE_VERIFICATION = true').replace('"p#ss: {not a brace}"', '"jvb pass,=1"')
+    _, jvb, jvb_log = start_service("jvb", jvb_conf, census, flags=())
+    jvb_port = jvb.rsplit(":", 1)[1]
+
+    def jicofo_conf(password: str) -> str:
+        return (f'jicofo {{\n xmpp.client {{ hostname = "127.0.0.1", port = {real_prosody["c2s"]},'
+                f' client-proxy = "focus.{DOMAIN}", xmpp-domain = "{DOMAIN}", domain = "{auth}",'
+                f' username = "focus", password = "{password}", disable-certificate-verification = true }}\n'
+                f' bridge.brewery-jid = "JvbBrewery@internal.{auth}"\n}}\n')
+
+    _, jicofo, _ = start_service("jicofo", jicofo_conf("focus-pass"), census, flags=(),
+                                 jvb_health_url=f"{jvb}/about/health")
+    wait_for(lambda: http("GET", f"{jicofo}/about/health")[0] == 200, what="jicofo's XMPP login")
+    xmpp = wait_for(lambda: http("GET", f"{jvb}/colibri/stats")[1]["standin_xmpp"]["connected"] and
+                    http("GET", f"{jvb}/colibri/stats")[1]["standin_xmpp"], what="the bridge's XMPP login")
+    assert xmpp["jid"].startswith(f"jvb@{auth}/")
+    stats = http("GET", f"{jicofo}/stats")[1]
+    assert stats["standin_xmpp"]["jid"].startswith(f"focus@{auth}/")
+    assert stats["bridge_selector"]["operational_bridge_count"] == 1 and jvb_port
+    assert "joined JvbBrewery@internal." in jvb_log.read_text()
+
+    # a conference request: the focus creates the room; the census does not count it
+    room = f"planning@conference.{DOMAIN}"
+    status, answer = http("POST", f"{jicofo}/conference-request/v1", {"room": room})
+    assert (status, answer["ready"], answer["focusJid"]) == (200, True, f"focus.{DOMAIN}")
+    assert [(r["room_name"], r["participants"]) for r in get_census(census, DOMAIN)] == [(room, 0)]
+    client = XmppClient(real_prosody["c2s"], DOMAIN)
+    client.join(room, "dana")
+    assert [(r["room_name"], r["participants"]) for r in get_census(census, DOMAIN)] == [(room, 1)]
+    assert http("GET", f"{jvb}/colibri/stats")[1]["participants"] == 1
+    client.close()
+    wait_for(lambda: get_census(census, DOMAIN) == [], what="the focus to leave the empty room")
+
+    # a wrong password: jicofo stays unhealthy and says why, like the real one
+    _, bad, _ = start_service("jicofo", jicofo_conf("wrong"), census, flags=())
+    status_error = wait_for(lambda: http("GET", f"{bad}/stats")[1]["standin_xmpp"]["error"] != "not tried yet" and
+                            http("GET", f"{bad}/stats")[1]["standin_xmpp"], what="the failed login")
+    assert "authentication failed" in status_error["error"] and status_error["connected"] is False
+    assert http("GET", f"{bad}/about/health")[0] == 500
 
 
 # ------------------------------------------------------------------------------------------------ a real guest
@@ -750,6 +808,15 @@ def test_packages_install_and_run_in_a_real_debian_guest(repo, local_fleet_facto
     assert "Jitsi Meet (TEST STAND-IN, ensemble)" in web and "var config" in web, web[:500]
     assert "* jitsi-meet/cert-choice: Generate a new self-signed certificate" in results["debconf"][1]
     assert f"would log in as jvb@auth.{domain}" in results["log"][1]
+
+    # the services really log in to prosody with the preseeded passwords, over TLS checked against the
+    # system store (the postinst trusts auth.D's certificate, as the real one does)
+    code, out, err = ssh_run(shard, """for i in $(seq 60); do
+            [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8888/about/health)" = 200 ] && break
+            sleep 1
+        done
+        curl -fsS http://127.0.0.1:8888/about/health -o /dev/null && grep 'XMPP: logged in' /var/log/jitsi/jvb.log""")
+    assert code == 0 and f"jvb@auth.{domain}/" in out and "joined JvbBrewery@internal.auth." in out, out + err
 
     # existing configuration survives a reconfigure and a reinstall (the deploy owns these files)
     marker = "// owned by the deploy"
