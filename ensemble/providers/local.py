@@ -574,8 +574,13 @@ class LocalProvider:
             if bridge not in claimed:
                 localnet.bridge_down(bridge)
                 removed.append(f"bridge {bridge} (no fleet)")
-        if progress:
-            for line in removed:
+        if removed:  # an audit trail: what a run removed, when, and which run did
+            REGISTRY.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            with open(REGISTRY / "cleanup.log", "a") as log:
+                log.writelines(f"{stamp} pid {os.getpid()}: {line}\n" for line in removed)
+        for line in removed:
+            if progress:
                 progress(f"cleaned up {line}")
         return removed
 
