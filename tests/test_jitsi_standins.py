@@ -766,7 +766,9 @@ echo INSTALLED
 def test_packages_install_and_run_in_a_real_debian_guest(repo, local_fleet_factory, local_provider):
     from conftest import ssh_run
 
-    spec, hosts = local_fleet_factory("t-standin", shards=1)
+    # CI installs on the default profile; ENSEMBLE_STANDIN_GUEST_OS=debian-trixie (or -bullseye) tries another
+    spec, hosts = local_fleet_factory("t-standin", shards=1,
+                                      os_profile=os.environ.get("ENSEMBLE_STANDIN_GUEST_OS", "debian-bookworm"))
     shard = next(h for h in hosts if h.role == "shard")
     domain = shard.name
     url = local_provider.serve_directory(spec, "jitsi-standin", repo.path).rstrip("/")
@@ -832,3 +834,15 @@ def test_packages_install_and_run_in_a_real_debian_guest(repo, local_fleet_facto
         systemctl is-active jitsi-videobridge2 jicofo""")
     assert code == 0, out + err
     assert out.count(":1\n") == 3 and out.endswith("active\nactive\n"), out
+
+
+def test_an_unwritable_cache_or_a_missing_tool_is_one_clear_line(tmp_path, monkeypatch):
+    from ensemble.errors import EnsembleError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(EnsembleError, match=r"^Jitsi stand-in cache .*/file/cache: not writable \(Not a directory\)"):
+        build_standin_repo(blocker / "cache")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
+    with pytest.raises(EnsembleError, match=r"needs the package\(s\) dpkg, gnupg: apt-get install dpkg gnupg$"):
+        build_standin_repo(tmp_path / "cache")

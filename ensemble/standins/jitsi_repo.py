@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
+from ensemble.errors import EnsembleError
+
 DEFAULT_CACHE_DIR = Path("/var/cache/ensemble/jitsi-standin")
 SUITE = "stable/"
 KEY_FILE = "jitsi-key.gpg.key"
@@ -244,9 +246,25 @@ def content_hash() -> str:
     return digest.hexdigest()
 
 
+# The programs the build runs, and the Debian package each comes from (named in the error when missing).
+REQUIRED_TOOLS = {"dpkg-deb": "dpkg", "gpg": "gnupg", "gpgconf": "gnupg", "gpg-agent": "gnupg"}
+
+
+def _require_tools() -> None:
+    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        raise EnsembleError(f"building the Jitsi stand-in repository needs the package(s) {', '.join(missing)}: "
+                            f"apt-get install {' '.join(missing)}")
+
+
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run a build tool with reproducible timestamps; a failure is one line naming the tool and its complaint."""
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH), LC_ALL="C")
-    return subprocess.run(cmd, check=True, capture_output=True, env=env, **kwargs)
+    try:
+        return subprocess.run(cmd, check=True, capture_output=True, env=env, **kwargs)
+    except subprocess.CalledProcessError as exc:
+        complaint = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise EnsembleError(f"Jitsi stand-in build: {cmd[0]} failed: {complaint[-1] if complaint else exc}") from None
 
 
 def _control_text(pkg: StandinPackage, installed_kib: int) -> str:
@@ -397,7 +415,13 @@ def build_standin_repo(cache_dir: Path = DEFAULT_CACHE_DIR) -> StandinRepo:
         repo.path   # .../repo-1a2b3c4d5e6f7a8b-2DC1389C (holds jitsi-key.gpg.key and stable/)
     """
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    _require_tools()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        (cache_dir / ".lock").touch()
+    except OSError as exc:
+        raise EnsembleError(f"Jitsi stand-in cache {cache_dir}: not writable ({exc.strerror}); run as root, as the "
+                            "local provider does, or pass another cache_dir") from None
     versions = {p.name: p.version for p in standin_packages()}
     with open(cache_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test processes building at once wait for each other
