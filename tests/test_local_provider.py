@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -212,6 +213,17 @@ def test_serve_directory_reaches_guests(fleet, local_provider, tmp_path):
     assert url == local_provider.serve_directory(spec, "t-repo", tmp_path)  # idempotent
     code, out, err = ssh_run(hosts[0], f"curl -sS -m 5 {url}hello.txt")
     assert (code, out) == (0, "stand-in repository\n"), err
+    # apt reaches it directly (not through apt-cacher-ng): an empty flat repository
+    (tmp_path / "Packages").write_text("")
+    digest = hashlib.sha256(b"").hexdigest()
+    date = time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime())
+    (tmp_path / "Release").write_text(f"Origin: ensemble test\nDate: {date}\nSHA256:\n {digest} 0 Packages\n")
+    apt = (f"echo 'deb [trusted=yes] {url} ./' > /tmp/served.list && apt-get update "
+           "-o Dir::Etc::SourceList=/tmp/served.list -o Dir::Etc::SourceParts=- 2>&1")
+    code, out, err = ssh_run(hosts[0], apt)
+    assert code == 0 and "Err:" not in out and f"Get:2 {url.rstrip('/')} ./ Release" in out, out
+    served = (local_provider.fleet_dir(spec) / "run/serve-t-repo.log").read_text()
+    assert f'{hosts[0].address} - - ' in served and '"GET /./Release HTTP' in served  # from the guest itself
 
 
 @pytest.mark.realhost

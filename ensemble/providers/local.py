@@ -134,8 +134,13 @@ def etc_hosts(name: str, address: str) -> str:
 
 
 def apt_proxy_config(net: LocalNetwork) -> str:
-    """apt setting that sends guests' apt through the fleet's apt-cacher-ng. Example: apt_proxy_config(net)."""
-    return f'Acquire::http::Proxy "{net.apt_proxy_url}";\n'
+    """apt settings: the mirror through the fleet's apt-cacher-ng, repositories served on the gateway directly.
+
+    Example::
+
+        apt_proxy_config(net)   # 'Acquire::http::Proxy "http://10.151.42.1:3142";\nAcquire::http::Proxy::...'
+    """
+    return f'Acquire::http::Proxy "{net.apt_proxy_url}";\nAcquire::http::Proxy::{net.gateway} "DIRECT";\n'
 
 
 def nspawn_argv(rootfs: Path, machine: str, bridge: str) -> list[str]:
