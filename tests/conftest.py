@@ -19,6 +19,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/standins importable as `standins`
 
+from standins.acme import acme_factory  # noqa: E402,F401  (fixture: the Let's Encrypt stand-in)
+
 # Where test fleets live: apart from a real fleet's default /run/ensemble.
 TEST_STATE_DIR = os.environ.get("ENSEMBLE_TEST_STATE_DIR", "/run/ensemble-test")
 

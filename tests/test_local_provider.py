@@ -227,25 +227,22 @@ def test_serve_directory_reaches_guests(fleet, local_provider, tmp_path):
 
 
 @pytest.mark.realhost
-def test_pebble_directory_answers_guests(fleet, local_provider, tmp_path):
-    from standins.acme import start_pebble
-
+def test_pebble_directory_answers_guests(fleet, local_provider, acme_factory):
     spec, hosts = fleet
-    acme = start_pebble(local_provider.network(spec).gateway, tmp_path / "pebble")
+    acme = acme_factory(local_provider.network(spec).gateway)
+    assert "newOrder" in acme.directory()
+    assert "BEGIN CERTIFICATE" in acme.issuing_root()
+    client = ssh_client(hosts[0])
     try:
-        assert "newOrder" in acme.directory()
-        assert "BEGIN CERTIFICATE" in acme.issuing_root()
-        client = ssh_client(hosts[0])
-        try:
-            sftp = client.open_sftp()
-            sftp.put(str(acme.ca_pem), "/tmp/pebble-ca.pem")
-            sftp.close()
-        finally:
-            client.close()
-        code, out, err = ssh_run(hosts[0], f"curl -sS -m 5 --cacert /tmp/pebble-ca.pem {acme.directory_url}")
-        assert code == 0 and "newAccount" in json.loads(out), err
+        sftp = client.open_sftp()
+        sftp.put(str(acme.ca_pem), "/tmp/pebble-ca.pem")
+        sftp.close()
     finally:
-        acme.stop()
+        client.close()
+    code, out, err = ssh_run(hosts[0], f"curl -sS -m 5 --cacert /tmp/pebble-ca.pem {acme.directory_url}")
+    assert code == 0 and "newAccount" in json.loads(out), err
+    acme.stop()
+    assert not localnet.wait_for_port(acme.gateway, 14000, timeout=0.5)  # stopped for real
 
 
 @pytest.mark.realhost

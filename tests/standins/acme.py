@@ -32,6 +32,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ACME_PORT = 14000
 MANAGEMENT_PORT = 15000
 DNS_PORT = 8053
@@ -77,8 +79,10 @@ class Pebble:
             return json.loads(answer.read())
 
     def stop(self) -> None:
+        """Stop both processes (idempotent)."""
         for pid in self.pids:
             _stop(pid)
+        self.pids = ()
 
 
 def _stop(pid: int) -> None:
@@ -177,3 +181,24 @@ def start_pebble(gateway: str, workdir: Path, timeout: float = 15.0) -> Pebble:
                         for name in ("pebble.log", "challtestsrv.log")]
                 raise RuntimeError(f"pebble did not start on {gateway}: {exc}; {logs}") from exc
             time.sleep(0.2)
+
+
+@pytest.fixture
+def acme_factory(tmp_path_factory):
+    """Start the ACME stand-in on a gateway: `acme_factory(gateway) -> Pebble`; stopped after the test.
+
+    Example::
+
+        acme = acme_factory(local_provider.network(spec).gateway)
+        acme.add_a(host.name, host.address)
+    """
+    started: list[Pebble] = []
+
+    def start(gateway: str) -> Pebble:
+        acme = start_pebble(gateway, tmp_path_factory.mktemp("pebble"))
+        started.append(acme)
+        return acme
+
+    yield start
+    for acme in started:
+        acme.stop()
