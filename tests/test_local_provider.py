@@ -347,7 +347,7 @@ def test_a_killed_run_and_a_killed_container_are_cleaned_up_and_converge(local_p
 
 @pytest.mark.realhost
 def test_cleanup_stale_removes_orphan_bridges_only(local_provider):
-    localnet._ip("link", "add", "ens-0rphan", "type", "bridge")
+    localnet.run_ip("link", "add", "ens-0rphan", "type", "bridge")
     try:
         assert "bridge ens-0rphan (no fleet)" in local_provider.cleanup_stale()
         assert not localnet.link_exists("ens-0rphan")

@@ -504,7 +504,7 @@ class LocalProvider:
         self._stop_container(folder, record)
         veth = record.get("veth")
         if veth and localnet.link_exists(veth):  # normally gone with the container's network namespace
-            localnet._ip("link", "del", veth, check=False)
+            localnet.run_ip("link", "del", veth, check=False)
         leftovers = mounts_under(folder)
         if leftovers:
             raise EnsembleError(f"mounts left under {folder}: {', '.join(leftovers)}; not removing it")
@@ -521,7 +521,7 @@ class LocalProvider:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT
             while process_alive(pid) and time.monotonic() < deadline:
-                localnet._reap(pid)
+                localnet.reap(pid)
                 time.sleep(0.1)
         # a SIGKILLed nspawn leaves the container's systemd running: killing its init ends the pid namespace
         for init in container_processes(record.get("machine_id", "")):

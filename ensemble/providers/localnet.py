@@ -95,7 +95,8 @@ def plan_network(fleet: str, subnet: str = "") -> LocalNetwork:
 
 # ---- the bridge ----
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run iproute2's `ip`. Example: run_ip("link", "del", "ens-2a9751", check=False)."""
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
@@ -112,7 +113,7 @@ def bridges_of_provider() -> list[str]:
 
 def _check_subnet_free(net: LocalNetwork) -> None:
     wanted = ipaddress.ip_network(net.subnet)
-    routes = json.loads(_ip("-j", "-4", "route", "show").stdout or "[]")
+    routes = json.loads(run_ip("-j", "-4", "route", "show").stdout or "[]")
     for route in routes:
         dst = route.get("dst", "")
         if dst in ("default", "") or route.get("dev") == net.bridge:
@@ -131,17 +132,17 @@ def bridge_up(net: LocalNetwork) -> None:
     """
     if not link_exists(net.bridge):
         _check_subnet_free(net)
-        _ip("link", "add", net.bridge, "type", "bridge")
-    addresses = _ip("-4", "-o", "addr", "show", "dev", net.bridge).stdout
+        run_ip("link", "add", net.bridge, "type", "bridge")
+    addresses = run_ip("-4", "-o", "addr", "show", "dev", net.bridge).stdout
     if f" {net.gateway}/" not in addresses:
-        _ip("addr", "add", f"{net.gateway}/{net.prefix_length}", "dev", net.bridge)
-    _ip("link", "set", net.bridge, "up")
+        run_ip("addr", "add", f"{net.gateway}/{net.prefix_length}", "dev", net.bridge)
+    run_ip("link", "set", net.bridge, "up")
 
 
 def bridge_down(bridge: str) -> None:
     """Remove a bridge (its veths go with their containers). Example: bridge_down("ens-2a9751")."""
     if link_exists(bridge):
-        _ip("link", "del", bridge, check=False)
+        run_ip("link", "del", bridge, check=False)
 
 
 def wait_for_port(address: str, port: int, timeout: float = 10.0) -> bool:
@@ -217,17 +218,18 @@ def stop_pid(pid: int, timeout: float = 5.0) -> None:
         return
     deadline = time.monotonic() + timeout
     while process_alive(pid) and time.monotonic() < deadline:
-        _reap(pid)
+        reap(pid)
         time.sleep(0.05)
     if process_alive(pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    _reap(pid)
+    reap(pid)
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
+    """Collect `pid` if it is our exited child (else nothing). Example: reap(1234)."""
     try:
         os.waitpid(pid, os.WNOHANG)  # our own child: collect it so it is not a zombie
     except ChildProcessError:
