@@ -6,6 +6,7 @@ Run: .venv/bin/pytest tests/test_jitsi_standins.py
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -446,7 +447,8 @@ def start_service(service_program, tmp_path):
     """Start the stand-in as a real process on loopback; returns (process, base URL, log path)."""
     processes = []
 
-    def start(role: str, config_text: str, census_url: str, flags: tuple[str, ...] = ("--no-xmpp",), **extra):
+    def start(role: str, config_text: str, census_url: str, flags: tuple[str, ...] = ("--no-xmpp",),
+              env: dict | None = None, **extra):
         port = free_port()
         config = tmp_path / f"{role}.conf"
         config.write_text(config_text)
@@ -456,7 +458,8 @@ def start_service(service_program, tmp_path):
         for key, value in extra.items():
             cmd += [f"--{key.replace('_', '-')}", str(value)]
         cmd += flags
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
         processes.append(proc)
         base = f"http://127.0.0.1:{port}"
 
@@ -585,7 +588,9 @@ class XmppClient:
 
     def join(self, room_jid: str, nick: str) -> None:
         self.send(f"<presence to='{room_jid}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
-        self.read_until(r"<status code=['\"]110['\"]")  # our own presence in the room: joined
+        # our own presence in the room (status 110): joined; an error presence: refused
+        answer = self.read_until(r"<status code=['\"]110['\"]|<presence [^>]*type=['\"]error['\"].*?</presence>")
+        assert "110" in answer, f"joining {room_jid} refused: {answer}"
 
     def close(self) -> None:
         try:
@@ -594,25 +599,36 @@ class XmppClient:
             self.sock.close()
 
 
-@pytest.fixture
-def real_prosody(repo, tmp_path):
-    """A real prosody on loopback loading the stand-in plugins with the stand-in example virtual host."""
+def make_certs(folder: Path, *hosts: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    for host in hosts:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}", "-keyout", str(folder / f"{host}.key"),
+                        "-out", str(folder / f"{host}.crt")], check=True, capture_output=True)
+    return folder
+
+
+@contextlib.contextmanager
+def running_prosody(repo, tmp_path: Path, vhost: str):
+    """Run a real prosody on loopback ports with the stand-in plugins and `vhost` (a Jitsi virtual host file
+    whose plugin_paths is rewritten to the extracted stand-in plugins)."""
     prosody = shutil.which("prosody")
     assert prosody, "prosody is in .ci/apt-packages.txt"
     root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "pkg")
     plugins = root / "usr/share/jitsi-meet/prosody-plugins"
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    for host in (DOMAIN, f"auth.{DOMAIN}"):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                        f"/CN={host}", "-keyout", str(certs / f"{host}.key"), "-out", str(certs / f"{host}.crt")],
-                       check=True, capture_output=True)
-    vhost = (root / "usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example").read_text()
-    vhost = vhost.replace("jitmeet.example.com", DOMAIN).replace("/var/lib/prosody/", f"{certs}/")
     vhost = vhost.replace('"/usr/share/jitsi-meet/prosody-plugins/"', f'"{plugins}/"')
     c2s, http_port = free_port(), free_port()
     (tmp_path / "data").mkdir()
     config = tmp_path / "prosody.cfg.lua"
+    # loopback and free ports only; an option the virtual host file sets itself is replaced there, not
+    # repeated (prosody refuses duplicate options)
+    listeners = {"c2s_ports": f"{{ {c2s} }}", "http_ports": f"{{ {http_port} }}", "s2s_ports": "{ }",
+                 "component_ports": "{ }", "https_ports": "{ }", "c2s_interfaces": '{ "127.0.0.1" }',
+                 "http_interfaces": '{ "127.0.0.1" }'}
+    extra = ""
+    for option, value in listeners.items():
+        vhost, found = re.subn(rf"^{option}\s*=.*$", f"{option} = {value}", vhost, flags=re.M)
+        extra += "" if found else f"{option} = {value}\n"
     config.write_text(f"""
 run_as_root = true
 daemonize = false
@@ -620,13 +636,7 @@ pidfile = "{tmp_path}/prosody.pid"
 data_path = "{tmp_path}/data"
 log = {{ debug = "{tmp_path}/prosody.log" }}
 modules_enabled = {{ "saslauth"; "disco"; "roster"; "tls"; "ping" }}
-c2s_ports = {{ {c2s} }}
-c2s_interfaces = {{ "127.0.0.1" }}
-http_ports = {{ {http_port} }}
-http_interfaces = {{ "127.0.0.1" }}
-https_ports = {{ }}
-s2s_ports = {{ }}
-component_ports = {{ }}
+{extra}
 {vhost}
 """)
     proc = subprocess.Popen([prosody, "-F", "--config", str(config)], stdout=subprocess.PIPE,
@@ -643,6 +653,17 @@ component_ports = {{ }}
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+@pytest.fixture
+def real_prosody(repo, tmp_path):
+    """A real prosody on loopback loading the stand-in plugins with the stand-in example virtual host."""
+    certs = make_certs(tmp_path / "certs", DOMAIN, f"auth.{DOMAIN}")
+    vhost = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "example").joinpath(
+        "usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example").read_text()
+    vhost = vhost.replace("jitmeet.example.com", DOMAIN).replace("/var/lib/prosody/", f"{certs}/")
+    with running_prosody(repo, tmp_path, vhost) as prosody:
+        yield prosody
 
 
 def get_census(url: str, host: str) -> list[dict]:
@@ -734,6 +755,60 @@ def test_standins_log_in_to_real_prosody_and_the_focus_makes_rooms(real_prosody,
                             http("GET", f"{bad}/stats")[1]["standin_xmpp"], what="the failed login")
     assert "authentication failed" in status_error["error"] and status_error["connected"] is False
     assert http("GET", f"{bad}/about/health")[0] == 500
+
+
+
+def test_standins_run_with_the_files_ensemble_renders(repo, tmp_path, start_service):
+    """The project's own prosody virtual host, jvb.conf and jicofo.conf (ensemble.render) with the stand-ins:
+    prosody loads every plugin it names cleanly, both services log in with the rendered passwords over TLS
+    verified against the auth certificate, the focus creates a room that restrict_room_creation keeps from
+    anonymous users, and census and bridge stats agree."""
+    from ensemble.render import shard_files
+    from ensemble.secrets import complete_secrets
+    from ensemble.spec import spec_from_dict
+
+    spec = spec_from_dict({"fleet": {"name": "sti", "domain": "sti.test", "shards": 1}}, source="<test>")
+    domain = spec.shard_names()[0]
+    secrets: dict = {}
+    complete_secrets(secrets, spec)
+    files = {f.path: f.content if isinstance(f.content, str) else f.content.decode()
+             for f in shard_files(spec, 1, secrets)}
+    certs = make_certs(tmp_path / "certs", domain, f"auth.{domain}")
+    vhost = files[f"/etc/prosody/conf.avail/{domain}.cfg.lua"].replace("/etc/prosody/certs/", f"{certs}/")
+    with running_prosody(repo, tmp_path, vhost) as prosody:
+        register(prosody, "focus", f"auth.{domain}", secrets[domain]["focus_password"])
+        register(prosody, "jvb", f"auth.{domain}", secrets[domain]["jvb_password"])
+        trust = {"SSL_CERT_FILE": str(certs / f"auth.{domain}.crt")}  # what update-ca-certificates does on a shard
+        jvb_conf = files["/etc/jitsi/videobridge/jvb.conf"] + (
+            f"\nvideobridge.apis.xmpp-client.configs.shard.PORT = {prosody['c2s']}\n")
+        _, jvb, _ = start_service("jvb", jvb_conf, prosody["census"], flags=(), env=trust,
+                                  udp_port=free_port(socket.SOCK_DGRAM))
+        jicofo_conf = files["/etc/jitsi/jicofo/jicofo.conf"] + f"\njicofo.xmpp.client.port = {prosody['c2s']}\n"
+        _, jicofo, _ = start_service("jicofo", jicofo_conf, prosody["census"], flags=(), env=trust,
+                                     jvb_health_url=f"{jvb}/about/health")
+        wait_for(lambda: http("GET", f"{jicofo}/about/health")[0] == 200, what="jicofo's XMPP login")
+        wait_for(lambda: http("GET", f"{jvb}/colibri/stats")[1]["standin_xmpp"]["connected"], what="JVB login")
+
+        room = f"revue@conference.{domain}"
+        visitor = XmppClient(prosody["c2s"], domain)
+        try:
+            with pytest.raises(AssertionError, match="not-allowed"):  # restrict_room_creation: the focus creates
+                visitor.join(room, "early")
+        finally:
+            visitor.close()
+        status, answer = http("POST", f"{jicofo}/conference-request/v1", {"room": room})
+        assert status == 200 and answer["ready"] is True
+        guest = XmppClient(prosody["c2s"], domain)
+        try:
+            guest.join(room, "eve")
+            assert [(r["room_name"], r["participants"]) for r in get_census(prosody["census"], domain)] == [(room, 1)]
+            stats = http("GET", f"{jvb}/colibri/stats")[1]
+            assert (stats["conferences"], stats["participants"]) == (1, 1)
+        finally:
+            guest.close()
+        log = prosody["log"].read_text()
+    problems = [line for line in log.splitlines() if re.search(r"\terror\t|Unable to load|Failed to load", line)]
+    assert not problems, "\n".join(problems)
 
 
 # ------------------------------------------------------------------------------------------------ a real guest
