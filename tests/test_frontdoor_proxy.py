@@ -40,7 +40,7 @@ def served_by(client: Client, path: str, headers: dict | None = None) -> str:
 
 def test_all_traffic_of_a_room_reaches_one_shard(proxy_fleet):
     spec, standin, door, client = proxy_fleet
-    standin.set_rooms(spec.shard_names()[1], {"busy": 40})
+    standin.set_rooms(spec.shard_names()[1], {"busy": 5})
     door.refresh()
     seen = set()
     for room in room_names(400, seed=5):

@@ -63,7 +63,10 @@ def test_to_units_sums_and_drops_zero():
 
 def test_weights_follow_free_capacity_and_stress():
     plan, _ = select([ok("s1", 0), ok("s2", 50), ok("s3", 10, stress=0.8), ok("s4", 120)], Memory(), 0.0, P)
-    # free: 100, 50, min(90, 20) = 20 (stress), 0 (full: no new rooms)
+    # used: 0, 0.5, 0.8 (stress), 1.2; fleet 0.625 -> level 0.725: room 0.70 (quantised), 0.20, none, none
+    assert dict(plan.split) == {"s1": 7778, "s2": 2222}
+    level_one = SelectionParams(capacity=100, margin=1.0)  # "proportional to free capacity"
+    plan, _ = select([ok("s1", 0), ok("s2", 50), ok("s3", 10, stress=0.8), ok("s4", 120)], Memory(), 0.0, level_one)
     assert dict(plan.split) == {"s1": 5882, "s2": 2941, "s3": 1177}
     full, _ = select([ok("s1", 100), ok("s2", 150)], Memory(), 0.0, P)
     assert dict(full.split) == {"s1": 5000, "s2": 5000}  # all full: spread rather than refuse

@@ -11,9 +11,14 @@ Rules:
 - pins: every live room of a readable shard; an unreadable shard keeps its last pins for
   ``grace_period`` seconds; a room routed as new but not yet in any census stays pinned for
   ``recent_ttl`` seconds; a room seen on two shards goes where it has more participants.
-- weights: ready shards only, proportional to free capacity ``capacity * min(1 - participants /
-  capacity, 1 - stress)``, quantised in steps of 5 % of the capacity so small changes do not move
-  new rooms; in 0.01 % units summing to 10000 (nginx split_clients' precision).
+- weights: ready shards only. A shard's used fraction is ``max((participants + pending) / capacity,
+  JVB stress)``, where pending counts rooms routed but not yet in its census at the fleet's average
+  room size. New rooms fill shards up to a water level, the fleet's used fraction + ``margin``
+  (0.1): weight = ``capacity * (level - used)``, so the emptiest shards get the most and shards
+  above the level none (``margin`` >= 1 is plain "proportional to free capacity"; the day
+  simulation in bench/frontdoor.py balances markedly better with 0.1). The room is quantised in
+  steps of 5 % so small changes do not move new rooms; in 0.01 % units summing to 10000 (nginx
+  split_clients' precision). If every ready shard is full, new rooms spread by capacity.
 
 Example::
 
@@ -75,6 +80,7 @@ class SelectionParams:
     ready_after: int = 3
     recent_ttl: float = 300.0
     quantum: float = 0.05
+    margin: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -162,17 +168,33 @@ def shard_state(reading: ShardReading, memory: ShardMemory) -> tuple[str, str]:
     return "ready", ""
 
 
-def free_capacity(reading: ShardReading, capacity: int, quantum: float) -> float:
-    """Free room of a shard in participants, quantised down to steps of quantum * capacity.
+def used_fraction(reading: ShardReading, capacity: int, pending: float = 0.0) -> float:
+    """How full a shard is: participants (plus `pending` expected ones) over capacity, or its JVB
+    stress if higher.
 
     Example::
 
-        free_capacity(ShardReading("s", ok=True, participants=50), 200, 0.05)   # 150.0
+        used_fraction(ShardReading("s", ok=True, participants=50, stress=0.1), 200)   # 0.25
     """
-    by_count = 1.0 - reading.participants / capacity
-    by_stress = 1.0 - reading.stress
-    free = max(0.0, min(by_count, by_stress))
-    return math.floor(free / quantum + 1e-9) * quantum * capacity
+    return max((reading.participants + pending) / capacity, reading.stress, 0.0)
+
+
+def fill_weights(used: list[tuple[str, float, int]], margin: float, quantum: float) -> list[tuple[str, float]]:
+    """Weights of ready shards (name, used fraction, capacity): capacity * room below a water level.
+
+    The level is the fleet's utilisation plus `margin` (at most 1): shards above it get no new
+    rooms until the others catch up; margin >= 1 gives "proportional to free capacity". The room
+    is quantised down to steps of `quantum` so small changes do not move new rooms.
+
+    Example::
+
+        fill_weights([("a", 0.5, 100), ("b", 0.1, 100)], margin=0.1, quantum=0.05)   # [("a", 0.0), ("b", 40.0)]
+    """
+    total = sum(cap for _, _, cap in used)
+    if not total:
+        return []
+    level = min(1.0, sum(u * cap for _, u, cap in used) / total + margin)
+    return [(name, math.floor(max(0.0, level - u) / quantum + 1e-9) * quantum * cap) for name, u, cap in used]
 
 
 def to_units(weights: list[tuple[str, float]], total_units: int = 10000) -> list[tuple[str, int]]:
@@ -221,7 +243,6 @@ def select(readings: list[ShardReading], memory: Memory, now: float, params: Sel
     """
     shard_memory: dict[str, ShardMemory] = {}
     candidates: list[tuple[str, str, int, float]] = []
-    weights: list[tuple[str, float]] = []
     decisions = []
     alive = set()
     for reading in readings:
@@ -236,13 +257,7 @@ def select(readings: list[ShardReading], memory: Memory, now: float, params: Sel
             # unreadable but within grace: keep its last pins (ranked below any readable shard's claim)
             candidates += [(key, reading.name, -1, math.inf) for key in mem.pins]
             alive.add(reading.name)
-        if state == "ready":
-            weights.append((reading.name, free_capacity(reading, capacity, params.quantum)))
         decisions.append((reading, state, reason, capacity))
-    if weights and sum(w for _, w in weights) <= 0:
-        # every ready shard is full: spread by capacity rather than refuse meetings
-        weights = [(name, float(cap)) for name, cap in
-                   ((r.name, c) for r, s, _, c in decisions if s == "ready")]
     pins = merge_pins(candidates)
     recent = {key: (shard, at) for key, (shard, at) in memory.recent.items() if now - at <= params.recent_ttl}
     for at, key, shard in routed:
@@ -250,6 +265,18 @@ def select(readings: list[ShardReading], memory: Memory, now: float, params: Sel
             recent[key] = (shard, at)
     recent = {key: value for key, value in recent.items() if key not in pins and value[0] in alive}
     pins.update({key: shard for key, (shard, _) in recent.items()})
+    # rooms routed but not joined yet will bring about as many people as the fleet's average room
+    conferences = sum(r.conferences for r in readings if r.ok)
+    room_size = sum(r.participants for r in readings if r.ok) / conferences if conferences else 1.0
+    pending: dict[str, float] = {}
+    for shard, _ in recent.values():
+        pending[shard] = pending.get(shard, 0.0) + room_size
+    ready = [(r.name, used_fraction(r, cap, pending.get(r.name, 0.0)), cap)
+             for r, state, _, cap in decisions if state == "ready"]
+    weights = fill_weights(ready, params.margin, params.quantum)
+    if ready and sum(w for _, w in weights) <= 0:
+        # every ready shard is full: spread by capacity rather than refuse meetings
+        weights = [(name, float(cap)) for name, _, cap in ready]
     pins = dict(sorted(pins.items()))
     split = to_units(weights)
     units = dict(split)
