@@ -501,3 +501,22 @@ def test_a_container_that_dies_at_boot_gives_its_console_and_leaves_nothing(loca
         assert "t-dies-1" not in Path(local_provider.known_hosts(spec)).read_text()
     finally:
         local_provider.destroy_all(spec)
+
+
+@pytest.mark.realhost
+def test_a_proxy_port_taken_by_someone_else_is_an_error_not_a_silent_stranger(local_provider):
+    import socket
+
+    spec = local_spec("t-taken", shards=1)
+    net = local_provider.network(spec)
+    localnet.bridge_up(net)
+    stranger = socket.socket()
+    try:
+        stranger.bind((net.gateway, localnet.HTTP_PROXY_PORT))
+        stranger.listen()
+        with pytest.raises(EnsembleError, match=r"^tinyproxy did not start on .*:8888 \(is a system-wide tinyproxy"):
+            local_provider.ensure_network(spec)
+    finally:
+        stranger.close()
+        local_provider.destroy_all(spec)
+    assert not localnet.link_exists(net.bridge) and not local_provider.fleet_dir(spec).exists()

@@ -284,7 +284,7 @@ def tinyproxy_config(net: LocalNetwork, filter_file: Path) -> str:
         tinyproxy_config(net, Path("/run/ensemble/demo/run/tinyproxy.filter"))
     """
     return (f"User nobody\nGroup nogroup\nListen {net.gateway}\nPort {HTTP_PROXY_PORT}\nTimeout 600\n"
-            f"MaxClients 50\nAllow {net.subnet}\nConnectPort 443\nFilter \"{filter_file}\"\n"
+            f"MaxClients 100\nAllow {net.subnet}\nConnectPort 443\nFilter \"{filter_file}\"\n"
             "FilterURLs Off\nFilterExtended On\nFilterDefaultDeny Yes\nLogLevel Notice\n")
 
 
@@ -297,7 +297,9 @@ def start_services(net: LocalNetwork, fleet_dir: Path, apt_cache: Path) -> None:
     """
     run = fleet_dir / "run"
     run.mkdir(parents=True, exist_ok=True)
+    started = False
     if not read_pid(run / "apt-cacher-ng.pid"):
+        started = True
         acng = require_tool("apt-cacher-ng", "apt-cacher-ng")
         base = run / "acng"
         base.mkdir(exist_ok=True)
@@ -305,15 +307,20 @@ def start_services(net: LocalNetwork, fleet_dir: Path, apt_cache: Path) -> None:
         (base / "acng.conf").write_text(acng_config(net, apt_cache, base))
         start_recorded(run, "apt-cacher-ng", [acng, "-c", str(base), "ForeGround=1"])
     if not read_pid(run / "tinyproxy.pid"):
+        started = True
         tinyproxy = require_tool("tinyproxy", "tinyproxy")
         filter_file = run / "tinyproxy.filter"
         filter_file.write_text("".join("^" + h.replace(".", r"\.") + "$\n" for h in ALLOWED_CONNECT_HOSTS))
         (run / "tinyproxy.conf").write_text(tinyproxy_config(net, filter_file))
         start_recorded(run, "tinyproxy", [tinyproxy, "-d", "-c", str(run / "tinyproxy.conf")])
+    if started:
+        time.sleep(0.3)  # a proxy that cannot bind exits at once
     for name, port in (("apt-cacher-ng", APT_PROXY_PORT), ("tinyproxy", HTTP_PROXY_PORT)):
-        if not wait_for_port(net.gateway, port):
+        # ours must be the one answering: a system-wide one on 0.0.0.0 would take our port silently
+        if not wait_for_port(net.gateway, port) or not read_pid(run / f"{name}.pid"):
             log = (run / f"{name}.log").read_text(errors="replace").strip().splitlines()[-2:]
-            raise EnsembleError(f"{name} did not listen on {net.gateway}:{port}: {' / '.join(log)}")
+            raise EnsembleError(f"{name} did not start on {net.gateway}:{port} (is a system-wide {name} "
+                                f"holding the port? stop it): {' / '.join(log)}")
 
 
 def serve_directory(net: LocalNetwork, fleet_dir: Path, name: str, path: Path) -> str:
