@@ -11,8 +11,9 @@
   the registry's integrity hash; `etherpad.sha256`, when set, is checked on top.
 
 A built /opt/etherpad tree is cached on the deploying machine as
-``<cache_dir>/etherpad/<key>.tar.zst``, keyed by source, checksum, database driver and
-Node major version, so later hosts and later runs skip the ~100 s npm install.
+``<cache_dir>/etherpad/<key>.tar.zst``, keyed by source, checksum and Node major version
+(database drivers are not in it: node-sqlite3 is Debian's, pg comes with ueberdb2),
+so later hosts and later runs skip the ~100 s npm install.
 
 Example::
 
@@ -63,20 +64,20 @@ class EtherpadSource:
         """What the installed-marker and logs call this source."""
         return f"{self.package}@{self.version}" if self.kind == "npm" else self.url
 
-    def cache_key(self, node_major: int, database: str = "sqlite") -> str:
+    def cache_key(self, node_major: int) -> str:
         """File-name-safe key of a built tree from this source on this Node major.
 
         Example::
 
             parse_source("npm:ep_etherpad-lite@1.8.14", "").cache_key(18)
         """
-        digest = hashlib.sha256(f"{self.url}\n{self.sha256}\n{database}\n{node_major}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{self.url}\n{self.sha256}\n{node_major}".encode()).hexdigest()
         readable = f"{self.package}-{self.version}" if self.kind == "npm" else "release"
-        return f"{self.kind}-{readable}-node{node_major}-{database}-{digest[:16]}"
+        return f"{self.kind}-{readable}-node{node_major}-{digest[:16]}"
 
-    def marker(self, node_major: int, database: str = "sqlite") -> str:
+    def marker(self, node_major: int) -> str:
         """The one line kept in /opt/etherpad/.ensemble-installed: a re-run compares it."""
-        return f"{self.cache_key(node_major, database)} {self.label}"
+        return f"{self.cache_key(node_major)} {self.label}"
 
 
 def parse_source(source_url: str, sha256: str = "") -> EtherpadSource:
@@ -110,6 +111,19 @@ def node_major(codename: str) -> int:
         return DEBIAN_NODE_MAJOR[codename]
     except KeyError:
         raise SpecError("fleet.os", f"no known Node version for {codename!r}") from None
+
+
+def default_cache_dir() -> str:
+    """/var/cache/ensemble when this user may write there (root, CI), else ~/.cache/ensemble.
+
+    Example::
+
+        default_cache_dir()   # "/var/cache/ensemble" as root
+    """
+    system = Path(DEFAULT_CACHE_DIR)
+    if os.access(system if system.exists() else system.parent, os.W_OK):
+        return DEFAULT_CACHE_DIR
+    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ensemble")
 
 
 def file_sha256(path: Path) -> str:

@@ -3,7 +3,7 @@
 What the deploy does on the host (the shard composition calls `etherpad(...)`):
 
 1. Debian's nodejs + npm (+ node-sqlite3 for sqlite, or postgresql with a role and a
-   database whose password is the host's `etherpad_db_password` secret), user `etherpad`.
+   database named etherpad, reached over the local socket), user `etherpad`.
 2. /opt/etherpad from the pinned source (see ensemble.etherpad_source), unless the
    marker /opt/etherpad/.ensemble-installed already names this source: either the built
    tree cached on the deploying machine (<cache_dir>/etherpad/<key>.tar.zst, uploaded
@@ -40,9 +40,9 @@ from pyinfra.operations.util import any_changed
 
 from ensemble.errors import EnsembleError
 from ensemble.etherpad_source import (
-    DEFAULT_CACHE_DIR,
     EtherpadSource,
     built_tree_path,
+    default_cache_dir,
     fetch_release,
     node_major,
     parse_source,
@@ -56,6 +56,7 @@ REMOTE_TREE = "/var/tmp/ensemble-etherpad-tree.tar.zst"
 REMOTE_RELEASE = "/var/tmp/ensemble-etherpad-release.tar.gz"
 REMOTE_NPMRC = "/root/.ensemble-etherpad-npmrc"
 REMOTE_CAFILE = "/usr/local/share/ensemble/npm-ca-bundle.pem"
+APT_CACHE_SECONDS = 3600  # as the base deploy: a shard deploy updates apt lists once
 
 
 def deploying_machine_npm_cafile() -> str | None:
@@ -120,10 +121,21 @@ def build_script(source: EtherpadSource, marker: str) -> str:
         "  (cd src && npm install --omit=dev --legacy-peer-deps --loglevel=error) >npm-install.log 2>&1"
         " || { tail -30 npm-install.log; exit 1; }",
         "fi",
-        "test -f src/node/server.js || test -f src/node/server.ts",
+        _ts_entry_shim(),
+        "test -f src/node/server.js",
         f"printf '%s\\n' {shlex.quote(marker)} >{BUILD}/.ensemble-installed",
         _swap_in(),
     ])
+
+
+def _ts_entry_shim() -> str:
+    # 2.x ships TypeScript (upstream runs `node --require tsx/cjs node/server.ts`); the unit
+    # starts src/node/server.js for every version, so 2.x gets this small entry point.
+    shim = ("// written by ensemble: start Etherpad 2.x's TypeScript server through tsx\n"
+            "require('tsx/cjs');\nconst server = require('./server.ts');\n"
+            "if (require.main === module) server.start();\n")
+    return (f"if [ ! -f src/node/server.js ] && [ -f src/node/server.ts ]; then "
+            f"printf %s {shlex.quote(shim)} >src/node/server.js; fi")
 
 
 def _npm_fetch(source: EtherpadSource) -> str:
@@ -202,14 +214,17 @@ def _put_rendered(rendered: Iterable[Any]) -> list[Any]:
 
 
 def _database(database: str, secrets: dict[str, str]) -> list[Any]:
+    """postgres: a login role and a database, both named etherpad, owned by it.
+
+    settings.json connects over the local socket with peer authentication (OS user
+    etherpad = role etherpad), so no password is needed; a host secret
+    `etherpad_db_password`, when present, is set on the role for TCP clients.
+    """
     if database != "postgres":
         return []
-    password = secrets.get("etherpad_db_password")
-    if not password:
-        raise EnsembleError("etherpad.database = 'postgres' needs the host secret etherpad_db_password")
     running = systemd.service(name="PostgreSQL running", service="postgresql", running=True, enabled=True)
-    role = postgres.role(name="Etherpad database role", role="etherpad", password=password, login=True,
-                         _su_user="postgres")
+    role = postgres.role(name="Etherpad database role", role="etherpad", login=True,
+                         password=secrets.get("etherpad_db_password") or None, _su_user="postgres")
     db = postgres.database(name="Etherpad database", database="etherpad", owner="etherpad", encoding="UTF8",
                            _su_user="postgres")
     return [running, role, db]
@@ -248,17 +263,27 @@ def node_suite(spec) -> str:
 
 @deploy("Etherpad")
 def etherpad(spec, rendered_files: Iterable[Any] = (), secrets: dict[str, str] | None = None, http_proxy: str = "",
-             npm_cafile: str | None = None, cache_dir: str = DEFAULT_CACHE_DIR) -> None:
-    """Install, configure and run Etherpad on the current host (see the module doc)."""
+             npm_cafile: str | None = None, cache_dir: str | None = None) -> None:
+    """Install, configure and run Etherpad on the current host (see the module doc).
+
+    http_proxy: how the host reaches the npm registry (local provider: its tinyproxy).
+    npm_cafile: CA bundle (a path on this machine) the host's npm must trust; by default,
+    when a proxy is given, the one this machine's npm trusts (same TLS view through it).
+    cache_dir: where built trees are cached on this machine (default_cache_dir()).
+    """
     ep = spec.etherpad
+    cache_dir = cache_dir or default_cache_dir()
+    if npm_cafile is None and http_proxy:
+        npm_cafile = deploying_machine_npm_cafile()
     secrets = secrets or {}
     rendered = [f for f in rendered_files if getattr(f, "component", "etherpad") == "etherpad"]
     source = parse_source(ep.source_url, ep.sha256)
-    marker = source.marker(node_major(node_suite(spec)), ep.database)
-    cached = built_tree_path(cache_dir, source.cache_key(node_major(node_suite(spec)), ep.database))
+    marker = source.marker(node_major(node_suite(spec)))
+    cached = built_tree_path(cache_dir, source.cache_key(node_major(node_suite(spec))))
     installed = (host.get_fact(Command, command=f"cat {MARKER} 2>/dev/null || true") or "").strip()
     needed = [lambda: installed != marker]
 
+    apt.update(name="apt lists (Etherpad)", cache_time=APT_CACHE_SECONDS)
     apt.packages(name="Etherpad packages", packages=_packages(ep.database), no_recommends=True)
     server.group(name="Etherpad group", group="etherpad", system=True)
     server.user(name="Etherpad user", user="etherpad", group="etherpad", home=DATA, shell="/usr/sbin/nologin",
