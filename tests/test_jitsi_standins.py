@@ -811,6 +811,33 @@ def test_standins_run_with_the_files_ensemble_renders(repo, tmp_path, start_serv
     assert not problems, "\n".join(problems)
 
 
+
+@contextlib.contextmanager
+def chromium(tmp_path: Path, resolver_rules: str):
+    """Headless Debian Chromium driven by selenium; names resolved by `resolver_rules` only."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-proxy-server", "--ignore-certificate-errors", f"--user-data-dir={tmp_path / 'chromium'}",
+                 f"--host-resolver-rules={resolver_rules}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def body_state(driver) -> dict:
+    attributes = ("ready", "joined", "participants", "error")
+    return {a: driver.find_element("tag name", "body").get_attribute(f"data-standin-{a}") for a in attributes}
+
+
 # ------------------------------------------------------------------------------------------------ a real guest
 
 GUEST_INSTALL = r"""
@@ -838,7 +865,7 @@ echo INSTALLED
 
 
 @pytest.mark.realhost
-def test_packages_install_and_run_in_a_real_debian_guest(repo, local_fleet_factory, local_provider):
+def test_packages_install_and_run_in_a_real_debian_guest(repo, local_fleet_factory, local_provider, tmp_path):
     from conftest import ssh_run
 
     # CI installs on the default profile; ENSEMBLE_STANDIN_GUEST_OS=debian-trixie (or -bullseye) tries another
@@ -895,6 +922,22 @@ def test_packages_install_and_run_in_a_real_debian_guest(repo, local_fleet_facto
         curl -fsS http://127.0.0.1:8888/about/health -o /dev/null && grep 'XMPP: logged in' /var/log/jitsi/jvb.log""")
     assert code == 0 and f"jvb@auth.{domain}/" in out and "joined JvbBrewery@internal.auth." in out, out + err
 
+    # a browser on the room's URL becomes a real participant: conference request, XMPP over the websocket
+    census_of = f"curl -fsS -H 'Host: {domain}' http://127.0.0.1:5280/room-census"
+    room_jid = f"standup-room@conference.{domain}"
+    with chromium(tmp_path, f"MAP {domain} {shard.address}") as browser:
+        browser.get(f"https://{domain}/Standup-Room")
+        wait_for(lambda: body_state(browser)["joined"] == "true" or body_state(browser)["error"], timeout=30,
+                 what="the stand-in page to join its room")
+        assert body_state(browser)["error"] is None, body_state(browser)
+        browser.switch_to.new_window("tab")
+        browser.get(f"https://{domain}/standup-room")
+        wait_for(lambda: body_state(browser)["participants"] == "2", timeout=30, what="a second participant")
+        census = json.loads(ssh_run(shard, census_of)[1])["room_census"]
+        assert [(r["room_name"], r["participants"]) for r in census] == [(room_jid, 2)]
+    wait_for(lambda: json.loads(ssh_run(shard, census_of)[1])["room_census"] == [], timeout=60,
+             what="the room to empty and the focus to leave once the browser is gone")
+
     # existing configuration survives a reconfigure and a reinstall (the deploy owns these files)
     marker = "// owned by the deploy"
     code, out, err = ssh_run(shard, f"""set -e
@@ -921,3 +964,22 @@ def test_an_unwritable_cache_or_a_missing_tool_is_one_clear_line(tmp_path, monke
     monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
     with pytest.raises(EnsembleError, match=r"needs the package\(s\) dpkg, gnupg: apt-get install dpkg gnupg$"):
         build_standin_repo(tmp_path / "cache")
+
+
+def test_default_nginx_site_passes_nginx_t(repo, tmp_path):
+    """The site the web-config postinst writes when none exists, checked by the real nginx."""
+    root = extract(deb_of(repo, "jitsi-meet-web-config"), tmp_path / "pkg")
+    certs = make_certs(tmp_path / "certs", DOMAIN)
+    site = (root / "usr/share/jitsi-meet-web-config/jitsi-meet.example").read_text()
+    site = site.replace("/etc/jitsi/meet/jitsi-meet.example.com.crt", str(certs / f"{DOMAIN}.crt"))
+    site = site.replace("/etc/jitsi/meet/jitsi-meet.example.com.key", str(certs / f"{DOMAIN}.key"))
+    site = site.replace("jitsi-meet.example.com", DOMAIN)
+    site = re.sub(r"listen (80|443)", lambda m: f"listen 127.0.0.1:{free_port()}", site)
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{ include /etc/nginx/mime.types; access_log off; include {tmp_path}/site.conf; }}\n")
+    checked = subprocess.run(["nginx", "-t", "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert "location = /config.js" in site and "/conference-request/v1" in site and "ssi on;" in site

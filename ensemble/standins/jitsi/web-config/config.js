@@ -8,6 +8,7 @@ var config = {
     },
     bosh: 'https://jitsi-meet.example.com/http-bind',
     websocket: 'wss://jitsi-meet.example.com/xmpp-websocket',
+    conferenceRequestUrl: 'https://jitsi-meet.example.com/conference-request/v1',
     defaultLanguage: 'en',
     p2p: { enabled: true }
 };
