@@ -953,6 +953,15 @@ def test_packages_install_and_run_in_a_real_debian_guest(repo, local_fleet_facto
     assert code == 0, out + err
     assert out.count(":1\n") == 3 and out.endswith("active\nactive\n"), out
 
+    # purge stops the services and removes what the packages wrote (prerm/postrm)
+    code, out, err = ssh_run(shard, """set -e
+        DEBIAN_FRONTEND=noninteractive apt-get purge -y -q jitsi-meet jitsi-videobridge2 jicofo >/dev/null
+        systemctl is-active jitsi-videobridge2 jicofo || true
+        ls /etc/jitsi
+        ss -Hulnp 'sport = :10000' | wc -l""")
+    assert code == 0, out + err
+    assert out.split() == ["inactive", "inactive", "meet", "0"], out
+
 
 def test_an_unwritable_cache_or_a_missing_tool_is_one_clear_line(tmp_path, monkeypatch):
     from ensemble.errors import EnsembleError
