@@ -345,6 +345,42 @@ def test_a_killed_run_and_a_killed_container_are_cleaned_up_and_converge(local_p
     assert _leftovers(spec, local_provider, ids) == []
 
 
+INTERRUPTED_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import local_spec
+from ensemble.providers.local import LocalProvider
+LocalProvider().ensure_hosts(local_spec("t-term", shards=2))
+"""
+
+
+@pytest.mark.realhost
+def test_a_terminated_run_removes_the_hosts_it_was_making_on_its_way_out(local_provider):
+    spec = local_spec("t-term", shards=2)
+    local_provider.destroy_all(spec)
+    run = subprocess.Popen([sys.executable, "-c", INTERRUPTED_RUN.format(tests=str(REPO / "tests"))],
+                           cwd=REPO, start_new_session=True)
+    hosts_dir = local_provider.hosts_dir(spec)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # stop the run once a container is booting
+        if any((d / "nspawn.pid").exists() for d in hosts_dir.glob("*")) if hosts_dir.exists() else False:
+            break
+        time.sleep(0.02)
+    ids = _machine_ids(local_provider, spec)
+    run.send_signal(signal.SIGTERM)
+    try:
+        assert run.wait(timeout=60) == 128 + signal.SIGTERM
+        records = [json.loads((d / "host.json").read_text()) for d in hosts_dir.iterdir() if d.is_dir()]
+        assert records and all(r["ready"] for r in records) or not records  # nothing half-made
+        assert len(records) < 3
+        ready_ids = {r["machine_id"] for r in records}
+        assert [i for i in ids if i not in ready_ids and container_processes(i)] == []
+    finally:
+        run.kill()
+        local_provider.destroy_all(spec)
+    assert _leftovers(spec, local_provider, ids) == []
+
+
 @pytest.mark.realhost
 def test_cleanup_stale_removes_orphan_bridges_only(local_provider):
     localnet.run_ip("link", "add", "ens-0rphan", "type", "bridge")

@@ -30,6 +30,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -216,6 +217,31 @@ def host_side_veth(machine_id: str) -> str | None:
     return None
 
 
+@contextmanager
+def terminate_as_exit():
+    """Within the block, SIGTERM raises SystemExit (so cleanup code runs) instead of killing outright.
+
+    Only in the main thread (where Python delivers signals); the previous handler is put back after.
+
+    Example::
+
+        with terminate_as_exit():
+            create_things()      # a SIGTERM here unwinds through its finally/except blocks
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def edit_known_hosts(path: Path, drop: set[str], add: list[str]) -> None:
     """Rewrite a known_hosts file atomically without the lines naming `drop`, plus the lines `add`.
 
@@ -338,9 +364,16 @@ class LocalProvider:
             missing = [h for h in wanted if h.name not in running]
             if missing:
                 say(f"creating {len(missing)} host(s): {', '.join(h.name for h in missing)}")
-                with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
-                    futures = {h.name: pool.submit(self._create_host, spec, h, suite, tarball, net, say)
+                cancel = threading.Event()
+                with terminate_as_exit(), ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+                    futures = {h.name: pool.submit(self._create_host, spec, h, suite, tarball, net, say, cancel)
                                for h in missing}
+                    try:
+                        while not all(f.done() for f in futures.values()):
+                            time.sleep(0.1)
+                    except BaseException:  # Ctrl-C or SIGTERM: the threads remove the hosts they were making
+                        cancel.set()
+                        raise
                 failures = [f"{name}: {fut.exception()}" for name, fut in futures.items() if fut.exception()]
                 if failures:
                     raise EnsembleError("local hosts failed to start: " + "; ".join(failures))
@@ -396,7 +429,7 @@ class LocalProvider:
         return key
 
     def _create_host(self, spec: FleetSpec, planned: PlannedHost, suite: str, tarball: Path,
-                     net: LocalNetwork, say) -> Host:
+                     net: LocalNetwork, say, cancel: threading.Event) -> Host:
         machine = machine_name(spec.fleet.name, planned.name)
         folder = self.hosts_dir(spec) / machine
         started = time.monotonic()
@@ -404,6 +437,16 @@ class LocalProvider:
             self._remove_host(self.known_hosts(spec), folder)
         rootfs = folder / "rootfs"
         rootfs.mkdir(parents=True)
+        try:
+            return self._make_host(spec, planned, suite, tarball, net, say, cancel, folder, started)
+        except BaseException:
+            self._remove_host(self.known_hosts(spec), folder)  # nothing half-made stays behind
+            raise
+
+    def _make_host(self, spec: FleetSpec, planned: PlannedHost, suite: str, tarball: Path, net: LocalNetwork,
+                   say, cancel: threading.Event, folder: Path, started: float) -> Host:
+        rootfs = folder / "rootfs"
+        machine = folder.name
         record = {"name": planned.name, "role": planned.role, "shard": planned.shard, "address": planned.address,
                   "machine": machine, "suite": suite, "bridge": net.bridge, "ready": False,
                   "creator": os.getpid(), "machine_id": os.urandom(16).hex()}
@@ -411,15 +454,13 @@ class LocalProvider:
         subprocess.run(f"zstd -dc {tarball} | tar -C {rootfs} --numeric-owner -xf -", shell=True, check=True)
         self._write_identity(spec, rootfs, planned, net, record["machine_id"])
         self._pin_host_keys(spec, planned, rootfs)
+        if cancel.is_set():
+            raise EnsembleError(f"{planned.name}: creation interrupted")
         with open(folder / "nspawn.log", "wb") as log:
             proc = subprocess.Popen(nspawn_argv(rootfs, machine, net.bridge), stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT)
         (folder / "nspawn.pid").write_text(f"{proc.pid}\n")
-        try:
-            self._wait_for_ssh(spec, planned, proc, folder)
-        except BaseException:
-            self._remove_host(self.known_hosts(spec), folder)
-            raise
+        self._wait_for_ssh(spec, planned, proc, folder, cancel)
         record["veth"] = host_side_veth(record["machine_id"])
         record["ready"] = True
         self._write_record(folder, record)
@@ -461,13 +502,16 @@ class LocalProvider:
             lines.append(f"{planned.name},{planned.address} {public[0]} {public[1]}\n")
         edit_known_hosts(self.known_hosts(spec), {planned.name, planned.address}, lines)
 
-    def _wait_for_ssh(self, spec: FleetSpec, planned: PlannedHost, proc: subprocess.Popen, folder: Path) -> None:
+    def _wait_for_ssh(self, spec: FleetSpec, planned: PlannedHost, proc: subprocess.Popen, folder: Path,
+                      cancel: threading.Event) -> None:
         """Until sshd answers with the pinned key; a clear error with the log tail if the container dies."""
         import paramiko
 
         deadline = time.monotonic() + SSH_TIMEOUT
         last_error = "no answer"
         while time.monotonic() < deadline:
+            if cancel.is_set():
+                raise EnsembleError(f"{planned.name}: creation interrupted")
             if proc.poll() is not None:
                 tail = (folder / "nspawn.log").read_text(errors="replace").strip().splitlines()[-5:]
                 raise EnsembleError(f"container of {planned.name} exited ({proc.returncode}): {' / '.join(tail)}")
