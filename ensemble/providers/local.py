@@ -57,7 +57,8 @@ FRONTDOOR_INDEX = 10  # front door at .10, shard n at .10+n
 TMPFS_SIZE = os.environ.get("ENSEMBLE_LOCAL_TMPFS_SIZE", "16g")
 SSH_TIMEOUT = float(os.environ.get("ENSEMBLE_LOCAL_SSH_TIMEOUT", "120"))
 STOP_TIMEOUT = 15.0
-HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+# No RSA host key: generating one costs 1-2 s of CPU per host, and every client ensemble uses speaks ed25519.
+HOST_KEY_TYPES = ("ed25519", "ecdsa")
 REQUIRED_TOOLS = (("systemd-nspawn", "systemd-container"), ("debootstrap", "debootstrap"), ("zstd", "zstd"),
                   ("apt-cacher-ng", "apt-cacher-ng"), ("tinyproxy", "tinyproxy"), ("ip", "iproute2"),
                   ("ssh-keygen", "openssh-client"), ("unshare", "util-linux"))
@@ -485,6 +486,9 @@ class LocalProvider:
             key_file = rootfs / f"etc/ssh/ssh_host_{key_type}_key"
             subprocess.run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", f"root@{planned.name}",
                             "-f", str(key_file)], check=True)
+        (rootfs / "etc/ssh/sshd_config.d").mkdir(exist_ok=True)
+        (rootfs / "etc/ssh/sshd_config.d/10-ensemble-host-keys.conf").write_text(
+            "".join(f"HostKey /etc/ssh/ssh_host_{key_type}_key\n" for key_type in HOST_KEY_TYPES))
         ssh_dir = rootfs / "root/.ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         authorized = ssh_dir / "authorized_keys"
