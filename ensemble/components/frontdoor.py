@@ -25,7 +25,7 @@ from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
 from ensemble.components.base import BASE_PACKAGES_FRONTDOOR, DeployContext, base, put_files
-from ensemble.components.tls import tls_files
+from ensemble.components.tls import WEBROOT, acme, tls_files
 from ensemble.providers.base import Host
 from ensemble.secrets import FLEET_KEY, Secrets
 from ensemble.spec import FleetSpec
@@ -36,6 +36,11 @@ SPEC_PATH = "/etc/ensemble/ensemble.toml"
 ROUTING_PATH = "/var/lib/ensemble/frontdoor/routing.conf"
 SEED_PATH = "/etc/ensemble/frontdoor/routing.seed.conf"
 PACKAGES = [*BASE_PACKAGES_FRONTDOOR, "python3", "python3-click", "python3-jinja2"]
+
+
+def frontdoor_packages(spec: FleetSpec) -> list[str]:
+    """The front door's packages, one batched install (certbot in letsencrypt mode)."""
+    return [*PACKAGES, "certbot"] if spec.tls.mode == "letsencrypt" else list(PACKAGES)
 
 
 def package_archive() -> bytes:
@@ -87,7 +92,7 @@ def frontdoor_context(spec: FleetSpec, store: Secrets, me: Host, hosts: list[Hos
 
     shards = sorted((h for h in hosts if h.role == "shard"), key=lambda h: h.shard or 0)
     return DeployContext(spec=spec, host=me, files=list(frontdoor_files(spec, store, shards)),
-                         host_secrets={FLEET_KEY: store[FLEET_KEY]}, packages=PACKAGES,
+                         host_secrets={FLEET_KEY: store[FLEET_KEY]}, packages=frontdoor_packages(spec),
                          ssh_cidrs=ssh_cidrs(spec, admin_cidrs))
 
 
@@ -120,3 +125,5 @@ def frontdoor(ctx: DeployContext) -> None:
             f"install -D -m 0644 {SEED_PATH} {ROUTING_PATH}"]))
     put_files([f for f in ctx.files if f.path != SEED_PATH],
               also_changed={"nginx": [disable_default, *seeded, *seed]})
+    files.directory(name="ACME webroot", path=WEBROOT, mode="755")
+    acme(ctx)

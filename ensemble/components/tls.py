@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import io
 import shlex
 
 from pyinfra import host
@@ -31,6 +32,9 @@ from ensemble.components.base import DeployContext, put_files
 TLS_DIR = "/etc/ensemble/tls"
 WEBROOT = "/var/www/acme"
 ACME_CA = "/usr/local/share/ca-certificates/ensemble-acme-ca.crt"
+HOOK_PATH = "/etc/letsencrypt/renewal-hooks/deploy/ensemble-reload-nginx"
+RELOAD_HOOK = ("#!/bin/sh\n# Managed by ensemble: certbot runs it after a renewal.\nset -e\n"
+               "nginx -t -q && systemctl reload nginx\n")
 
 
 def cert_paths(domain: str) -> tuple[str, str]:
@@ -96,7 +100,12 @@ def acme(ctx: DeployContext) -> None:
     if tls.mode != "letsencrypt":
         return
     domain = ctx.host.name
-    put_files(ctx.files_of("tls"))  # the renewal deploy hook (reloads nginx)
+    hooks = ctx.files_of("tls")  # the renewal deploy hook (reloads nginx), rendered for shards
+    if hooks:
+        put_files(hooks)
+    else:
+        files.put(name="certbot deploy hook (reload nginx)", src=io.StringIO(RELOAD_HOOK), dest=HOOK_PATH,
+                  mode="755", create_remote_dir=True)
     env = {}
     if tls.acme_ca_bundle:
         ca = files.put(name="trust the ACME server's CA", src=tls.acme_ca_bundle, dest=ACME_CA, mode="644")
