@@ -12,6 +12,10 @@ Layout::
     /var/lib/ensemble/local/<fleet>/      0700: id_ed25519 (the fleet's SSH key), known_hosts
     /run/ensemble-local/<bridge>.json     which fleet folder owns a bridge (for cleanup_stale)
 
+Environment knobs (defaults in brackets): ENSEMBLE_LOCAL_KEYS [/var/lib/ensemble/local],
+ENSEMBLE_LOCAL_REGISTRY [/run/ensemble-local], ENSEMBLE_LOCAL_TMPFS_SIZE [16g, per fleet, only what is
+used counts], ENSEMBLE_LOCAL_SSH_TIMEOUT [120 seconds per host].
+
 Example::
 
     provider = LocalProvider(spec)
