@@ -31,6 +31,7 @@ from ensemble.frontdoor.selection import (
     ShardReading,
     memory_from_json,
     memory_to_json,
+    pin_routed,
     plan_to_json,
     select,
 )
@@ -51,6 +52,8 @@ class NginxControl:
 
     test: tuple[str, ...] = ("nginx", "-t", "-q")
     reload: tuple[str, ...] = ("systemctl", "reload", "nginx")
+    reopen: tuple[str, ...] = ("nginx", "-s", "reopen")  # flushes the buffered route log
+    settle: float = 0.3  # seconds for the old workers to finish before the catch-up read of the route log
 
 
 @dataclass(frozen=True)
@@ -194,14 +197,24 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
     memory = memory_from_json(state.get("memory", {})) if state else Memory()
     if readings is None:
         readings = read_all(spec.shard_names(), source)
-    routed, position = read_new_routes(Path(layout.routes_log), state.get("routes_log", {}))
+    log = Path(layout.routes_log)
+    _run(nginx.reopen)  # the route log is buffered: flush it right before reading it
+    routed, position = read_new_routes(log, state.get("routes_log", {}))
     plan, memory = select(readings, memory, now, selection_params(spec), routed)
-    text = routing_conf(plan, spec, layout)
-    new_state = {"memory": memory_to_json(memory), "routes_log": position, "plan": plan_to_json(plan),
-                 "refreshed_at": now, "errors": {r.name: r.error for r in readings if r.error}}
     try:
-        changed, reloaded = install_maps(Path(layout.routing_path), text, nginx)
+        changed, reloaded = install_maps(Path(layout.routing_path), routing_conf(plan, spec, layout), nginx)
+        if reloaded and nginx.settle > 0:
+            # rooms routed by the old maps between the read above and the reload: pin them too
+            time.sleep(nginx.settle)
+            _run(nginx.reopen)
+            late, position = read_new_routes(log, position)
+            late = [route for route in late if route[1] not in plan.pins]
+            if late:
+                plan, memory = pin_routed(plan, memory, late)
+                install_maps(Path(layout.routing_path), routing_conf(plan, spec, layout), nginx)
     finally:
+        new_state = {"memory": memory_to_json(memory), "routes_log": position, "plan": plan_to_json(plan),
+                     "refreshed_at": now, "errors": {r.name: r.error for r in readings if r.error}}
         write_atomic(state_path, json.dumps(new_state, indent=1, sort_keys=True) + "\n", 0o640)
     return RefreshResult(plan=plan, changed=changed, reloaded=reloaded, seconds=time.monotonic() - started,
                          unreadable=[r.name for r in readings if not r.ok])

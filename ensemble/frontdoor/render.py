@@ -28,6 +28,7 @@ from ensemble.secrets import Secrets
 from ensemble.spec import FleetSpec
 
 COMPONENT = "frontdoor"
+FEW_CAPITALS = 12  # room names with at most this many capitals take nginx's fast lower-casing path
 
 LANDING_TEXT = {
     "fr": {"lang": "fr", "title": "Réunions vidéo",
@@ -114,6 +115,8 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "shard_scheme": layout.shard_scheme,
         "room_pattern": RAW_ROOM_PATTERN,
         "positions": list(range(1, MAX_RAW_LENGTH + 1)),
+        "few": FEW_CAPITALS,
+        "capitals": list(range(1, FEW_CAPITALS + 1)),
         "letters": list(string.ascii_lowercase),
     }
 

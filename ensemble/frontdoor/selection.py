@@ -292,6 +292,26 @@ def select(readings: list[ShardReading], memory: Memory, now: float, params: Sel
                                                                         recent=dict(sorted(recent.items())))
 
 
+def pin_routed(plan: RoutingPlan, memory: Memory, routed: list[tuple[float, str, str]]) -> tuple[RoutingPlan, Memory]:
+    """Add rooms routed as new (time, key, shard) to the pins and the memory, weights unchanged.
+
+    Example::
+
+        plan, memory = pin_routed(plan, memory, [(1700000000.0, "lateroom", "s2")])
+    """
+    pins = dict(plan.pins)
+    recent = dict(memory.recent)
+    for at, key, shard in routed:
+        pins.setdefault(key, shard)
+        recent.setdefault(key, (shard, at))
+    counts: dict[str, int] = {}
+    for shard in pins.values():
+        counts[shard] = counts.get(shard, 0) + 1
+    shards = tuple(replace(d, pinned=counts.get(d.name, 0)) for d in plan.shards)
+    return (RoutingPlan(shards=shards, pins=dict(sorted(pins.items())), split=plan.split),
+            replace(memory, recent=dict(sorted(recent.items()))))
+
+
 # ---------------------------------------------------------------- memory <-> JSON (the state file)
 
 def memory_to_json(memory: Memory) -> dict:

@@ -277,7 +277,8 @@ class FrontdoorUnderTest(NginxInstance):
         self.conf.write_text(nginx_main_conf(prefix, f"    include {self.layout.site_path};"))
         self.source = OccupancySource(token=token, urls={n: f"http://127.0.0.1:{shards.port}" for n in names})
         self.shard_hosts = shards
-        self.nginx = NginxControl(test=self.command("-t", "-q"), reload=self.command("-s", "reload"))
+        self.nginx = NginxControl(test=self.command("-t", "-q"), reload=self.command("-s", "reload"),
+                                  reopen=self.command("-s", "reopen"))
         self.clock = time.time()  # the refresher's clock: tests move it forward explicitly
 
     def refresh(self, advance: float | None = None):
