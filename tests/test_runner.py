@@ -176,3 +176,22 @@ def test_front_door_package_archive_is_byte_stable():
     from ensemble.components.frontdoor import package_archive
 
     assert package_archive() == package_archive()
+
+
+@deploy("Per host")
+def per_host_file(folder: str) -> None:
+    from pyinfra import host
+
+    files.put(name="own file", src=io.StringIO(host.name), dest=f"{folder}/{host.name}.txt")
+    server.shell(name="fails on one host", commands=["false" if host.data.get("fail") else "true"])
+    files.put(name="after the failure", src=io.StringIO("done"), dest=f"{folder}/{host.name}.done")
+
+
+def test_a_failing_host_stops_alone(sshd, tmp_path: Path):
+    ssh = ssh_data("127.0.0.1", port=sshd["port"], key=sshd["key"], known_hosts=sshd["known_hosts"])
+    targets = [Target("bad", {**ssh, "fail": True}), Target("good", ssh)]
+    results = run_deploy(targets, per_host_file, {"folder": str(tmp_path)}, progress=lambda _: None)
+    assert results["good"].ok and results["good"].changed == 3
+    assert (tmp_path / "good.done").exists()
+    assert not results["bad"].ok and results["bad"].failed == 1 and "fails on one host" in results["bad"].error
+    assert (tmp_path / "bad.txt").exists() and not (tmp_path / "bad.done").exists()
