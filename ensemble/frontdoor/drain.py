@@ -86,12 +86,12 @@ def _connect(host: Host, timeout: float = 10.0):
     return client
 
 
-def ssh_state_writer(host: Host, document: dict) -> None:
+def ssh_state_writer(host: Host, document: dict, path: str = STATE_FILE) -> None:
     """Write the shard's state file atomically over SSH (readable by nginx, which serves it)."""
     text = json.dumps(document, sort_keys=True) + "\n"
-    tmp = f"{STATE_FILE}.tmp"
-    command = (f"umask 022 && mkdir -p {shlex.quote(STATE_FILE.rsplit('/', 1)[0])} && "
-               f"cat > {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(STATE_FILE)}")
+    tmp = f"{path}.tmp"
+    command = (f"umask 022 && mkdir -p {shlex.quote(path.rsplit('/', 1)[0])} && "
+               f"cat > {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(path)}")
     client = _connect(host)
     try:
         stdin, stdout, stderr = client.exec_command(command, timeout=30)
@@ -99,7 +99,7 @@ def ssh_state_writer(host: Host, document: dict) -> None:
         stdin.channel.shutdown_write()
         code = stdout.channel.recv_exit_status()
         if code != 0:
-            raise EnsembleError(f"{host.name}: writing {STATE_FILE} failed: {stderr.read().decode()[:200].strip()}")
+            raise EnsembleError(f"{host.name}: writing {path} failed: {stderr.read().decode()[:200].strip()}")
     finally:
         client.close()
 
@@ -123,15 +123,15 @@ def _http_over_ssh(client, target: tuple[str, int], path: str, host_header: str)
     return status, body
 
 
-def ssh_reader(host: Host) -> ShardReading:
+def ssh_reader(host: Host, prosody: tuple[str, int] = PROSODY_HTTP, jvb: tuple[str, int] = JVB_PRIVATE) -> ShardReading:
     """Census + JVB stats of a shard, read over SSH; ok=False with a reason on any failure."""
     try:
         client = _connect(host)
     except EnsembleError as exc:
         return ShardReading(name=host.name, ok=False, error=str(exc))
     try:
-        status, census = _http_over_ssh(client, PROSODY_HTTP, "/room-census", host.name)
-        status2, stats = _http_over_ssh(client, JVB_PRIVATE, "/colibri/stats", "127.0.0.1")
+        status, census = _http_over_ssh(client, prosody, "/room-census", host.name)
+        status2, stats = _http_over_ssh(client, jvb, "/colibri/stats", host.name)
         if status != 200 or status2 != 200:
             return ShardReading(name=host.name, ok=False, error=f"census HTTP {status}, stats HTTP {status2}")
         return reading_from(host.name, json.loads(census), json.loads(stats), True, {})

@@ -66,8 +66,11 @@ class OccupancyStandin:
             (self.down.add if down else self.down.discard)(shard)
 
     # -- answers
-    def answer(self, path: str) -> tuple[int, dict]:
+    def answer(self, path: str, host: str = "") -> tuple[int, dict]:
+        """Paths /<shard>/<what>, or /<what> for the shard named by the Host header (as prosody does)."""
         parts = path.strip("/").split("/", 1)
+        if path in ("/room-census", "/colibri/stats", "/about/health"):
+            parts = [host.split(":")[0], path.strip("/")]
         if len(parts) != 2:
             return 404, {}
         shard, what = parts
@@ -96,7 +99,7 @@ class OccupancyStandin:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
-                status, body = standin.answer(self.path)
+                status, body = standin.answer(self.path, self.headers.get("Host", ""))
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
