@@ -440,8 +440,7 @@ class LocalProvider:
         started = time.monotonic()
         if folder.exists():  # leftovers of a dead host: start afresh
             self._remove_host(self.known_hosts(spec), folder)
-        rootfs = folder / "rootfs"
-        rootfs.mkdir(parents=True)
+        folder.mkdir(parents=True)
         try:
             return self._make_host(spec, planned, suite, tarball, net, say, cancel, folder, started)
         except BaseException:
@@ -456,6 +455,7 @@ class LocalProvider:
                   "machine": machine, "suite": suite, "bridge": net.bridge, "ready": False,
                   "creator": os.getpid(), "machine_id": os.urandom(16).hex()}
         self._write_record(folder, record)  # first, so cleanup_stale can find what a killed run left
+        rootfs.mkdir()
         subprocess.run(f"zstd -dc {tarball} | tar -C {rootfs} --numeric-owner -xf -", shell=True, check=True)
         self._write_identity(spec, rootfs, planned, net, record["machine_id"])
         self._pin_host_keys(spec, planned, rootfs)
@@ -560,7 +560,8 @@ class LocalProvider:
         leftovers = mounts_under(folder)
         if leftovers:
             raise EnsembleError(f"mounts left under {folder}: {', '.join(leftovers)}; not removing it")
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder / "rootfs", ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)  # host.json goes last: a removal cut short is found again
         if record.get("name"):
             edit_known_hosts(known_hosts, {record["name"], record["address"]}, [])
         if say and record.get("name"):
@@ -660,6 +661,8 @@ class LocalProvider:
         return removed
 
     def _stale_reason(self, folder: Path, record: dict) -> str | None:
+        if not record:  # a folder without host.json: a removal cut short (or a create in its first instant)
+            return "removal interrupted" if time.time() - folder.stat().st_mtime > 60 else None
         if record.get("ready"):
             return None if self._nspawn_pid(folder) else "container gone"
         creator = record.get("creator")
