@@ -4,6 +4,7 @@ and a refresh whose maps `nginx -t` rejects leaves the old maps in service."""
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,3 +72,33 @@ def test_rejected_maps_leave_the_old_ones_in_service(proxy_fleet):
     assert Path(door.layout.routing_path).read_text() == old_maps
     assert {room: served_by(client, f"/{room}") for room in before} == before
     assert served_by(client, "/KeepMe") == names[2]
+
+
+@pytest.mark.parametrize("mode", ["redirect", "proxy"])
+def test_production_layout_passes_nginx_t(tmp_path, mode):
+    """The TLS variant (443 + port 80 redirect and ACME) as deployed, checked by `nginx -t`."""
+    from standins.shard_occupancy import NginxInstance, nginx_main_conf
+
+    from ensemble.frontdoor.render import FrontdoorLayout, frontdoor_files, routing_conf, seed_plan
+
+    spec = make_spec(mode)
+    tls_dir = tmp_path / "tls"
+    (tls_dir / spec.fleet.domain).mkdir(parents=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    f"/CN={spec.fleet.domain}", "-keyout", str(tls_dir / spec.fleet.domain / "privkey.pem"),
+                    "-out", str(tls_dir / spec.fleet.domain / "fullchain.pem")], check=True, capture_output=True)
+    prefix = tmp_path / "door"
+    layout = FrontdoorLayout(site_path=str(prefix / "site.conf"), proxy_params_path=str(prefix / "proxy.conf"),
+                             routing_path=str(prefix / "routing.conf"), seed_path=str(prefix / "seed.conf"),
+                             webroot=str(prefix / "www"), routes_log=str(prefix / "routes.log"),
+                             tls_dir=str(tls_dir), acme_webroot=str(tmp_path / "acme"),
+                             shard_addresses={n: "127.0.0.1:443" for n in spec.shard_names()})
+    for item in frontdoor_files(spec, {}, None, layout):
+        if item.path.startswith(str(prefix)):
+            Path(item.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(item.path).write_text(item.content)
+    Path(layout.routing_path).write_text(routing_conf(seed_plan(spec), spec, layout))
+    nginx = NginxInstance(prefix)
+    nginx.conf.write_text(nginx_main_conf(prefix, f"    include {layout.site_path};"))
+    check = subprocess.run(nginx.command("-t"), capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr

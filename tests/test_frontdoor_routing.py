@@ -17,6 +17,7 @@ import pytest
 from standins.shard_occupancy import Client, FrontdoorUnderTest, OccupancyStandin, ShardsNginx
 
 from ensemble.frontdoor.drain import set_drain
+from ensemble.frontdoor.render import seed_plan
 from ensemble.frontdoor.rooms import room_key, split_bounds, split_choice
 from ensemble.frontdoor.status import format_status, status_rows
 from ensemble.providers.base import Host
@@ -95,6 +96,10 @@ def test_landing_page_and_malformed_rooms(fleet):
     # case and percent-encoding normalised: the same room whatever its spelling
     spellings = ("R%C3%A9union-X", "r%c3%a9union-x", "R%c3%A9UNION-x")
     assert len({shard_of(client, room) for room in spellings}) == 1
+    # every lower-casing path of the config (none, up to 12 capitals, more) gives Python's key
+    bounds = split_bounds(seed_plan(spec).split)
+    for name in ("abc", "ABCDEFGHIJKL", "ABCDEFGHIJKLM", "Q" * 80, "aB%C3%A9Cd", "x%E2%82%ACY", "_-Z9"):
+        assert shard_of(client, name) == shard_of(client, name.lower()) == split_choice(room_key(name), bounds)
 
 
 def test_nginx_agrees_with_python_model_and_weights(fleet):

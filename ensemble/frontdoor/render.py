@@ -70,6 +70,8 @@ class FrontdoorLayout:
     ensemble_bin: str = "/usr/local/bin/ensemble"
     listen: tuple[str, ...] = ("443 ssl http2", "[::]:443 ssl http2")
     tls: bool = True
+    tls_dir: str = TLS_DIR  # <tls_dir>/<domain>/{fullchain,privkey}.pem, from the TLS deploy
+    acme_webroot: str = ACME_WEBROOT
     shard_scheme: str = "https"
     shard_port: int | None = None  # None: the scheme's default port
     shard_addresses: dict[str, str] = field(default_factory=dict)  # proxy upstreams: shard -> host:port
@@ -108,9 +110,9 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "webroot": layout.webroot,
         "listen": list(layout.listen),
         "tls": layout.tls,
-        "cert": f"{TLS_DIR}/{domain}/fullchain.pem",
-        "key": f"{TLS_DIR}/{domain}/privkey.pem",
-        "acme_webroot": ACME_WEBROOT,
+        "cert": f"{layout.tls_dir}/{domain}/fullchain.pem",
+        "key": f"{layout.tls_dir}/{domain}/privkey.pem",
+        "acme_webroot": layout.acme_webroot,
         "shard_base": layout.shard_base(),
         "shard_scheme": layout.shard_scheme,
         "room_pattern": RAW_ROOM_PATTERN,
