@@ -552,11 +552,19 @@ class LocalProvider:
 
     def _remove_host(self, known_hosts: Path, folder: Path, say=None) -> None:
         record = self._read_record(folder) or {}
+        if not record.get("machine_id"):  # a record cut short: the rootfs still knows the container's id
+            try:
+                record["machine_id"] = (folder / "rootfs/etc/machine-id").read_text().strip()
+            except OSError:
+                pass
         started = time.monotonic()
         self._stop_container(folder, record)
         veth = record.get("veth")
         if veth and localnet.link_exists(veth):  # normally gone with the container's network namespace
             localnet.run_ip("link", "del", veth, check=False)
+        if self._nspawn_pid(folder) or container_processes(record.get("machine_id", "")):
+            raise EnsembleError(f"the container of {record.get('name', folder.name)} is still running; "
+                                f"not removing {folder}")
         leftovers = mounts_under(folder)
         if leftovers:
             raise EnsembleError(f"mounts left under {folder}: {', '.join(leftovers)}; not removing it")
@@ -587,7 +595,8 @@ class LocalProvider:
         deadline = time.monotonic() + 5
         while container_processes(record.get("machine_id", "")) and time.monotonic() < deadline:
             time.sleep(0.1)
-        (folder / "nspawn.pid").unlink(missing_ok=True)
+        if not (pid and process_alive(pid)):
+            (folder / "nspawn.pid").unlink(missing_ok=True)
 
     def destroy_all(self, spec: FleetSpec, progress=None) -> None:
         """Every host of the fleet, its proxies and file servers, its bridge, tmpfs and folders."""
