@@ -129,10 +129,13 @@ def test_firewall_rules_are_accepted_by_nft_and_keep_ssh_to_the_cidrs():
     text = nftables_conf(["10.1.2.0/24", "2001:db8::/32"])
     assert "policy drop" in text and "ip saddr { 10.1.2.0/24 } tcp dport 22 accept" in text
     assert "ip6 saddr { 2001:db8::/32 } tcp dport 22 accept" in text and "udp dport { 10000 } accept" in text
-    nft = shutil.which("nft")
-    if nft:  # nft --check parses the ruleset without loading it
-        check = subprocess.run([nft, "--check", "-f", "-"], input=text, text=True, capture_output=True)
-        assert check.returncode == 0, check.stderr
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    assert Path(nft).exists(), "nft missing: apt-get install nftables (.ci/apt-packages.txt)"
+    check = subprocess.run([nft, "--check", "-f", "-"], input=text, text=True, capture_output=True)  # parse only
+    assert check.returncode == 0, check.stderr
+    broken = subprocess.run([nft, "--check", "-f", "-"], input=text.replace("policy drop", "policy dorp"), text=True,
+                            capture_output=True)
+    assert broken.returncode != 0  # the check really parses
 
 
 def test_secrets_merge_keeps_what_hosts_have_and_takes_the_fleet_token_from_the_front_door():
