@@ -381,6 +381,35 @@ def test_a_terminated_run_removes_the_hosts_it_was_making_on_its_way_out(local_p
     assert _leftovers(spec, local_provider, ids) == []
 
 
+TWIN_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import local_spec
+from ensemble.providers.local import LocalProvider
+print(sorted(h.name for h in LocalProvider().ensure_hosts(local_spec("t-twins", shards=2))))
+"""
+
+
+@pytest.mark.realhost
+def test_two_runs_at_once_on_one_fleet_create_each_host_once(local_provider):
+    spec = local_spec("t-twins", shards=2)
+    local_provider.destroy_all(spec)
+    code = TWIN_RUN.format(tests=str(REPO / "tests"))
+    runs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    try:
+        outputs = [run.communicate(timeout=300)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0, 0]
+        assert outputs[0] == outputs[1] and outputs[0].count(".test") == 3
+        hosts = local_provider.list_hosts(spec)
+        assert len(hosts) == 3 and all(ssh_run(h, "true")[0] == 0 for h in hosts)
+        ids = _machine_ids(local_provider, spec)
+        assert len(set(ids)) == 3
+    finally:
+        local_provider.destroy_all(spec)
+    assert _leftovers(spec, local_provider, ids) == []
+
+
 @pytest.mark.realhost
 def test_cleanup_stale_removes_orphan_bridges_only(local_provider):
     localnet.run_ip("link", "add", "ens-0rphan", "type", "bridge")

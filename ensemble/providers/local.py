@@ -222,6 +222,17 @@ def host_side_veth(machine_id: str) -> str | None:
     return None
 
 
+def fleet_lock(bridge: str):
+    """The lock that orders network set-up, serving and clean-up of one fleet across processes.
+
+    Example::
+
+        with fleet_lock("ens-2a9751"):
+            ...
+    """
+    return file_lock(REGISTRY / f"{bridge}.lock")
+
+
 @contextmanager
 def terminate_as_exit():
     """Within the block, SIGTERM raises SystemExit (so cleanup code runs) instead of killing outright.
@@ -385,26 +396,35 @@ class LocalProvider:
         return self.list_hosts(spec)
 
     def ensure_network(self, spec: FleetSpec) -> LocalNetwork:
-        """Bridge, host tmpfs, apt proxy and npm proxy of the fleet (idempotent)."""
+        """Bridge, host tmpfs, apt proxy and npm proxy of the fleet (idempotent, safe for concurrent runs)."""
         self.check_machine()
         net = self.network(spec)
-        fleet_dir = self.fleet_dir(spec)
-        fleet_dir.mkdir(parents=True, exist_ok=True)
-        # claim the bridge before creating it, so cleanup_stale of a concurrent run never takes it for an orphan
-        REGISTRY.mkdir(parents=True, exist_ok=True)
-        (REGISTRY / f"{net.bridge}.json").write_text(json.dumps(
-            {"fleet": spec.fleet.name, "fleet_dir": str(fleet_dir), "keys_dir": str(self.keys_dir(spec)),
-             "pid": os.getpid()}))
-        hosts_dir = self.hosts_dir(spec)
-        hosts_dir.mkdir(exist_ok=True)
-        if not is_mountpoint(hosts_dir):
-            # root filesystems on tmpfs: restore in 0.4 s instead of seconds, dpkg's fsyncs are free
-            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0755",
-                            f"ensemble-{net.bridge}", str(hosts_dir)], check=True)
-        localnet.bridge_up(net)
-        apt_cache = Path(spec.provider.local.cache_dir) / "apt-cacher-ng" / spec.fleet.name
-        localnet.start_services(net, fleet_dir, apt_cache)
+        with fleet_lock(net.bridge):
+            self._claim_network(spec, net)
+            hosts_dir = self.hosts_dir(spec)
+            hosts_dir.mkdir(parents=True, exist_ok=True)
+            if not is_mountpoint(hosts_dir):
+                # root filesystems on tmpfs: restore in 0.4 s instead of seconds, dpkg's fsyncs are free
+                subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0755",
+                                f"ensemble-{net.bridge}", str(hosts_dir)], check=True)
+            localnet.bridge_up(net)
+            apt_cache = Path(spec.provider.local.cache_dir) / "apt-cacher-ng" / spec.fleet.name
+            localnet.start_services(net, self.fleet_dir(spec), apt_cache)
         return net
+
+    def _claim_network(self, spec: FleetSpec, net: LocalNetwork) -> None:
+        """Record that this process uses the fleet's network, before the bridge exists: cleanup_stale of
+        another run then never takes it for an orphan, nor tears it down while a user lives."""
+        entry = REGISTRY / f"{net.bridge}.json"
+        try:
+            users = [pid for pid in json.loads(entry.read_text()).get("pids", []) if process_alive(pid)]
+        except (OSError, ValueError):
+            users = []
+        partial = entry.with_name(entry.name + ".part")
+        partial.write_text(json.dumps({"fleet": spec.fleet.name, "fleet_dir": str(self.fleet_dir(spec)),
+                                       "keys_dir": str(self.keys_dir(spec)),
+                                       "pids": sorted(set(users) | {os.getpid()})}))
+        os.replace(partial, entry)
 
     def serve_directory(self, spec: FleetSpec, name: str, path: str | Path) -> str:
         """Serve a folder over HTTP on the fleet's gateway (stopped with the fleet); return its URL.
@@ -418,7 +438,8 @@ class LocalProvider:
         if not Path(path).is_dir():
             raise UsageError(f"serve_directory path: not a folder: {path}")
         net = self.ensure_network(spec)
-        return localnet.serve_directory(net, self.fleet_dir(spec), name, Path(path))
+        with fleet_lock(net.bridge):
+            return localnet.serve_directory(net, self.fleet_dir(spec), name, Path(path))
 
     def _ensure_ssh_key(self, spec: FleetSpec) -> Path:
         keys = self.keys_dir(spec)
@@ -606,7 +627,9 @@ class LocalProvider:
         say = progress or (lambda _line: None)
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(folders)))) as pool:
             list(pool.map(lambda folder: self._remove_host(self.known_hosts(spec), folder, say), folders))
-        self._teardown_fleet(self.fleet_dir(spec), self.network(spec).bridge, self.known_hosts(spec))
+        bridge = self.network(spec).bridge
+        with fleet_lock(bridge):
+            self._teardown_fleet(self.fleet_dir(spec), bridge, self.known_hosts(spec))
 
     @staticmethod
     def _teardown_fleet(fleet_dir: Path, bridge: str, known_hosts: Path | None) -> None:
@@ -631,13 +654,15 @@ class LocalProvider:
         removed: list[str] = []
         entries = sorted(REGISTRY.glob("ens-*.json")) if REGISTRY.is_dir() else []
         for entry in entries:
-            try:
-                owner = json.loads(entry.read_text())
-            except (OSError, ValueError):
-                continue
-            removed += self._cleanup_fleet(entry.stem, owner)
+            with fleet_lock(entry.stem):
+                try:
+                    owner = json.loads(entry.read_text())  # read again under the lock
+                except (OSError, ValueError):
+                    continue
+                removed += self._cleanup_fleet(entry.stem, owner)
+        bridges = localnet.bridges_of_provider()  # before the claims: a claim is written before its bridge
         claimed = {e.stem for e in REGISTRY.glob("ens-*.json")} if REGISTRY.is_dir() else set()
-        for bridge in localnet.bridges_of_provider():
+        for bridge in bridges:
             if bridge not in claimed:
                 localnet.bridge_down(bridge)
                 removed.append(f"bridge {bridge} (no fleet)")
@@ -664,7 +689,7 @@ class LocalProvider:
                 continue
             self._remove_host(known_hosts, folder)
             removed.append(f"host {record.get('name', folder.name)} ({reason})")
-        if alive == 0 and not process_alive(int(owner.get("pid", 0))):
+        if alive == 0 and not any(process_alive(pid) for pid in owner.get("pids", [])):
             self._teardown_fleet(fleet_dir, bridge, known_hosts)
             removed.append(f"fleet {owner['fleet']} network ({bridge})")
         return removed
