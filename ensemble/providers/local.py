@@ -10,7 +10,9 @@ Layout::
     <state_dir>/<fleet>/hosts/            tmpfs; one folder per host: rootfs/, host.json, nspawn.pid, nspawn.log
     <state_dir>/<fleet>/run/              pids and configs of the proxies and file servers
     /var/lib/ensemble/local/<fleet>/      0700: id_ed25519 (the fleet's SSH key), known_hosts
-    /run/ensemble-local/<bridge>.json     which fleet folder owns a bridge (for cleanup_stale)
+    /run/ensemble-local/<bridge>.json     which fleet folder owns a bridge, and the live processes using it
+    /run/ensemble-local/<bridge>.lock     orders set-up and clean-up of one fleet across processes
+    /run/ensemble-local/cleanup.log       what cleanup_stale removed, when, by which process
 
 Environment knobs (defaults in brackets): ENSEMBLE_LOCAL_KEYS [/var/lib/ensemble/local],
 ENSEMBLE_LOCAL_REGISTRY [/run/ensemble-local], ENSEMBLE_LOCAL_TMPFS_SIZE [16g, per fleet, only what is
@@ -65,7 +67,7 @@ STOP_TIMEOUT = 15.0
 HOST_KEY_TYPES = ("ed25519", "ecdsa")
 REQUIRED_TOOLS = (("systemd-nspawn", "systemd-container"), ("debootstrap", "debootstrap"), ("zstd", "zstd"),
                   ("apt-cacher-ng", "apt-cacher-ng"), ("tinyproxy", "tinyproxy"), ("ip", "iproute2"),
-                  ("ssh-keygen", "openssh-client"), ("unshare", "util-linux"))
+                  ("ssh-keygen", "openssh-client"), ("unshare", "util-linux"), ("nsenter", "util-linux"))
 
 _known_hosts_lock = threading.Lock()
 
