@@ -82,6 +82,11 @@ def test_mirror_is_read_from_the_machine_sources(tmp_path):
     assert "Suites: trixie-security" in guest_sources("trixie", "http://m/debian", "http://m/sec")
 
 
+def test_machine_ca_bundle_is_what_the_machine_trusts():
+    bundle = localnet.machine_ca_bundle()
+    assert bundle.is_file() and "BEGIN CERTIFICATE" in bundle.read_text()
+
+
 def test_non_root_gets_one_clear_line(monkeypatch):
     monkeypatch.setattr(local_mod.os, "geteuid", lambda: 1000)
     with pytest.raises(UsageError, match=r"^the local provider needs root \(systemd-nspawn, bridges\)$"):
