@@ -9,8 +9,9 @@ What the deploy does on the host (the shard composition calls `etherpad(...)`):
    tree cached on the deploying machine (<cache_dir>/etherpad/<key>.tar.zst, uploaded
    and unpacked in seconds) or a real build (`npm pack`, `npm install --omit=dev
    --legacy-peer-deps` inside src, node_modules/ep_etherpad-lite -> ../src), whose
-   result is then saved into that cache for the next host and the next run. The new
-   tree is built beside the old one and swapped in, so a failed build breaks nothing.
+   result is then saved into that cache. Hosts of one run that need the same tree take
+   turns: the first builds, the others unpack its cached copy. The new tree is built
+   beside the old one and swapped in, so a failed build breaks nothing.
 3. The rendered files of component "etherpad" (ensemble.render.shard_files: settings.json,
    APIKEY.txt/SESSIONKEY.txt from the host's secrets, the systemd unit).
 4. Restart only when the tree, a file or a key changed; then wait until it listens.
@@ -25,9 +26,11 @@ Example::
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shlex
 import subprocess
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,8 @@ from ensemble.etherpad_source import (
     parse_source,
 )
 
+logger = logging.getLogger(__name__)
+
 HOME = "/opt/etherpad"
 BUILD = "/opt/etherpad.build"
 DATA = "/var/lib/etherpad"
@@ -59,12 +64,14 @@ REMOTE_CAFILE = "/usr/local/share/ensemble/npm-ca-bundle.pem"
 APT_CACHE_SECONDS = 3600  # as the base deploy: a shard deploy updates apt lists once
 
 
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
 def deploying_machine_npm_cafile() -> str | None:
-    """The CA bundle this machine's npm trusts (`npm config get cafile`), if it has one.
+    """The CA bundle this machine's npm trusts (`npm config get cafile`), else the system's.
 
     A host that reaches the registry through the local provider's CONNECT proxy sees the
-    same TLS chain as this machine, so it must trust the same CAs. None when npm is
-    absent or uses its built-in CAs.
+    same TLS chain as this machine, so it must trust the same CAs. None when neither exists.
 
     Example::
 
@@ -72,10 +79,13 @@ def deploying_machine_npm_cafile() -> str | None:
     """
     try:
         out = subprocess.run(["npm", "config", "get", "cafile"], capture_output=True, text=True, timeout=30)
+        path = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    path = out.stdout.strip()
-    return path if out.returncode == 0 and path not in ("", "null", "undefined") and Path(path).is_file() else None
+        path = ""
+    for candidate in (path, SYSTEM_CA_BUNDLE):
+        if candidate not in ("", "null", "undefined") and Path(candidate).is_file():
+            return candidate
+    return None
 
 
 def npmrc_text(registry: str, http_proxy: str = "", cafile: str | None = None) -> str:
@@ -164,25 +174,74 @@ def restore_script(marker: str) -> str:
     ])
 
 
-def save_tree_to_cache(local_path: str) -> None:
-    """python.call target: pack HOME on the host and download it into the local cache.
+def _remote(command: str, what: str) -> str:
+    """Run a command on the current host; raise EnsembleError with its last lines if it fails."""
+    ok, output = host.run_shell_command(command)
+    if not ok:
+        tail = "; ".join((output.stderr_lines or output.stdout_lines)[-5:])
+        raise EnsembleError(f"etherpad: {what} failed on {host.name}: {tail}")
+    return output.stdout
 
-    Written to a private temporary name, then renamed: two hosts built at once never
-    leave a half-written cache entry.
+
+def _upload(local: str, remote: str) -> None:
+    if not host.put_file(local, remote):
+        raise EnsembleError(f"etherpad: uploading {local} to {host.name}:{remote} failed")
+
+
+def save_tree_to_cache(local_path: Path) -> None:
+    """Pack HOME on the current host and download it into the local cache.
+
+    Written to a private temporary name, then renamed: a reader never sees half a file.
     """
-    packed, output = host.run_shell_command(f"tar -C {HOME} -cf - . | zstd -T0 -3 -q -o {REMOTE_TREE} -f")
-    if not packed:
-        raise EnsembleError(f"etherpad: packing {HOME} on {host.name} failed: {output.stderr}")
-    target = Path(local_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.{host.name}.part")
+    _remote(f"tar -C {HOME} -cf - . | zstd -T0 -3 -q -f -o {REMOTE_TREE}", "packing the built tree")
+    local_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = local_path.with_name(f".{local_path.name}.{os.getpid()}.{host.name}.part")
     try:
         if not host.get_file(REMOTE_TREE, str(partial)):
             raise EnsembleError(f"etherpad: downloading the built tree from {host.name} failed")
-        os.replace(partial, target)
+        os.replace(partial, local_path)
     finally:
         partial.unlink(missing_ok=True)
         host.run_shell_command(f"rm -f {REMOTE_TREE}")
+
+
+_build_locks: dict[str, threading.Lock] = {}
+
+
+def install_tree(source: EtherpadSource, marker: str, cached: Path, npmrc: str, cafile: str | None,
+                 release: str | None) -> None:
+    """python.call target: put the pinned tree in HOME, from the cache when it is there.
+
+    Decided at execution time under a per-cache lock (gevent-aware once pyinfra patched
+    threading): when several hosts of one run need the same tree, the first builds it and
+    saves it in the cache, the others wait and unpack that copy (one npm install per run).
+    """
+    lock = _build_locks.setdefault(str(cached), threading.Lock())
+    with lock:
+        if cached.exists():
+            _upload(str(cached), REMOTE_TREE)
+            _remote(restore_script(marker), "unpacking the cached tree")
+            return
+        if release:
+            _upload(release, REMOTE_RELEASE)
+        if cafile:
+            _remote(f"mkdir -p {shlex.quote(str(Path(REMOTE_CAFILE).parent))}", "making the CA folder")
+            _upload(cafile, REMOTE_CAFILE)
+        _upload_text(npmrc, REMOTE_NPMRC)
+        try:
+            _remote(build_script(source, marker), f"building {source.label}")
+        finally:
+            host.run_shell_command(f"rm -f {REMOTE_NPMRC} {REMOTE_RELEASE}")
+        try:
+            save_tree_to_cache(cached)
+        except (OSError, EnsembleError) as exc:  # the host is fine; only the next runs are slower
+            logger.warning("etherpad: could not cache the built tree in %s: %s", cached, exc)
+
+
+def _upload_text(text: str, remote: str) -> None:
+    _remote(f"umask 077 && : >{remote}", f"creating {remote}")
+    if not host.put_file(io.BytesIO(text.encode()), remote):
+        raise EnsembleError(f"etherpad: uploading {remote} to {host.name} failed")
 
 
 def wait_listening_command(port: int, seconds: int = 120) -> str:
@@ -231,27 +290,18 @@ def _database(database: str, secrets: dict[str, str]) -> list[Any]:
 
 
 def _install_tree(source: EtherpadSource, marker: str, needed, cached: Path, npmrc: str,
-                  cafile: str | None) -> list[Any]:
-    """Operations that put the pinned tree in place (each skipped when the marker matches)."""
-    if cached.exists():
-        upload = files.put(name="Etherpad: upload cached build", src=str(cached), dest=REMOTE_TREE, _if=needed)
-        restore = server.shell(name="Etherpad: unpack cached build", commands=[restore_script(marker)], _if=needed)
-        return [upload, restore]
-    ops = []
-    if source.kind == "tarball":
-        release = fetch_release(source, cached.parent.parent)  # verified here, before the host is touched
-        ops.append(files.put(name="Etherpad: upload release", src=str(release), dest=REMOTE_RELEASE, _if=needed))
-    if cafile:
-        ops.append(files.put(name="Etherpad: npm CA bundle", src=cafile, dest=REMOTE_CAFILE, _if=needed))
-    ops.append(files.put(name="Etherpad: npm config", src=io.StringIO(npmrc), dest=REMOTE_NPMRC, mode="600",
-                         _if=needed))
-    ops.append(server.shell(name=f"Etherpad: build {source.label} (npm install, ~100 s)",
-                            commands=[build_script(source, marker)], _if=needed))
-    ops.append(server.shell(name="Etherpad: remove build leftovers",
-                            commands=[f"rm -f {REMOTE_NPMRC} {REMOTE_RELEASE}"], _if=needed))
-    ops.append(python.call(name="Etherpad: save the built tree in the local cache", function=save_tree_to_cache,
-                           local_path=str(cached), _if=needed))
-    return ops
+                  cafile: str | None, local_fleet: bool) -> list[Any]:
+    """The operation that puts the pinned tree in place (skipped when the marker matches)."""
+    release = None
+    if source.kind == "tarball" and not cached.exists():
+        try:  # verified here, before any host is touched
+            release = str(fetch_release(source, cached.parent.parent))
+        except EnsembleError as exc:
+            hint = " (local fleets reach npm only: use npm:ep_etherpad-lite@1.8.14)" if local_fleet else ""
+            raise EnsembleError(f"{exc}{hint}") from None
+    how = "from the cached build" if cached.exists() else "(npm install, ~100 s, or the cache another host makes)"
+    return [python.call(name=f"Etherpad: install {source.label} {how}", function=install_tree, source=source,
+                        marker=marker, cached=cached, npmrc=npmrc, cafile=cafile, release=release, _if=needed)]
 
 
 def node_suite(spec) -> str:
@@ -291,7 +341,7 @@ def etherpad(spec, rendered_files: Iterable[Any] = (), secrets: dict[str, str] |
     files.directory(name="Etherpad data folder", path=DATA, user="etherpad", group="etherpad", mode="750")
     db_ops = _database(ep.database, secrets)
     tree = _install_tree(source, marker, needed, cached, npmrc_text(ep.npm_registry, http_proxy, npm_cafile),
-                         npm_cafile)
+                         npm_cafile, spec.provider.kind == "local")
     config = _put_rendered(rendered)
     units = [op for op, f in zip(config, rendered, strict=True) if f.path.endswith(".service")]
     if units:
