@@ -289,11 +289,11 @@ def _database(database: str, secrets: dict[str, str]) -> list[Any]:
     return [running, role, db]
 
 
-def _install_tree(source: EtherpadSource, marker: str, needed, cached: Path, npmrc: str,
+def _install_tree(source: EtherpadSource, marker: str, installed: str, cached: Path, npmrc: str,
                   cafile: str | None, local_fleet: bool) -> list[Any]:
     """The operation that puts the pinned tree in place (skipped when the marker matches)."""
     release = None
-    if source.kind == "tarball" and not cached.exists():
+    if source.kind == "tarball" and installed != marker and not cached.exists():
         try:  # verified here, before any host is touched
             release = str(fetch_release(source, cached.parent.parent))
         except EnsembleError as exc:
@@ -301,7 +301,8 @@ def _install_tree(source: EtherpadSource, marker: str, needed, cached: Path, npm
             raise EnsembleError(f"{exc}{hint}") from None
     how = "from the cached build" if cached.exists() else "(npm install, ~100 s, or the cache another host makes)"
     return [python.call(name=f"Etherpad: install {source.label} {how}", function=install_tree, source=source,
-                        marker=marker, cached=cached, npmrc=npmrc, cafile=cafile, release=release, _if=needed)]
+                        marker=marker, cached=cached, npmrc=npmrc, cafile=cafile, release=release,
+                        _if=lambda: installed != marker)]
 
 
 def node_suite(spec) -> str:
@@ -331,7 +332,6 @@ def etherpad(spec, rendered_files: Iterable[Any] = (), secrets: dict[str, str] |
     marker = source.marker(node_major(node_suite(spec)))
     cached = built_tree_path(cache_dir, source.cache_key(node_major(node_suite(spec))))
     installed = (host.get_fact(Command, command=f"cat {MARKER} 2>/dev/null || true") or "").strip()
-    needed = [lambda: installed != marker]
 
     apt.update(name="apt lists (Etherpad)", cache_time=APT_CACHE_SECONDS)
     apt.packages(name="Etherpad packages", packages=_packages(ep.database), no_recommends=True)
@@ -340,7 +340,7 @@ def etherpad(spec, rendered_files: Iterable[Any] = (), secrets: dict[str, str] |
                 system=True)
     files.directory(name="Etherpad data folder", path=DATA, user="etherpad", group="etherpad", mode="750")
     db_ops = _database(ep.database, secrets)
-    tree = _install_tree(source, marker, needed, cached, npmrc_text(ep.npm_registry, http_proxy, npm_cafile),
+    tree = _install_tree(source, marker, installed, cached, npmrc_text(ep.npm_registry, http_proxy, npm_cafile),
                          npm_cafile, spec.provider.kind == "local")
     config = _put_rendered(rendered)
     units = [op for op, f in zip(config, rendered, strict=True) if f.path.endswith(".service")]
