@@ -590,3 +590,37 @@ def test_a_proxy_port_taken_by_someone_else_is_an_error_not_a_silent_stranger(lo
         stranger.close()
         local_provider.destroy_all(spec)
     assert not localnet.link_exists(net.bridge) and not local_provider.fleet_dir(spec).exists()
+
+
+@pytest.mark.realhost
+def test_one_apt_cacher_at_a_time_uses_the_shared_cache(local_provider):
+    import fcntl
+
+    first, second = local_spec("t-cache-a"), local_spec("t-cache-b")
+    lock = Path(first.provider.local.cache_dir) / "apt-cacher-ng/shared/.in-use.lock"
+
+    def cache_of(spec) -> str:
+        conf = (local_provider.fleet_dir(spec) / "run/acng/acng.conf").read_text()
+        return conf.splitlines()[0].split("/")[-1]
+
+    def shared_lock_free() -> bool:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    free_before = shared_lock_free()  # another fleet (e.g. this module's) may hold it already
+    try:
+        local_provider.ensure_network(first)
+        local_provider.ensure_network(second)
+        expected = ("shared", "t-cache-b") if free_before else ("t-cache-a", "t-cache-b")
+        assert (cache_of(first), cache_of(second)) == expected
+        assert not shared_lock_free()  # held by an apt-cacher-ng itself
+    finally:
+        local_provider.destroy_all(first)
+        local_provider.destroy_all(second)
+    assert shared_lock_free() == free_before  # released with its apt-cacher-ng

@@ -410,8 +410,7 @@ class LocalProvider:
                 subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0755",
                                 f"ensemble-{net.bridge}", str(hosts_dir)], check=True)
             localnet.bridge_up(net)
-            apt_cache = Path(spec.provider.local.cache_dir) / "apt-cacher-ng" / spec.fleet.name
-            localnet.start_services(net, self.fleet_dir(spec), apt_cache)
+            localnet.start_services(net, self.fleet_dir(spec), Path(spec.provider.local.cache_dir) / "apt-cacher-ng")
         return net
 
     def _claim_network(self, spec: FleetSpec, net: LocalNetwork) -> None:

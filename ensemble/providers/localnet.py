@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -182,7 +183,8 @@ def read_pid(pid_file: Path) -> int | None:
     return pid if process_alive(pid) else None
 
 
-def start_recorded(run_dir: Path, name: str, argv: list[str], env: dict | None = None) -> int:
+def start_recorded(run_dir: Path, name: str, argv: list[str], env: dict | None = None,
+                   pass_fds: tuple[int, ...] = ()) -> int:
     """Start `argv` detached (own session, survives this process), record its pid as run_dir/name.pid.
 
     Example::
@@ -192,7 +194,7 @@ def start_recorded(run_dir: Path, name: str, argv: list[str], env: dict | None =
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)
+                                start_new_session=True, env=env, pass_fds=pass_fds)
     (run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
     return proc.pid
 
@@ -288,12 +290,36 @@ def tinyproxy_config(net: LocalNetwork, filter_file: Path) -> str:
             "FilterURLs Off\nFilterExtended On\nFilterDefaultDeny Yes\nLogLevel Notice\n")
 
 
-def start_services(net: LocalNetwork, fleet_dir: Path, apt_cache: Path) -> None:
+def claim_apt_cache(cache_root: Path, fleet: str) -> tuple[Path, int | None]:
+    """The apt cache a fleet's apt-cacher-ng should use, and the locked descriptor that holds it.
+
+    One apt-cacher-ng at a time may use the shared cache (`<cache_root>/shared`): whoever gets its lock
+    passes the descriptor to apt-cacher-ng, which then holds it for its lifetime. A fleet started while
+    the shared cache is in use gets its own (`<cache_root>/<fleet>`): two instances never write one cache.
+
+    Example::
+
+        claim_apt_cache(Path("/var/cache/ensemble/apt-cacher-ng"), "demo")   # (PosixPath(".../shared"), 7)
+    """
+    shared = cache_root / "shared"
+    shared.mkdir(parents=True, exist_ok=True)
+    fd = os.open(shared / ".in-use.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return shared, fd
+    except BlockingIOError:
+        os.close(fd)
+        own = cache_root / fleet
+        own.mkdir(parents=True, exist_ok=True)
+        return own, None
+
+
+def start_services(net: LocalNetwork, fleet_dir: Path, apt_cache_root: Path) -> None:
     """Start apt-cacher-ng and tinyproxy on the gateway unless they run (idempotent).
 
     Example::
 
-        start_services(net, Path("/run/ensemble/demo"), Path("/var/cache/ensemble/apt/demo"))
+        start_services(net, Path("/run/ensemble/demo"), Path("/var/cache/ensemble/apt-cacher-ng"))
     """
     run = fleet_dir / "run"
     run.mkdir(parents=True, exist_ok=True)
@@ -303,9 +329,14 @@ def start_services(net: LocalNetwork, fleet_dir: Path, apt_cache: Path) -> None:
         acng = require_tool("apt-cacher-ng", "apt-cacher-ng")
         base = run / "acng"
         base.mkdir(exist_ok=True)
-        apt_cache.mkdir(parents=True, exist_ok=True)
-        (base / "acng.conf").write_text(acng_config(net, apt_cache, base))
-        start_recorded(run, "apt-cacher-ng", [acng, "-c", str(base), "ForeGround=1"])
+        cache, lock_fd = claim_apt_cache(apt_cache_root, fleet_dir.name)
+        (base / "acng.conf").write_text(acng_config(net, cache, base))
+        try:
+            start_recorded(run, "apt-cacher-ng", [acng, "-c", str(base), "ForeGround=1"],
+                           pass_fds=(lock_fd,) if lock_fd is not None else ())
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)  # apt-cacher-ng holds the lock from now on
     if not read_pid(run / "tinyproxy.pid"):
         started = True
         tinyproxy = require_tool("tinyproxy", "tinyproxy")
