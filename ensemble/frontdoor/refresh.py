@@ -105,6 +105,17 @@ def parse_routes(text: str) -> list[tuple[float, str, str]]:
     return routes
 
 
+def first_complaint(output: str) -> str:
+    """The line of nginx's output that says what is wrong (the [emerg] one), else its last line.
+
+    Example::
+
+        first_complaint("nginx: [emerg] invalid port in upstream ...\nnginx: test failed")   # "nginx: [emerg] ..."
+    """
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return next((line for line in lines if "[emerg]" in line), lines[-1] if lines else "no output")
+
+
 def load_state(path: Path) -> dict:
     """The refresher's state file, or {} when missing or unreadable (it is derived data)."""
     try:
@@ -170,12 +181,8 @@ def install_maps(path: Path, text: str, nginx: NginxControl) -> tuple[bool, bool
             path.unlink(missing_ok=True)
         else:
             write_atomic(path, old)
-        complaint = next((ln for ln in (check.stderr or check.stdout).splitlines() if "emerg" in ln),
-                         (check.stderr or check.stdout).strip().splitlines()[-1:] or ["?"])
-        if isinstance(complaint, list):
-            complaint = complaint[0]
         raise EnsembleError(f"frontdoor refresh: nginx -t rejected the new maps, the old ones stay in service: "
-                            f"{complaint.strip()}")
+                            f"{first_complaint(check.stderr or check.stdout)}")
     reload = _run(nginx.reload)
     if reload.returncode != 0:
         raise EnsembleError(f"frontdoor refresh: nginx reload failed: {(reload.stderr or reload.stdout).strip()}")
