@@ -113,6 +113,10 @@ def node_major(codename: str) -> int:
         raise SpecError("fleet.os", f"no known Node version for {codename!r}") from None
 
 
+class DownloadError(EnsembleError):
+    """The release could not be fetched at all (as opposed to fetched and refused)."""
+
+
 def default_cache_dir() -> str:
     """/var/cache/ensemble when this user may write there (root, CI), else ~/.cache/ensemble.
 
@@ -164,7 +168,7 @@ def fetch_release(source: EtherpadSource, cache_dir: str | Path = DEFAULT_CACHE_
                 out.write(block)
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise EnsembleError(f"etherpad.source_url: cannot download {source.url}: {exc}") from None
+        raise DownloadError(f"etherpad.source_url: cannot download {source.url}: {exc}") from None
     got = file_sha256(partial)
     if source.sha256 and got != source.sha256:
         partial.unlink(missing_ok=True)

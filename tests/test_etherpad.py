@@ -275,6 +275,22 @@ def test_switch_to_postgres(etherpad_host):
     assert again.error is None and again.changed == 0, again.changes
 
 
+@pytest.mark.realhost
+def test_release_checksum_mismatch_stops_the_deploy(etherpad_host, release_server):
+    """A release whose sha256 differs is refused on the deploying machine: the host is left as it was."""
+    from conftest import ssh_run
+
+    url, _sha = release_server
+    spec = etherpad_host["spec"]
+    tampered = replace(spec, etherpad=replace(spec.etherpad, source_url=url, sha256="0" * 64))
+    marker = "cat /opt/etherpad/.ensemble-installed; systemctl is-active etherpad"
+    before = ssh_run(etherpad_host["host"], marker)
+    result, _ = etherpad_host["deploy"](tampered)
+    assert result.error and "etherpad.sha256: checksum mismatch" in result.error, result
+    assert result.changed == 0
+    assert ssh_run(etherpad_host["host"], marker) == before
+
+
 # ---------------------------------------------------------------- helpers: tunnel, browser
 
 class _tunnel:

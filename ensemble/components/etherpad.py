@@ -43,6 +43,7 @@ from pyinfra.operations.util import any_changed
 
 from ensemble.errors import EnsembleError
 from ensemble.etherpad_source import (
+    DownloadError,
     EtherpadSource,
     built_tree_path,
     default_cache_dir,
@@ -296,9 +297,9 @@ def _install_tree(source: EtherpadSource, marker: str, installed: str, cached: P
     if source.kind == "tarball" and installed != marker and not cached.exists():
         try:  # verified here, before any host is touched
             release = str(fetch_release(source, cached.parent.parent))
-        except EnsembleError as exc:
+        except DownloadError as exc:
             hint = " (local fleets reach npm only: use npm:ep_etherpad-lite@1.8.14)" if local_fleet else ""
-            raise EnsembleError(f"{exc}{hint}") from None
+            raise DownloadError(f"{exc}{hint}") from None
     how = "from the cached build" if cached.exists() else "(npm install, ~100 s, or the cache another host makes)"
     return [python.call(name=f"Etherpad: install {source.label} {how}", function=install_tree, source=source,
                         marker=marker, cached=cached, npmrc=npmrc, cafile=cafile, release=release,
