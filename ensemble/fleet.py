@@ -170,6 +170,10 @@ class DeployEnv:
     http_proxy: str = ""
     admin_cidrs: list[str] = field(default_factory=list)
     apt_direct: list[str] = field(default_factory=list)  # repository hosts apt reaches without its proxy
+    hosts_file: bool = False  # no DNS for the fleet's names: every host gets the others in /etc/hosts
+
+    def peers_of(self, hosts: list[Host]) -> dict[str, str]:
+        return {h.name: h.address for h in hosts} if self.hosts_file else {}
 
 
 def local_environment(spec: FleetSpec, provider) -> DeployEnv:
@@ -195,7 +199,7 @@ def local_environment(spec: FleetSpec, provider) -> DeployEnv:
         spec = replace(spec, etherpad=replace(spec.etherpad, source_url=LOCAL_ETHERPAD_SOURCE, sha256=""))
     direct = [urllib.parse.urlsplit(spec.jitsi.apt_repo).hostname or ""]
     return DeployEnv(spec=spec, http_proxy=net.http_proxy_url, admin_cidrs=[net.subnet],
-                     apt_direct=[h for h in direct if h])
+                     apt_direct=[h for h in direct if h], hosts_file=True)
 
 
 def deploy_environment(spec: FleetSpec, provider) -> DeployEnv:
@@ -240,7 +244,8 @@ def deploy_fleet(spec: FleetSpec, *, provider=None, dry: bool = False, progress=
         keyring = jitsi_keyring(env.spec)
         store = read_secrets(env.spec, targets, hosts, progress)
         kwargs = {"spec": env.spec, "store": store, "hosts": hosts, "keyring": keyring,
-                  "http_proxy": env.http_proxy, "admin_cidrs": env.admin_cidrs, "apt_direct": env.apt_direct}
+                  "http_proxy": env.http_proxy, "admin_cidrs": env.admin_cidrs, "apt_direct": env.apt_direct,
+                  "peers": env.peers_of(hosts)}
         result.results = run_deploy(targets, fleet_host, kwargs, dry=dry, progress=progress)
     result.seconds = time.monotonic() - started
     return result

@@ -79,8 +79,12 @@ def fleet(local_provider, tmp_path_factory):
     local_provider.destroy_all(spec)  # what an earlier run of this test left
     net = local_provider.ensure_network(spec)
     pebble = start_pebble(net.gateway, work / "pebble")
+    # Hosts trust pebble's listener CA (to talk ACME) and its issuing root (the front door reads
+    # the shards' private occupancy endpoints over HTTPS, as it would with Let's Encrypt's chains).
+    cas = work / "acme-cas.pem"
+    cas.write_text(pebble.ca_pem.read_text() + pebble.issuing_root())
     config = work / "ensemble.toml"
-    config.write_text(spec_toml(pebble.directory_url, pebble.ca_pem))
+    config.write_text(spec_toml(pebble.directory_url, cas))
     spec = load_spec(config)
     pebble.add_a(spec.fleet.domain, net.address(10))
     for n in range(1, SHARDS + 1):
@@ -139,6 +143,19 @@ def test_front_door_serves_the_landing_page_with_the_pebble_chain(fleet):
     door = hosts[spec.fleet.domain]
     status, body, _ = https_get(door.address, door.name, "/", pebble.issuing_root())
     assert status == 200 and "Lancer une réunion" in body, body[:300]
+
+
+def test_front_door_refresh_reads_every_shard(fleet):
+    _config, spec, hosts, _pebble, _ = fleet
+    door = hosts[spec.fleet.domain]
+    code, out, err = ssh_run(door, "ensemble frontdoor refresh --config /etc/ensemble/ensemble.toml "
+                                   "--secrets /etc/ensemble/secrets.json --json")
+    assert code == 0, err[-2000:]
+    result = json.loads(out)
+    assert result["unreadable"] == [], [(s["name"], s["state"], s.get("reason")) for s in result["shards"]]
+    assert {shard["name"] for shard in result["shards"]} == set(spec.shard_names())
+    _, maps, _ = ssh_run(door, "nginx -t 2>&1 && test -s /var/lib/ensemble/frontdoor/routing.conf && echo maps")
+    assert "maps" in maps, maps
 
 
 def test_services_secrets_and_firewall_on_each_host(fleet):

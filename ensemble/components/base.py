@@ -56,6 +56,7 @@ class DeployContext:
     frontdoor: Host | None = None
     http_proxy: str = ""  # proxy guests use for npm (local provider), "" = direct
     apt_direct: list[str] = field(default_factory=list)  # apt hosts reached without the apt proxy
+    peers: dict[str, str] = field(default_factory=dict)  # fleet host name -> address, where no DNS has them
 
     def files_of(self, *components: str) -> list:
         return [f for f in self.files if f.component in components]
@@ -143,6 +144,16 @@ def apt_direct_conf(hosts: Iterable[str]) -> str:
     return "".join(f'Acquire::http::Proxy::{h} "DIRECT";\n' for h in hosts)
 
 
+def peers_lines(peers: dict[str, str]) -> str:
+    """/etc/hosts lines for the fleet's hosts, sorted (stable bytes).
+
+    Example::
+
+        peers_lines({"b.test": "10.0.0.2", "a.test": "10.0.0.1"})   # "10.0.0.1 a.test\n10.0.0.2 b.test"
+    """
+    return "\n".join(f"{address} {name}" for name, address in sorted(peers.items()))
+
+
 def secrets_json(host_secrets: dict[str, dict[str, str]]) -> str:
     """The secrets a host keeps (its own entry + the fleet entry), stable bytes for idempotence.
 
@@ -203,6 +214,10 @@ def restart_on_change(service: str, ops: list, *, reload: bool = False) -> None:
 def base(ctx: DeployContext) -> None:
     """Hostname, apt sources and one batched install, unattended upgrades, firewall, sysctl, secrets."""
     server.hostname(name="hostname", hostname=ctx.host.name)
+    if ctx.peers:
+        # Local fleets have no DNS: the front door reaches shards (and shards the front door) by name.
+        files.block(name="fleet hosts in /etc/hosts", path="/etc/hosts", marker="# {mark} ensemble fleet hosts",
+                    content=peers_lines(ctx.peers))
     files.put(name="secrets (0600)", src=io.StringIO(secrets_json(ctx.host_secrets)), dest=SECRETS_FILE,
               mode="600", user="root", group="root", create_remote_dir=True)
     sources = []

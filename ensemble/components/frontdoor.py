@@ -80,7 +80,7 @@ def launcher() -> str:
 
 
 def frontdoor_context(spec: FleetSpec, store: Secrets, me: Host, hosts: list[Host],
-                      admin_cidrs: list[str] | None = None) -> DeployContext:
+                      admin_cidrs: list[str] | None = None, peers: dict[str, str] | None = None) -> DeployContext:
     """Everything the front door needs, computed before any operation runs (pure).
 
     Example::
@@ -93,7 +93,7 @@ def frontdoor_context(spec: FleetSpec, store: Secrets, me: Host, hosts: list[Hos
     shards = sorted((h for h in hosts if h.role == "shard"), key=lambda h: h.shard or 0)
     return DeployContext(spec=spec, host=me, files=list(frontdoor_files(spec, store, shards)),
                          host_secrets={FLEET_KEY: store[FLEET_KEY]}, packages=frontdoor_packages(spec),
-                         ssh_cidrs=ssh_cidrs(spec, admin_cidrs))
+                         ssh_cidrs=ssh_cidrs(spec, admin_cidrs), peers=dict(peers or {}))
 
 
 @deploy("ensemble on the front door")

@@ -72,7 +72,7 @@ def ssh_cidrs(spec: FleetSpec, admin_cidrs: list[str] | None) -> list[str]:
 
 def shard_context(spec: FleetSpec, store: Secrets, me: Host, hosts: list[Host], *, keyring: bytes | None,
                   http_proxy: str = "", admin_cidrs: list[str] | None = None,
-                  apt_direct: list[str] | None = None) -> DeployContext:
+                  apt_direct: list[str] | None = None, peers: dict[str, str] | None = None) -> DeployContext:
     """Everything shard `me` needs, computed before any operation runs (pure).
 
     Example::
@@ -88,6 +88,7 @@ def shard_context(spec: FleetSpec, store: Secrets, me: Host, hosts: list[Host], 
         host_secrets={me.name: store[me.name], FLEET_KEY: store[FLEET_KEY]},
         packages=shard_packages(spec), debconf=debconf_preseed(me.name), jitsi_keyring=keyring,
         ssh_cidrs=ssh_cidrs(spec, admin_cidrs), http_proxy=http_proxy, apt_direct=list(apt_direct or []),
+        peers=dict(peers or {}),
     )
 
 
@@ -119,17 +120,17 @@ def current(hosts: list[Host]) -> Host:
 
 @deploy("Fleet host")
 def fleet_host(spec: FleetSpec, store: Secrets, hosts: list[Host], keyring: bytes | None = None,
-               http_proxy: str = "", admin_cidrs: list[str] | None = None, apt_direct: list[str] | None = None
-               ) -> None:
+               http_proxy: str = "", admin_cidrs: list[str] | None = None, apt_direct: list[str] | None = None,
+               peers: dict[str, str] | None = None) -> None:
     """The deploy of whatever role the current host has (shard or front door)."""
     me = current(hosts)
     if me.role == "frontdoor":
         from ensemble.components.frontdoor import frontdoor, frontdoor_context
 
-        frontdoor(frontdoor_context(spec, store, me, hosts, admin_cidrs=admin_cidrs))
+        frontdoor(frontdoor_context(spec, store, me, hosts, admin_cidrs=admin_cidrs, peers=peers))
     else:
         shard(shard_context(spec, store, me, hosts, keyring=keyring, http_proxy=http_proxy,
-                            admin_cidrs=admin_cidrs, apt_direct=apt_direct))
+                            admin_cidrs=admin_cidrs, apt_direct=apt_direct, peers=peers))
 
 
 _CLI_KWARGS: dict[str, dict] = {}
@@ -162,5 +163,5 @@ def cli_kwargs(spec_path: str) -> dict:
     store, _ = merge_secrets(env.spec, remote, hosts)
     _CLI_KWARGS[spec_path] = {"spec": env.spec, "store": store, "hosts": hosts, "keyring": jitsi_keyring(env.spec),
                               "http_proxy": env.http_proxy, "admin_cidrs": env.admin_cidrs,
-                              "apt_direct": env.apt_direct}
+                              "apt_direct": env.apt_direct, "peers": env.peers_of(hosts)}
     return _CLI_KWARGS[spec_path]
