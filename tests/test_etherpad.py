@@ -16,6 +16,7 @@ import http.server
 import json
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -56,6 +57,32 @@ def test_cache_key_follows_source_and_node():
             parse_source("npm:ep_etherpad-lite@1.8.13").cache_key(18)}
     assert len(keys) == 4
     assert src.cache_key(18) == parse_source(SOURCE).cache_key(18)  # stable between runs
+
+
+@pytest.mark.parametrize("source", [SOURCE, "https://example.org/etherpad-lite-2.2.7.tar.gz"])
+def test_build_script_is_valid_shell(source):
+    from ensemble.components.etherpad import build_script, restore_script
+
+    for script in (build_script(parse_source(source, "c" * 64), "key label"), restore_script("key label")):
+        run = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+
+
+def test_2x_entry_point_and_node_check(tmp_path):
+    """The glue for 2.x trees (not reachable here) run for real: the server.js shim and the Node check."""
+    from ensemble.components.etherpad import _node_version_check, _ts_entry_shim
+
+    (tmp_path / "src" / "node").mkdir(parents=True)
+    (tmp_path / "src" / "node" / "server.ts").write_text("export const start = () => {};\n")
+    subprocess.run(["sh", "-c", _ts_entry_shim()], cwd=tmp_path, check=True)
+    shim = tmp_path / "src" / "node" / "server.js"
+    assert "require('./server.ts')" in shim.read_text()
+    assert subprocess.run(["node", "--check", str(shim)], capture_output=True).returncode == 0
+    for need, ok in ((">=10.17.0", True), (">=99.0.0", False)):
+        (tmp_path / "src" / "package.json").write_text(json.dumps({"engines": {"node": need}}))
+        run = subprocess.run(["sh", "-c", _node_version_check()], cwd=tmp_path, capture_output=True, text=True)
+        assert (run.returncode == 0) == ok, run.stderr
+        assert ok or f"needs Node {need}" in run.stderr
 
 
 @pytest.fixture

@@ -123,6 +123,7 @@ def build_script(source: EtherpadSource, marker: str) -> str:
         f"export NPM_CONFIG_USERCONFIG={REMOTE_NPMRC}",
         f"rm -rf {BUILD} && mkdir -p {BUILD} && cd {BUILD}",
         fetch,
+        _node_version_check(),
         "if [ -f pnpm-workspace.yaml ]; then",
         "  npm install --global --prefix .ensemble-tools --loglevel=error pnpm@9 >/dev/null",
         "  .ensemble-tools/bin/pnpm install --frozen-lockfile >npm-install.log 2>&1"
@@ -137,6 +138,16 @@ def build_script(source: EtherpadSource, marker: str) -> str:
         f"printf '%s\\n' {shlex.quote(marker)} >{BUILD}/.ensemble-installed",
         _swap_in(),
     ])
+
+
+def _node_version_check() -> str:
+    # e.g. 2.x on bullseye (Node 12): say so plainly instead of failing deep inside pnpm.
+    script = ("const need=(require('./src/package.json').engines||{}).node||'';"
+              "const m=need.match(/>=\\s*v?(\\d+)(?:\\.(\\d+))?/);"
+              "const [a,b]=process.versions.node.split('.').map(Number);"
+              "if(m&&(a<+m[1]||(a==+m[1]&&b<+(m[2]||0)))){console.error('etherpad: this release needs Node '+need"
+              "+', the host has '+process.version);process.exit(1)}")
+    return f"node -e {shlex.quote(script)}"
 
 
 def _ts_entry_shim() -> str:
@@ -216,27 +227,38 @@ def install_tree(source: EtherpadSource, marker: str, cached: Path, npmrc: str, 
     Decided at execution time under a per-cache lock (gevent-aware once pyinfra patched
     threading): when several hosts of one run need the same tree, the first builds it and
     saves it in the cache, the others wait and unpack that copy (one npm install per run).
+    A cached copy that does not unpack is dropped and the tree is built instead.
     """
     lock = _build_locks.setdefault(str(cached), threading.Lock())
     with lock:
         if cached.exists():
-            _upload(str(cached), REMOTE_TREE)
-            _remote(restore_script(marker), "unpacking the cached tree")
-            return
-        if release:
-            _upload(release, REMOTE_RELEASE)
-        if cafile:
-            _remote(f"mkdir -p {shlex.quote(str(Path(REMOTE_CAFILE).parent))}", "making the CA folder")
-            _upload(cafile, REMOTE_CAFILE)
-        _upload_text(npmrc, REMOTE_NPMRC)
-        try:
-            _remote(build_script(source, marker), f"building {source.label}")
-        finally:
-            host.run_shell_command(f"rm -f {REMOTE_NPMRC} {REMOTE_RELEASE}")
+            try:
+                _upload(str(cached), REMOTE_TREE)
+                _remote(restore_script(marker), "unpacking the cached tree")
+                return
+            except EnsembleError as exc:
+                logger.warning("etherpad: cached tree %s unusable (%s); building instead", cached, exc)
+                cached.unlink(missing_ok=True)
+        if source.kind == "tarball" and not release:
+            release = str(fetch_release(source, cached.parent.parent))
+        _build(source, marker, npmrc, cafile, release)
         try:
             save_tree_to_cache(cached)
         except (OSError, EnsembleError) as exc:  # the host is fine; only the next runs are slower
             logger.warning("etherpad: could not cache the built tree in %s: %s", cached, exc)
+
+
+def _build(source: EtherpadSource, marker: str, npmrc: str, cafile: str | None, release: str | None) -> None:
+    if release:
+        _upload(release, REMOTE_RELEASE)
+    if cafile:
+        _remote(f"mkdir -p {shlex.quote(str(Path(REMOTE_CAFILE).parent))}", "making the CA folder")
+        _upload(cafile, REMOTE_CAFILE)
+    _upload_text(npmrc, REMOTE_NPMRC)
+    try:
+        _remote(build_script(source, marker), f"building {source.label}")
+    finally:
+        host.run_shell_command(f"rm -f {REMOTE_NPMRC} {REMOTE_RELEASE}")
 
 
 def _upload_text(text: str, remote: str) -> None:
