@@ -183,3 +183,13 @@ def test_cli_errors_are_one_line(tmp_path):
     state.write_text(json.dumps({"plan": plan_to_json(plan), "refreshed_at": 1.0}))
     result = runner.invoke(main, ["status", "--state", str(state), "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["shards"][0]["pinned_rooms"] == ["a"]
+
+
+def test_shard_certificates_verified_only_when_publicly_trusted():
+    from ensemble.frontdoor.render import shard_certificates_trusted
+    from ensemble.spec import spec_from_dict
+
+    assert shard_certificates_trusted(spec_from_dict({}))  # Let's Encrypt production
+    assert not shard_certificates_trusted(spec_from_dict({"tls": {"mode": "self-signed"}}))
+    assert not shard_certificates_trusted(spec_from_dict({"tls": {"staging": True}}))
+    assert not shard_certificates_trusted(spec_from_dict({"tls": {"acme_directory": "https://127.0.0.1:14000/dir"}}))

@@ -16,7 +16,7 @@ from ensemble.errors import EnsembleError, UsageError
 from ensemble.frontdoor.drain import Progress, find_shard, rolling_upgrade, set_drain
 from ensemble.frontdoor.occupancy import OccupancySource
 from ensemble.frontdoor.refresh import NginxControl, RefreshResult, refresh
-from ensemble.frontdoor.render import FrontdoorLayout
+from ensemble.frontdoor.render import FrontdoorLayout, shard_certificates_trusted
 from ensemble.providers.base import Host
 from ensemble.secrets import FLEET_KEY
 from ensemble.spec import FleetSpec
@@ -52,7 +52,9 @@ def run_refresh(spec: FleetSpec, secrets_path: Path | None = None, layout: Front
     """
     layout = layout or FrontdoorLayout()
     token = occupancy_token(secrets_path or Path(layout.secrets_path))
-    source = OccupancySource(token=token, ca_file=ca_file, verify_tls=spec.tls.mode != "self-signed")
+    # certificates that do not chain to the system's CAs are not verified: the channel stays TLS and
+    # the shard answers only the front door's address with the fleet's token
+    source = OccupancySource(token=token, ca_file=ca_file, verify_tls=bool(ca_file) or shard_certificates_trusted(spec))
     return refresh(spec, layout, source, nginx or NginxControl())
 
 

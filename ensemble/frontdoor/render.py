@@ -88,6 +88,23 @@ class FrontdoorLayout:
 
 # ---------------------------------------------------------------- facts
 
+LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+def shard_certificates_trusted(spec: FleetSpec) -> bool:
+    """Whether shards' certificates chain to the system's CAs, so the front door can verify them:
+    provided ones, and Let's Encrypt's production CA; not self-signed, staging or another ACME CA.
+
+    Example::
+
+        shard_certificates_trusted(spec)     # True with tls.mode = "letsencrypt" (production)
+    """
+    tls = spec.tls
+    if tls.mode == "provided":
+        return True
+    return tls.mode == "letsencrypt" and tls.directory_url == LETSENCRYPT_DIRECTORY
+
+
 def _read_static(name: str) -> str:
     root = Path(str(package_files("ensemble._templates"))) / "frontdoor" / "webroot"
     return (root / name).read_text(encoding="utf-8")
@@ -184,7 +201,7 @@ def frontdoor_files(spec: FleetSpec, secrets: Secrets, shards: list[Host] | None
     out = [
         file(layout.site_path, render_template("frontdoor/site.conf.j2", ctx)),
         file(layout.proxy_params_path, render_template("frontdoor/proxy_params.conf.j2", {
-            "shard_scheme": layout.shard_scheme, "verify_tls": spec.tls.mode != "self-signed"})),
+            "shard_scheme": layout.shard_scheme, "verify_tls": shard_certificates_trusted(spec)})),
         file(layout.seed_path, routing_conf(seed_plan(spec), spec, layout, seed=True), service=None),
         file(f"{web}/index.html", render_template("frontdoor/index.html.j2", {"t": LANDING_TEXT["fr"]}), None),
         file(f"{web}/index.en.html", render_template("frontdoor/index.html.j2", {"t": LANDING_TEXT["en"]}), None),
