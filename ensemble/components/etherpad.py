@@ -258,7 +258,7 @@ def _build(source: EtherpadSource, marker: str, npmrc: str, cafile: str | None, 
     try:
         _remote(build_script(source, marker), f"building {source.label}")
     finally:
-        host.run_shell_command(f"rm -f {REMOTE_NPMRC} {REMOTE_RELEASE}")
+        host.run_shell_command(f"rm -f {REMOTE_NPMRC} {REMOTE_RELEASE} {REMOTE_TREE}")
 
 
 def _upload_text(text: str, remote: str) -> None:
@@ -314,9 +314,15 @@ def _database(database: str, secrets: dict[str, str]) -> list[Any]:
 
 def _install_tree(source: EtherpadSource, marker: str, installed: str, cached: Path, npmrc: str,
                   cafile: str | None, local_fleet: bool) -> list[Any]:
-    """The operation that puts the pinned tree in place (skipped when the marker matches)."""
+    """The operation that puts the pinned tree in place (none when the marker matches).
+
+    A plain `if` on a fact read before any operation (pyinfra 3 identifies operations by
+    call site, so hosts may differ), which also makes `ensemble plan` show the install.
+    """
+    if installed == marker:
+        return []
     release = None
-    if source.kind == "tarball" and installed != marker and not cached.exists():
+    if source.kind == "tarball" and not cached.exists():
         try:  # verified here, before any host is touched
             release = str(fetch_release(source, cached.parent.parent))
         except DownloadError as exc:
@@ -324,8 +330,7 @@ def _install_tree(source: EtherpadSource, marker: str, installed: str, cached: P
             raise DownloadError(f"{exc}{hint}") from None
     how = "from the cached build" if cached.exists() else "(npm install, ~100 s, or the cache another host makes)"
     return [python.call(name=f"Etherpad: install {source.label} {how}", function=install_tree, source=source,
-                        marker=marker, cached=cached, npmrc=npmrc, cafile=cafile, release=release,
-                        _if=lambda: installed != marker)]
+                        marker=marker, cached=cached, npmrc=npmrc, cafile=cafile, release=release)]
 
 
 def node_suite(spec) -> str:
