@@ -40,6 +40,9 @@ DEFAULT_CACHE_DIR = "/var/cache/ensemble"
 DEBIAN_NODE_MAJOR = {"bullseye": 12, "bookworm": 18, "trixie": 20, "buster": 10,
                      "jammy": 12, "noble": 18, "bionic": 8}
 
+# Bumped whenever the way a tree is built changes, so that older cached trees are not reused.
+BUILD_RECIPE = 2
+
 _NPM_SOURCE = re.compile(r"^npm:(?P<package>(@[a-z0-9][\w.-]*/)?[a-z0-9][\w.-]*)@(?P<version>[0-9][\w.+-]*)$")
 _TARBALL_SOURCE = re.compile(r"^https?://[^\s/]+/\S+$")
 
@@ -71,7 +74,7 @@ class EtherpadSource:
 
             parse_source("npm:ep_etherpad-lite@1.8.14", "").cache_key(18)
         """
-        digest = hashlib.sha256(f"{self.url}\n{self.sha256}\n{node_major}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{self.url}\n{self.sha256}\n{node_major}\n{BUILD_RECIPE}".encode()).hexdigest()
         readable = f"{self.package}-{self.version}" if self.kind == "npm" else "release"
         return f"{self.kind}-{readable}-node{node_major}-{digest[:16]}"
 

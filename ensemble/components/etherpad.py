@@ -130,7 +130,9 @@ def build_script(source: EtherpadSource, marker: str) -> str:
         " || { tail -30 npm-install.log; exit 1; }",
         "else",
         "  mkdir -p node_modules && ln -sfn ../src node_modules/ep_etherpad-lite",
-        "  (cd src && npm install --omit=dev --legacy-peer-deps --loglevel=error) >npm-install.log 2>&1"
+        # --ignore-scripts: the build runs as root, and no 1.8 dependency needs an install script
+        "  (cd src && npm install --omit=dev --legacy-peer-deps --ignore-scripts --loglevel=error)"
+        " >npm-install.log 2>&1"
         " || { tail -30 npm-install.log; exit 1; }",
         "fi",
         _ts_entry_shim(),
