@@ -146,6 +146,21 @@ def built_tree_path(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / "etherpad" / f"{key}.tar.zst"
 
 
+def prune_stale_trees(cache_dir: str | Path, key: str) -> list[Path]:
+    """Remove cached trees of the same source and Node major built by older recipes; return them.
+
+    Example::
+
+        prune_stale_trees("/var/cache/ensemble", src.cache_key(18))   # [.../npm-...-node18-<old>.tar.zst]
+    """
+    keep = built_tree_path(cache_dir, key)
+    family = key.rsplit("-", 1)[0] + "-"
+    stale = [p for p in keep.parent.glob(f"{family}*.tar.zst") if p != keep and len(p.name) == len(keep.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def fetch_release(source: EtherpadSource, cache_dir: str | Path = DEFAULT_CACHE_DIR, timeout: float = 60) -> Path:
     """Download a release tarball once into the cache and verify it; return its path.
 

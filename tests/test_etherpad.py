@@ -59,6 +59,21 @@ def test_cache_key_follows_source_and_node():
     assert src.cache_key(18) == parse_source(SOURCE).cache_key(18)  # stable between runs
 
 
+def test_stale_cached_trees_are_pruned(tmp_path):
+    from ensemble.etherpad_source import prune_stale_trees
+
+    key = parse_source(SOURCE).cache_key(18)
+    keep = built_tree_path(tmp_path, key)
+    keep.parent.mkdir(parents=True)
+    older = keep.with_name(keep.name.replace(key[-16:], "0" * 16))
+    other_node = built_tree_path(tmp_path, parse_source(SOURCE).cache_key(20))
+    other_version = built_tree_path(tmp_path, parse_source("npm:ep_etherpad-lite@1.8.13").cache_key(18))
+    for path in (keep, older, other_node, other_version):
+        path.write_bytes(b"tree")
+    assert prune_stale_trees(tmp_path, key) == [older]
+    assert sorted(p.name for p in keep.parent.iterdir()) == sorted(p.name for p in (keep, other_node, other_version))
+
+
 @pytest.mark.parametrize("source", [SOURCE, "https://example.org/etherpad-lite-2.2.7.tar.gz"])
 def test_build_script_is_valid_shell(source):
     from ensemble.components.etherpad import build_script, restore_script

@@ -50,6 +50,7 @@ from ensemble.etherpad_source import (
     fetch_release,
     node_major,
     parse_source,
+    prune_stale_trees,
 )
 
 logger = logging.getLogger(__name__)
@@ -214,6 +215,7 @@ def save_tree_to_cache(local_path: Path) -> None:
         if not host.get_file(REMOTE_TREE, str(partial)):
             raise EnsembleError(f"etherpad: downloading the built tree from {host.name} failed")
         os.replace(partial, local_path)
+        prune_stale_trees(local_path.parent.parent, local_path.name.removesuffix(".tar.zst"))
     finally:
         partial.unlink(missing_ok=True)
         host.run_shell_command(f"rm -f {REMOTE_TREE}")
