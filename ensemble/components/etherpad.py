@@ -14,7 +14,8 @@ What the deploy does on the host (the shard composition calls `etherpad(...)`):
    beside the old one and swapped in, so a failed build breaks nothing.
 3. The rendered files of component "etherpad" (ensemble.render.shard_files: settings.json,
    APIKEY.txt/SESSIONKEY.txt from the host's secrets, the systemd unit).
-4. Restart only when the tree, a file or a key changed; then wait until it listens.
+4. Restart only when the tree, a file (settings, keys, unit) or the database setup
+   changed; then wait until it answers on 127.0.0.1:<etherpad.port>.
 
 Example::
 
@@ -63,10 +64,8 @@ REMOTE_TREE = "/var/tmp/ensemble-etherpad-tree.tar.zst"
 REMOTE_RELEASE = "/var/tmp/ensemble-etherpad-release.tar.gz"
 REMOTE_NPMRC = "/root/.ensemble-etherpad-npmrc"
 REMOTE_CAFILE = "/usr/local/share/ensemble/npm-ca-bundle.pem"
-APT_CACHE_SECONDS = 3600  # as the base deploy: a shard deploy updates apt lists once
-
-
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+APT_CACHE_SECONDS = 3600  # as the base deploy: a shard deploy updates apt lists once
 
 
 def deploying_machine_npm_cafile() -> str | None:
