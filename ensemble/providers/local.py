@@ -683,8 +683,11 @@ class LocalProvider:
         removed, alive = [], 0
         hosts_dir = fleet_dir / "hosts"
         for folder in sorted(p for p in hosts_dir.iterdir() if p.is_dir()) if hosts_dir.is_dir() else []:
-            record = self._read_record(folder) or {}
-            reason = self._stale_reason(folder, record)
+            try:
+                record = self._read_record(folder) or {}
+                reason = self._stale_reason(folder, record)
+            except FileNotFoundError:  # removed meanwhile by the run that owns it: nothing left to clean
+                continue
             if reason is None:
                 alive += 1
                 continue
