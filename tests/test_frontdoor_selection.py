@@ -193,3 +193,52 @@ def test_shard_certificates_verified_only_when_publicly_trusted():
     assert not shard_certificates_trusted(spec_from_dict({"tls": {"mode": "self-signed"}}))
     assert not shard_certificates_trusted(spec_from_dict({"tls": {"staging": True}}))
     assert not shard_certificates_trusted(spec_from_dict({"tls": {"acme_directory": "https://127.0.0.1:14000/dir"}}))
+
+
+def test_rolling_upgrade_one_shard_at_a_time(tmp_path):
+    from ensemble.frontdoor.drain import rolling_upgrade
+
+    spec = make_spec()
+    names = spec.shard_names()[:2]
+    standin = OccupancyStandin().start()
+    shards = ShardsNginx(tmp_path / "shards", names, standin.port, TOKEN).start()
+    door = FrontdoorUnderTest(tmp_path / "door", spec, shards, TOKEN)  # for its OccupancySource only
+    hosts = [Host(n, "shard", i, "127.0.0.1") for i, n in enumerate(names, 1)]
+    steps: list[str] = []
+    clock = [0.0]
+    fail_check = [""]
+
+    def state(name: str) -> bool:
+        return json.loads(shards.state_file(name).read_text())["drain"]
+
+    def redeploy(host: Host) -> list[str]:
+        assert state(host.name) and all(not state(h.name) for h in hosts if h is not host and
+                                        shards.state_file(h.name).exists())  # only this one is drained
+        steps.append(f"deploy {host.name}")
+        return []
+
+    def check(host: Host) -> list[str]:
+        steps.append(f"check {host.name}")
+        return ["config.js: answered without the domain"] if fail_check[0] == host.name else []
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        standin.set_rooms(names[0], {})  # shard 1's meeting ends while it drains
+
+    common = {"timeout": 300, "redeploy": redeploy, "check": check, "writer": drain_writer(shards),
+              "reader": lambda h: read_shard(h.name, door.source), "interval": 10, "clock": lambda: clock[0],
+              "sleep": sleep}
+    try:
+        standin.set_rooms(names[0], {"meeting": 3})
+        done = rolling_upgrade(spec, hosts, **common)
+        assert [d["shard"] for d in done] == names
+        assert steps == [f"deploy {names[0]}", f"check {names[0]}", f"deploy {names[1]}", f"check {names[1]}"]
+        assert not state(names[0]) and not state(names[1])  # both back in service
+        steps.clear()
+        fail_check[0] = names[0]
+        with pytest.raises(EnsembleError, match=f"{names[0]} failed its health check .left drained."):
+            rolling_upgrade(spec, hosts, **common)
+        assert state(names[0]) and not state(names[1]) and steps == [f"deploy {names[0]}", f"check {names[0]}"]
+    finally:
+        shards.stop()
+        standin.stop()

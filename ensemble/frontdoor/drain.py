@@ -205,7 +205,8 @@ def _say(progress: Progress, line: str) -> None:
 def rolling_upgrade(spec: FleetSpec, hosts: list[Host], *, timeout: int, redeploy: Callable[[Host], list[str]],
                     check: Callable[[Host], list[str]], progress: Progress = None,
                     writer: StateWriter | None = None, reader: ShardReader | None = None,
-                    interval: float = 10.0) -> list[dict]:
+                    interval: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                    sleep: Callable[[float], None] = time.sleep) -> list[dict]:
     """Upgrade shards one at a time: drain, wait empty, redeploy, health-check, undrain.
 
     Stops at the first failure, leaving that shard drained (it takes no new rooms) and the others
@@ -218,9 +219,10 @@ def rolling_upgrade(spec: FleetSpec, hosts: list[Host], *, timeout: int, redeplo
     results = []
     shards = sorted((h for h in hosts if h.role == "shard"), key=lambda h: h.shard or 0)
     for index, host in enumerate(shards, 1):
-        started = time.monotonic()
+        started = clock()
         _say(progress, f"[{index}/{len(shards)}] {host.name}: draining")
-        drain_and_wait(spec, [host], timeout, progress, writer=writer, reader=reader, interval=interval)
+        drain_and_wait(spec, [host], timeout, progress, writer=writer, reader=reader, interval=interval,
+                       clock=clock, sleep=sleep)
         _say(progress, f"[{index}/{len(shards)}] {host.name}: redeploying")
         failures = redeploy(host)
         if failures:
@@ -230,5 +232,5 @@ def rolling_upgrade(spec: FleetSpec, hosts: list[Host], *, timeout: int, redeplo
             raise EnsembleError(f"upgrade: {host.name} failed its health check (left drained): {'; '.join(failures)}")
         set_drain(host, False, writer)
         _say(progress, f"[{index}/{len(shards)}] {host.name}: back in service")
-        results.append({"shard": host.name, "seconds": round(time.monotonic() - started, 1)})
+        results.append({"shard": host.name, "seconds": round(clock() - started, 1)})
     return results
