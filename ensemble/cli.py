@@ -209,10 +209,15 @@ def fleet_list(config: Path | None, as_json: bool) -> None:
 @handle_errors
 def fleet_scale(config: Path | None, count: int, force: bool, timeout: int, as_json: bool) -> None:
     """Grow or shrink the fleet to COUNT shards (shrinking drains the highest numbers first)."""
+    from ensemble.frontdoor.drain import drain_and_wait
     from ensemble.lifecycle import scale_fleet
 
-    result = scale_fleet(get_spec(config), count, force=force, timeout=timeout,
-                         progress=lambda line: click.echo(line, err=True))
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    # Shrinking drains the surplus shards through the front door and waits until they are empty.
+    result = scale_fleet(get_spec(config), count, force=force, timeout=timeout, progress=say,
+                         drain_and_wait=lambda spec, hosts, limit: drain_and_wait(spec, hosts, limit, say))
     if as_json:
         print_json(result.as_dict())
     else:

@@ -125,6 +125,8 @@ def _http_over_ssh(client, target: tuple[str, int], path: str, host_header: str)
 
 def ssh_reader(host: Host, prosody: tuple[str, int] = PROSODY_HTTP, jvb: tuple[str, int] = JVB_PRIVATE) -> ShardReading:
     """Census + JVB stats of a shard, read over SSH; ok=False with a reason on any failure."""
+    import paramiko
+
     try:
         client = _connect(host)
     except EnsembleError as exc:
@@ -135,7 +137,7 @@ def ssh_reader(host: Host, prosody: tuple[str, int] = PROSODY_HTTP, jvb: tuple[s
         if status != 200 or status2 != 200:
             return ShardReading(name=host.name, ok=False, error=f"census HTTP {status}, stats HTTP {status2}")
         return reading_from(host.name, json.loads(census), json.loads(stats), True, {})
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, paramiko.SSHException) as exc:  # e.g. the service is not listening
         return ShardReading(name=host.name, ok=False, error=f"{exc.__class__.__name__}: {exc}")
     finally:
         client.close()
