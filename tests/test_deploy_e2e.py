@@ -198,6 +198,18 @@ def test_second_deploy_changes_nothing(fleet):
     assert code == 0 and plan["changed"] == 0 and plan["created"] == [], err[-2000:]
 
 
+def test_the_plain_pyinfra_cli_runs_the_same_deploys(fleet):
+    config, *_ = fleet
+    env = dict(os.environ, ENSEMBLE_CONFIG=str(config))
+    pyinfra = str(Path(sys.executable).parent / "pyinfra")
+    for deploy_file in ("deploys/shard.py", "deploys/frontdoor.py"):
+        proc = subprocess.run([pyinfra, "-y", "inventories/local.py", deploy_file], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-3000:]
+        assert "No changes" in output and "] Success" not in output, output[-3000:]  # same state as ensemble's
+
+
 def test_a_deleted_config_file_is_repaired(fleet):
     config, spec, hosts, _pebble, _ = fleet
     host = shard_hosts(spec, hosts)[1]

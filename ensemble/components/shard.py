@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import threading
+
 from pyinfra import host as current_host
 from pyinfra.api import deploy
 
@@ -134,6 +136,7 @@ def fleet_host(spec: FleetSpec, store: Secrets, hosts: list[Host], keyring: byte
 
 
 _CLI_KWARGS: dict[str, dict] = {}
+_CLI_LOCK = threading.Lock()  # gevent's cooperative lock once pyinfra's CLI has patched threading
 
 
 def cli_kwargs(spec_path: str) -> dict:
@@ -147,8 +150,15 @@ def cli_kwargs(spec_path: str) -> dict:
 
         fleet_host(**cli_kwargs(host.data.get("ensemble_spec")))      # in deploys/shard.py
     """
-    if spec_path in _CLI_KWARGS:
-        return _CLI_KWARGS[spec_path]
+    # The CLI prepares hosts in parallel greenlets: one computes, the others wait for its result
+    # (the local provider's blocking file locks must never be taken by two greenlets at once).
+    with _CLI_LOCK:
+        if spec_path not in _CLI_KWARGS:
+            _CLI_KWARGS[spec_path] = _compute_cli_kwargs(spec_path)
+    return _CLI_KWARGS[spec_path]
+
+
+def _compute_cli_kwargs(spec_path: str) -> dict:
     from pyinfra import inventory
     from pyinfra.facts.server import Command
 
@@ -161,7 +171,6 @@ def cli_kwargs(spec_path: str) -> dict:
     hosts = [host_from_data(h.name, h.data.dict()) for h in inventory]
     remote = {h.name: h.get_fact(Command, command=f"cat {SECRETS_FILE} 2>/dev/null || true") for h in inventory}
     store, _ = merge_secrets(env.spec, remote, hosts)
-    _CLI_KWARGS[spec_path] = {"spec": env.spec, "store": store, "hosts": hosts, "keyring": jitsi_keyring(env.spec),
-                              "http_proxy": env.http_proxy, "admin_cidrs": env.admin_cidrs,
-                              "apt_direct": env.apt_direct, "peers": env.peers_of(hosts)}
-    return _CLI_KWARGS[spec_path]
+    return {"spec": env.spec, "store": store, "hosts": hosts, "keyring": jitsi_keyring(env.spec),
+            "http_proxy": env.http_proxy, "admin_cidrs": env.admin_cidrs, "apt_direct": env.apt_direct,
+            "peers": env.peers_of(hosts)}
