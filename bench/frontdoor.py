@@ -97,6 +97,7 @@ def layout_under(prefix: Path, port: int) -> FrontdoorLayout:
                            routing_path=str(prefix / "routing.conf"), seed_path=str(prefix / "seed.conf"),
                            state_path=str(prefix / "state.json"), webroot=str(prefix / "www"),
                            routes_log=str(prefix / "routes.log"), listen=(f"127.0.0.1:{port} reuseport",),
+                           pcre_jit_path=str(prefix / "pcre-jit.conf"),
                            tls=False, shard_scheme="https")
 
 
@@ -110,7 +111,9 @@ def start_frontdoor(prefix: Path, spec, readings, extra: str = "") -> tuple[Ngin
     plan, _ = select(readings, Memory(), time.time(), SelectionParams()) if readings else (seed_plan(spec), None)
     Path(layout.routing_path).write_text(routing_conf(plan, spec, layout))
     nginx = NginxInstance(prefix)
-    nginx.conf.write_text(nginx_main_conf(prefix, f"    include {layout.site_path};\n{extra}"))
+    # main context as on the front door host: Debian's nginx.conf includes modules-enabled/*.conf (PCRE JIT)
+    nginx.conf.write_text(f"include {layout.pcre_jit_path};\n"
+                          + nginx_main_conf(prefix, f"    include {layout.site_path};\n{extra}"))
     return nginx.start(), layout, port
 
 
