@@ -129,7 +129,15 @@ def file_lock(path: Path):
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        # Poll instead of a blocking flock: once the runner has imported pyinfra (gevent's monkey patch),
+        # "threads" are greenlets of one OS thread, and a blocking flock would stop the greenlet holding
+        # the lock from ever releasing it (a deadlock seen in the full test suite). time.sleep yields.
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
         try:
             yield
         finally:
