@@ -63,13 +63,28 @@ def test_to_units_sums_and_drops_zero():
 
 def test_weights_follow_free_capacity_and_stress():
     plan, _ = select([ok("s1", 0), ok("s2", 50), ok("s3", 10, stress=0.8), ok("s4", 120)], Memory(), 0.0, P)
-    # used: 0, 0.5, 0.8 (stress), 1.2; fleet 0.625 -> level 0.725: room 0.70 (quantised), 0.20, none, none
-    assert dict(plan.split) == {"s1": 7778, "s2": 2222}
+    # used: 0, 0.5, 0.8 (stress), 1.2; fleet 0.625 -> level 0.675: room 0.65 (quantised), 0.15, none, none
+    assert dict(plan.split) == {"s1": 8125, "s2": 1875}
     level_one = SelectionParams(capacity=100, margin=1.0)  # "proportional to free capacity"
     plan, _ = select([ok("s1", 0), ok("s2", 50), ok("s3", 10, stress=0.8), ok("s4", 120)], Memory(), 0.0, level_one)
     assert dict(plan.split) == {"s1": 5882, "s2": 2941, "s3": 1177}
     full, _ = select([ok("s1", 100), ok("s2", 150)], Memory(), 0.0, P)
     assert dict(full.split) == {"s1": 5000, "s2": 5000}  # all full: spread rather than refuse
+
+
+def test_young_rooms_count_at_the_settled_room_size():
+    # s1: two settled rooms of 6; s2: two rooms of 1 that started a minute ago (people still joining)
+    now = 10_000.0
+    settled = [LiveRoom(f"old{i}", 6, now - 3600) for i in range(2)]
+    young = [LiveRoom(f"new{i}", 1, now - 60) for i in range(2)]
+    readings = [ok("s1", 12, settled, conferences=2), ok("s2", 2, young, conferences=2), ok("s3", 0)]
+    plan, _ = select(readings, Memory(), now, P)
+    # s2 counts 2 * 6 expected (not 2): used 0.12 like s1; fleet 0.08 -> level 0.13: s3 gets the room
+    assert dict(plan.split) == {"s3": 10000}
+    later, _ = select(readings, Memory(), now + 600, P)  # settled at 1 each: used 0.12, 0.02, 0
+    assert dict(later.split) == {"s2": 5000, "s3": 5000}  # level 0.097: room 0.05 each (quantised)
+    census = {"room_census": [{"room_name": "a@c", "participants": 2, "created_time": 1700000000123}]}
+    assert parse_census(census)[0].created == 1700000000.123  # Jitsi's census counts milliseconds
 
 
 def test_pins_conflicts_and_grace():

@@ -50,6 +50,21 @@ class OccupancySource:
 
 # ---------------------------------------------------------------- facts: parsing
 
+def census_seconds(value: object) -> float:
+    """A census time in Unix seconds: Jitsi's mod_muc_census gives milliseconds (anything past year 5000
+    in seconds is taken as milliseconds); 0.0 when missing or unreadable.
+
+    Example::
+
+        census_seconds(1700000000123), census_seconds(1700000000), census_seconds(None)   # (1700000000.123, ...)
+    """
+    try:
+        number = float(value or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return number / 1000.0 if number > 1e11 else number
+
+
 def parse_census(data: dict) -> tuple[LiveRoom, ...]:
     """Live rooms of a prosody room census (leaked and unroutable names skipped).
 
@@ -65,7 +80,7 @@ def parse_census(data: dict) -> tuple[LiveRoom, ...]:
         key = key_from_census(str(entry.get("room_name", "")))
         if key:
             rooms.append(LiveRoom(key=key, participants=int(entry.get("participants") or 0),
-                                  created=float(entry.get("created_time") or 0.0)))
+                                  created=census_seconds(entry.get("created_time"))))
     return tuple(sorted(rooms, key=lambda r: r.key))
 
 

@@ -12,11 +12,13 @@ Rules:
   ``grace_period`` seconds; a room routed as new but not yet in any census stays pinned for
   ``recent_ttl`` seconds; a room seen on two shards goes where it has more participants.
 - weights: ready shards only. A shard's used fraction is ``max((participants + pending) / capacity,
-  JVB stress)``, where pending counts rooms routed but not yet in its census at the fleet's average
-  room size. New rooms fill shards up to a water level, the fleet's used fraction + ``margin``
-  (0.1): weight = ``capacity * (level - used)``, so the emptiest shards get the most and shards
-  above the level none (``margin`` >= 1 is plain "proportional to free capacity"; the day
-  simulation in bench/frontdoor.py balances markedly better with 0.1). The room is quantised in
+  JVB stress)``, where pending counts the people still expected: rooms routed but not yet in its
+  census, and rooms younger than ``growth_window`` (people join over a meeting's first minutes)
+  below the size of the fleet's settled rooms, both at that size. New rooms fill shards up to a
+  water level, the fleet's used fraction + ``margin`` (0.05): weight = ``capacity * (level -
+  used)``, so the emptiest shards get the most and shards above the level none (``margin`` >= 1 is
+  plain "proportional to free capacity"; the day simulation in bench/frontdoor.py balances markedly
+  better with a low margin and the growth estimate). The room is quantised in
   steps of 5 % so small changes do not move new rooms; in 0.01 % units summing to 10000 (nginx
   split_clients' precision). If every ready shard is full, new rooms spread by capacity.
 
@@ -80,7 +82,8 @@ class SelectionParams:
     ready_after: int = 3
     recent_ttl: float = 300.0
     quantum: float = 0.05
-    margin: float = 0.1
+    margin: float = 0.05
+    growth_window: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,33 @@ def used_fraction(reading: ShardReading, capacity: int, pending: float = 0.0) ->
     return max((reading.participants + pending) / capacity, reading.stress, 0.0)
 
 
+def settled_room_size(readings: list[ShardReading], now: float, growth_window: float) -> float:
+    """The average participants of rooms older than `growth_window` (people have joined by then);
+    the average of all rooms when none is that old yet; 1 with no room at all.
+
+    Example::
+
+        settled_room_size([ShardReading("s", ok=True, rooms=(LiveRoom("a", 6, 0.0), LiveRoom("b", 1, 990.0)))],
+                          now=1000.0, growth_window=600.0)   # 6.0
+    """
+    rooms = [room for r in readings if r.ok for room in r.rooms]
+    settled = [room.participants for room in rooms if room.created and now - room.created >= growth_window]
+    sizes = settled or [room.participants for room in rooms]
+    return max(1.0, sum(sizes) / len(sizes)) if sizes else 1.0
+
+
+def growth_expected(reading: ShardReading, now: float, growth_window: float, room_size: float) -> float:
+    """Participants still expected in a shard's young rooms: each room younger than `growth_window`
+    is expected to reach `room_size` (rooms fill up over their first minutes).
+
+    Example::
+
+        growth_expected(ShardReading("s", ok=True, rooms=(LiveRoom("a", 1, 990.0),)), 1000.0, 600.0, 5.0)   # 4.0
+    """
+    return sum(max(0.0, room_size - room.participants) for room in reading.rooms
+               if room.created and now - room.created < growth_window)
+
+
 def fill_weights(used: list[tuple[str, float, int]], margin: float, quantum: float) -> list[tuple[str, float]]:
     """Weights of ready shards (name, used fraction, capacity): capacity * room below a water level.
 
@@ -265,10 +295,9 @@ def select(readings: list[ShardReading], memory: Memory, now: float, params: Sel
             recent[key] = (shard, at)
     recent = {key: value for key, value in recent.items() if key not in pins and value[0] in alive}
     pins.update({key: shard for key, (shard, _) in recent.items()})
-    # rooms routed but not joined yet will bring about as many people as the fleet's average room
-    conferences = sum(r.conferences for r in readings if r.ok)
-    room_size = sum(r.participants for r in readings if r.ok) / conferences if conferences else 1.0
-    pending: dict[str, float] = {}
+    # rooms still filling up will bring about as many people as the fleet's settled rooms have
+    room_size = settled_room_size(readings, now, params.growth_window)
+    pending = {r.name: growth_expected(r, now, params.growth_window, room_size) for r in readings if r.ok}
     for shard, _ in recent.values():
         pending[shard] = pending.get(shard, 0.0) + room_size
     ready = [(r.name, used_fraction(r, cap, pending.get(r.name, 0.0)), cap)
