@@ -92,6 +92,7 @@ def test_production_layout_passes_nginx_t(tmp_path, mode):
     layout = FrontdoorLayout(site_path=str(prefix / "site.conf"), proxy_params_path=str(prefix / "proxy.conf"),
                              routing_path=str(prefix / "routing.conf"), seed_path=str(prefix / "seed.conf"),
                              webroot=str(prefix / "www"), routes_log=str(prefix / "routes.log"),
+                             pcre_jit_path=str(prefix / "modules-enabled/50-ensemble-pcre-jit.conf"),
                              tls_dir=str(tls_dir), acme_webroot=str(tmp_path / "acme"),
                              shard_addresses={n: "127.0.0.1:443" for n in spec.shard_names()})
     for item in frontdoor_files(spec, {}, None, layout):
@@ -100,6 +101,9 @@ def test_production_layout_passes_nginx_t(tmp_path, mode):
             Path(item.path).write_text(item.content)
     Path(layout.routing_path).write_text(routing_conf(seed_plan(spec), spec, layout))
     nginx = NginxInstance(prefix)
-    nginx.conf.write_text(nginx_main_conf(prefix, f"    include {layout.site_path};"))
+    # main context like Debian's nginx.conf: modules-enabled/*.conf first (the PCRE JIT switch)
+    nginx.conf.write_text(f"include {prefix}/modules-enabled/*.conf;\n"
+                          + nginx_main_conf(prefix, f"    include {layout.site_path};"))
+    assert "pcre_jit on;" in Path(layout.pcre_jit_path).read_text()
     check = subprocess.run(nginx.command("-t"), capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
