@@ -302,6 +302,19 @@ def test_destroy_one_host_leaves_the_rest(local_provider):
     assert _leftovers(spec, local_provider, ids) == []
 
 
+def start_run_until_a_container_boots(provider, spec, script: str) -> subprocess.Popen:
+    """Start `script` (an ensure_hosts run) in its own session; return once one of its containers boots."""
+    run = subprocess.Popen([sys.executable, "-c", script.format(tests=str(REPO / "tests"))],
+                           cwd=REPO, start_new_session=True)
+    hosts_dir = provider.hosts_dir(spec)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if hosts_dir.exists() and any((d / "nspawn.pid").exists() for d in hosts_dir.glob("*")):
+            break
+        time.sleep(0.02)
+    return run
+
+
 CRASHING_RUN = """
 import sys
 sys.path.insert(0, {tests!r})
@@ -316,14 +329,8 @@ LocalProvider().ensure_hosts(spec)
 def test_a_killed_run_and_a_killed_container_are_cleaned_up_and_converge(local_provider):
     spec = local_spec("t-crash", shards=2)
     local_provider.destroy_all(spec)
-    run = subprocess.Popen([sys.executable, "-c", CRASHING_RUN.format(tests=str(REPO / "tests"))],
-                           cwd=REPO, start_new_session=True)
+    run = start_run_until_a_container_boots(local_provider, spec, CRASHING_RUN)  # then kill it
     hosts_dir = local_provider.hosts_dir(spec)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # kill the run once a container is booting
-        if any((d / "nspawn.pid").exists() for d in hosts_dir.glob("*")) if hosts_dir.exists() else False:
-            break
-        time.sleep(0.05)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     try:
@@ -363,14 +370,8 @@ LocalProvider().ensure_hosts(local_spec("t-term", shards=2))
 def test_a_terminated_run_removes_the_hosts_it_was_making_on_its_way_out(local_provider):
     spec = local_spec("t-term", shards=2)
     local_provider.destroy_all(spec)
-    run = subprocess.Popen([sys.executable, "-c", INTERRUPTED_RUN.format(tests=str(REPO / "tests"))],
-                           cwd=REPO, start_new_session=True)
+    run = start_run_until_a_container_boots(local_provider, spec, INTERRUPTED_RUN)  # then stop it
     hosts_dir = local_provider.hosts_dir(spec)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # stop the run once a container is booting
-        if any((d / "nspawn.pid").exists() for d in hosts_dir.glob("*")) if hosts_dir.exists() else False:
-            break
-        time.sleep(0.02)
     ids = _machine_ids(local_provider, spec)
     run.send_signal(signal.SIGTERM)
     try:
