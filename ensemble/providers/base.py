@@ -40,6 +40,29 @@ class Host:
     labels: dict[str, str] = field(default_factory=dict)  # tags / provider metadata
 
 
+@dataclass(frozen=True)
+class DeployEnv:
+    """What a provider adds to a deploy: the spec as deployed (a provider may point sources at
+    stand-ins it serves), proxies, who may SSH, and whether hosts need each other in /etc/hosts.
+
+    Example::
+
+        env = provider.deploy_environment(spec)
+        env.spec.jitsi.apt_repo, env.admin_cidrs         # ("https://download.jitsi.org", [])
+    """
+
+    spec: FleetSpec
+    http_proxy: str = ""  # proxy hosts use for npm/HTTPS downloads ("" = direct)
+    admin_cidrs: list[str] = field(default_factory=list)  # who may reach SSH ([] = the spec's CIDRs)
+    apt_direct: list[str] = field(default_factory=list)  # repository hosts apt reaches without its proxy
+    hosts_file: bool = False  # no DNS for the fleet's names: every host gets the others in /etc/hosts
+    npm_only: bool = False  # only the npm registry is reachable (no GitHub tarballs)
+
+    def peers_of(self, hosts: list[Host]) -> dict[str, str]:
+        """{host name: address} to write into /etc/hosts ({} where DNS has the names)."""
+        return {h.name: h.address for h in hosts} if self.hosts_file else {}
+
+
 class Provider(Protocol):
     """Creates, finds and destroys the hosts of one fleet.
 
@@ -62,4 +85,16 @@ class Provider(Protocol):
 
     def destroy(self, spec: FleetSpec, hosts: list[Host], progress=None) -> None:
         """Destroy these hosts and everything they own (addresses, volumes)."""
+        ...
+
+    def destroy_all(self, spec: FleetSpec, progress=None) -> None:
+        """Destroy every host of the fleet and the fleet-wide resources (security group, bridge...)."""
+        ...
+
+    def janitor(self, older_than: int, tags: list[str], *, dry_run: bool = False, progress=None) -> list[str]:
+        """Delete throwaway resources leaked by dead or interrupted runs, older than older_than seconds."""
+        ...
+
+    def deploy_environment(self, spec: FleetSpec) -> DeployEnv:
+        """The provider's deploy settings for this spec (see DeployEnv)."""
         ...
