@@ -2,15 +2,19 @@
 
 The same deploy `ensemble deploy` runs through pyinfra's Python API, for the plain CLI::
 
-    ENSEMBLE_CONFIG=examples/local.toml pyinfra -y inventories/local.py deploys/shard.py
+    ENSEMBLE_CONFIG=ensemble.toml pyinfra -y inventories/local.py deploys/shard.py
 
 The spec comes from host data `ensemble_spec` (inventories/group_data/all.py: $ENSEMBLE_CONFIG).
 Hosts of other roles (the front door) are left alone: see deploys/frontdoor.py.
 """
 
-from pyinfra import host
+from pyinfra import host, inventory
 
-from ensemble.components.shard import cli_kwargs, fleet_host
+from ensemble.components.shard import fleet_host, kept_secrets_reader
+from ensemble.contexts import cli_contexts
+from ensemble.inventory import host_from_data
 
 if host.data.get("ensemble_role", "shard") == "shard":
-    fleet_host(**cli_kwargs(host.data.get("ensemble_spec")))
+    # every inventory host's context, built once (ensemble.contexts), the same as `ensemble deploy`
+    fleet_hosts = [host_from_data(h.name, h.data.dict()) for h in inventory]
+    fleet_host(cli_contexts(host.data.get("ensemble_spec"), fleet_hosts, kept_secrets_reader(inventory)))

@@ -273,13 +273,16 @@ def frontdoor() -> None:
 @config_option
 @click.option("--secrets", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Secrets file holding fleet.occupancy_token. Default: /etc/ensemble/secrets.json.")
+@click.option("--shards", type=click.IntRange(1, 1000), default=None,
+              help="The fleet's shard count when `fleet scale` changed it (default: the spec's).")
 @json_option
 @handle_errors
-def frontdoor_refresh(config: Path | None, secrets: Path | None, as_json: bool) -> None:
+def frontdoor_refresh(config: Path | None, secrets: Path | None, shards: int | None, as_json: bool) -> None:
     """Read every shard's occupancy, rewrite the routing maps, reload nginx if they changed."""
     from ensemble.frontdoor.commands import run_refresh
 
-    result = run_refresh(get_spec(config), secrets)
+    spec = get_spec(config)
+    result = run_refresh(spec.with_shards(shards) if shards else spec, secrets)
     if as_json:
         print_json(result.to_json())
     else:

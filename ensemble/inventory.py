@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ensemble.providers.base import Host
+from ensemble.providers.base import Host, Provider
+from ensemble.spec import FleetSpec
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,31 @@ def host_from_data(name: str, data: dict[str, Any]) -> Host:
                 private_ipv4=data.get("ensemble_private_ipv4") or address)
 
 
+def inventory_of(spec: FleetSpec, provider: Provider | None = None) -> dict[str, Any]:
+    """{host name: pyinfra host data} plus groups, from what the provider finds (tags, for scaleway).
+
+    Example::
+
+        inventory_of(spec)["hosts"]["demo-1.meet.example.org"]["ssh_hostname"]
+    """
+    from ensemble.providers import get_provider
+
+    provider = provider or get_provider(spec)
+    hosts = provider.list_hosts(spec)
+    targets = targets_for(hosts)
+    roles = {h.name: h.role for h in hosts}
+    return {"hosts": {t.name: t.data for t in targets},
+            "groups": {"shards": [t.name for t in targets if roles[t.name] == "shard"],
+                       "frontdoor": [t.name for t in targets if roles[t.name] == "frontdoor"]}}
+
+
+def pyinfra_groups(spec: FleetSpec, provider: Provider | None = None) -> dict[str, list]:
+    """What a pyinfra inventory function returns: {group: [(name, data), ...]}."""
+    inventory = inventory_of(spec, provider)
+    data = inventory["hosts"]
+    return {group: [(name, data[name]) for name in names] for group, names in inventory["groups"].items()}
+
+
 def scaleway() -> dict[str, list]:
     """pyinfra inventory function: the fleet's hosts found by their tags, with SSH data.
 
@@ -107,7 +133,6 @@ def scaleway() -> dict[str, list]:
     """
     import os
 
-    from ensemble.lifecycle import pyinfra_groups
     from ensemble.spec import load_spec
 
     return pyinfra_groups(load_spec(os.environ.get("ENSEMBLE_CONFIG", "ensemble.toml")))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ensemble.errors import EnsembleError, UsageError
+from ensemble.inventory import inventory_of, pyinfra_groups  # noqa: F401 (re-exported)
 from ensemble.providers.base import Host, Provider
 from ensemble.spec import FleetSpec
 
@@ -85,31 +86,6 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     cells = [list(columns)] + [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join("  ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip() for row in cells)
-
-
-def inventory_of(spec: FleetSpec, provider: Provider | None = None) -> dict[str, Any]:
-    """{host name: pyinfra host data} plus groups, from what the provider finds (tags, for scaleway).
-
-    Example::
-
-        inventory_of(spec)["hosts"]["demo-1.meet.example.org"]["ssh_hostname"]
-    """
-    from ensemble.inventory import targets_for
-
-    provider = provider or provider_for(spec)
-    hosts = provider.list_hosts(spec)
-    targets = targets_for(hosts)
-    roles = {h.name: h.role for h in hosts}
-    return {"hosts": {t.name: t.data for t in targets},
-            "groups": {"shards": [t.name for t in targets if roles[t.name] == "shard"],
-                       "frontdoor": [t.name for t in targets if roles[t.name] == "frontdoor"]}}
-
-
-def pyinfra_groups(spec: FleetSpec, provider: Provider | None = None) -> dict[str, list]:
-    """What a pyinfra inventory function returns: {group: [(name, data), ...]}."""
-    inventory = inventory_of(spec, provider)
-    data = inventory["hosts"]
-    return {group: [(name, data[name]) for name in names] for group, names in inventory["groups"].items()}
 
 
 # ---- scale ----

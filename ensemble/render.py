@@ -25,90 +25,34 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
-from importlib.resources import files as package_files
 from pathlib import Path
 
-import jinja2
-
+from ensemble import paths
 from ensemble.errors import EnsembleError, UsageError
-from ensemble.providers.base import Host
+from ensemble.hostfiles import base_files
+from ensemble.providers.base import DeployEnv, Host
 from ensemble.secrets import FLEET_KEY, FLEET_SECRETS, SHARD_SECRETS, Secrets
 from ensemble.spec import FleetSpec
+from ensemble.templating import RenderedFile, render_template
 
-# Where the deploys expect things on a shard (documented in templates/*/README.md).
-TLS_DIR = "/etc/ensemble/tls"
-ACME_WEBROOT = "/var/www/acme"
-STATE_FILE = "/var/lib/ensemble/state.json"
-ETHERPAD_HOME = "/opt/etherpad"
-ETHERPAD_CONF_DIR = "/etc/etherpad"
-ETHERPAD_STATE_DIR = "/var/lib/etherpad"
+# Re-exported for older imports: the one definition is ensemble.paths.
+TLS_DIR = paths.TLS_DIR
+ACME_WEBROOT = paths.ACME_WEBROOT
+STATE_FILE = paths.STATE_FILE
 JVB_BREWERY = "JvbBrewery"
-PROSODY_HTTP_PORT = 5280
-JVB_PRIVATE_PORT = 8080
-JICOFO_REST_PORT = 8888
 FRONTDOOR_PLACEHOLDER = "198.51.100.1"
 # Secrets go into quoted HOCON, nginx and JSON strings: only characters that need no escaping anywhere.
 SAFE_SECRET = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
-COMPONENTS = ("base", "prosody", "jicofo", "jvb", "web", "nginx", "etherpad", "tls", "frontdoor")
-
-
-@dataclass(frozen=True)
-class RenderedFile:
-    """One file for one host: where it goes, its bytes (text), mode, owner, and what it belongs to.
-
-    `service` is the systemd unit to restart (or, for nginx, reload) when the file changes.
-
-    Example::
-
-        RenderedFile(path="/etc/jitsi/jicofo/jicofo.conf", content="jicofo {...}\\n", mode=0o640,
-                     group="jitsi", component="jicofo", service="jicofo")
-    """
-
-    path: str
-    content: str
-    mode: int = 0o644
-    owner: str = "root"
-    group: str = "root"
-    component: str = "base"
-    service: str | None = None
+COMPONENTS = ("secrets", "apt", "upgrades", "firewall", "sysctl", "prosody-accounts", "prosody", "jicofo", "jvb", "web",
+              "nginx", "etherpad", "tls", "frontdoor")
+__all__ = ["RenderedFile", "render_template"]
 
 
 # ---------------------------------------------------------------- facts: templates, addresses
-
-@functools.cache
-def template_env() -> jinja2.Environment:
-    """The jinja2 environment over the packaged templates (strict: a missing value is an error).
-
-    Example::
-
-        template_env().get_template("jvb/jvb.conf.j2")
-    """
-    root = Path(str(package_files("ensemble._templates")))
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(root)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-
-
-def render_template(name: str, context: dict) -> str:
-    """Render one template of templates/ with a context of plain values.
-
-    Example::
-
-        render_template("web/config.js.j2", shard_context(spec, 1, secrets))
-    """
-    return template_env().get_template(name).render(**context)
-
 
 def placeholder_host(spec: FleetSpec, n: int) -> Host:
     """A stand-in Host for shard n when the provider was not asked (see the module's table).
@@ -234,13 +178,14 @@ def shard_context(spec: FleetSpec, n: int, secrets: Secrets, host: Host | None =
             "stun_servers": [_stun_host_port(s) for s in j.stun_servers],
         },
         "etherpad": {"port": spec.etherpad.port, "database": spec.etherpad.database,
-                     "home": ETHERPAD_HOME, "conf_dir": ETHERPAD_CONF_DIR, "state_dir": ETHERPAD_STATE_DIR},
-        "tls": {"mode": spec.tls.mode, "cert": f"{TLS_DIR}/{domain}/fullchain.pem",
-                "key": f"{TLS_DIR}/{domain}/privkey.pem", "webroot": ACME_WEBROOT},
-        "ports": {"prosody_http": PROSODY_HTTP_PORT, "jvb_private": JVB_PRIVATE_PORT,
-                  "jicofo_rest": JICOFO_REST_PORT},
+                     "home": paths.ETHERPAD_HOME, "conf_dir": paths.ETHERPAD_CONF_DIR,
+                     "state_dir": paths.ETHERPAD_STATE_DIR},
+        "tls": {"mode": spec.tls.mode, "cert": f"{paths.TLS_DIR}/{domain}/fullchain.pem",
+                "key": f"{paths.TLS_DIR}/{domain}/privkey.pem", "webroot": paths.ACME_WEBROOT},
+        "ports": {"prosody_http": paths.PROSODY_HTTP_PORT, "jvb_private": paths.JVB_PRIVATE_PORT,
+                  "jicofo_rest": paths.JICOFO_REST_PORT},
         "brewery_jid": f"{JVB_BREWERY}@internal.auth.{domain}",
-        "state_file": STATE_FILE,
+        "state_file": paths.STATE_FILE,
     }
 
 
@@ -276,11 +221,8 @@ def shard_files(spec: FleetSpec, n: int, secrets: Secrets, host: Host | None = N
         # 0640: the site holds the fleet's occupancy token (nginx's master reads it as root).
         _file("nginx/site.conf.j2", ctx, f"/etc/nginx/sites-available/{d}.conf", "nginx", "nginx", 0o640),
     ]
-    if spec.tls.mode == "letsencrypt":
-        out.append(_file("tls/reload-nginx.sh.j2", ctx, "/etc/letsencrypt/renewal-hooks/deploy/ensemble-reload-nginx",
-                         "tls", None, 0o755))
     if spec.jitsi.etherpad:
-        conf = ETHERPAD_CONF_DIR
+        conf = paths.ETHERPAD_CONF_DIR
         out += [
             _file("etherpad/settings.json.j2", ctx, f"{conf}/settings.json", "etherpad", "etherpad", 0o640,
                   group="etherpad"),
@@ -307,18 +249,51 @@ def resolve_hosts(spec: FleetSpec, hosts: list[Host] | None) -> tuple[list[Host]
     return shards, (doors[0] if doors else placeholder_frontdoor(spec))
 
 
-def fleet_files(spec: FleetSpec, secrets: Secrets, hosts: list[Host] | None = None) -> dict[str, list[RenderedFile]]:
+def kept_secrets(store: Secrets, host: Host) -> dict[str, dict[str, str]]:
+    """What a host keeps in /etc/ensemble/secrets.json: its own entry (shards) and the fleet entry.
+
+    Example::
+
+        sorted(kept_secrets(store, shard_host))    # ["demo-1.meet.example.org", "fleet"]
+    """
+    kept = {FLEET_KEY: dict(store[FLEET_KEY])}
+    if host.role == "shard":
+        kept[host.name] = dict(store[host.name])
+    return kept
+
+
+def host_files(spec: FleetSpec, secrets: Secrets, host: Host, shards: list[Host], frontdoor: Host, *,
+               env: DeployEnv | None = None, keyring: bytes | None = None) -> list[RenderedFile]:
+    """Every file deploy puts on one host: its components' files and the base files (ensemble.hostfiles).
+
+    `shards` and `frontdoor` are the whole fleet's hosts (a shard's nginx allows the front door's
+    address; the front door routes to every shard), whatever subset is being deployed.
+
+    Example::
+
+        host_files(spec, store, shards[0], shards, door, env=provider.deploy_environment(spec))
+    """
+    from ensemble.frontdoor.render import frontdoor_files  # the front door's own module renders its files
+
+    env = env or DeployEnv(spec=spec)
+    if host.role == "frontdoor":
+        own = list(frontdoor_files(spec, secrets, shards))
+    else:
+        own = shard_files(spec, host.shard, secrets, host, frontdoor)
+    return [*base_files(spec, host, env, kept_secrets(secrets, host), keyring=keyring), *own]
+
+
+def fleet_files(spec: FleetSpec, secrets: Secrets, hosts: list[Host] | None = None, *,
+                env: DeployEnv | None = None, keyring: bytes | None = None) -> dict[str, list[RenderedFile]]:
     """Every file of every host, keyed by host name (shards, then the front door).
 
     Example::
 
         sorted(fleet_files(spec, secrets))   # ["demo-1.meet.example.org", ..., "meet.example.org"]
     """
-    from ensemble.frontdoor.render import frontdoor_files  # the front door's own module renders its files
-
     shards, frontdoor = resolve_hosts(spec, hosts)
-    result = {spec.shard_name(h.shard): shard_files(spec, h.shard, secrets, h, frontdoor) for h in shards}
-    result[spec.fleet.domain] = list(frontdoor_files(spec, secrets, shards))
+    result = {h.name: host_files(spec, secrets, h, shards, frontdoor, env=env, keyring=keyring) for h in shards}
+    result[frontdoor.name] = host_files(spec, secrets, frontdoor, shards, frontdoor, env=env, keyring=keyring)
     return result
 
 
@@ -351,7 +326,8 @@ def _remove_stale(folder: Path, keep: set[Path]) -> None:
             path.rmdir()
 
 
-def render_fleet_to(spec: FleetSpec, secrets: Secrets, out: Path, hosts: list[Host] | None = None) -> list[Path]:
+def render_fleet_to(spec: FleetSpec, secrets: Secrets, out: Path, hosts: list[Host] | None = None, *,
+                    env: DeployEnv | None = None, keyring: bytes | None = None) -> list[Path]:
     """Write out/<host>/<absolute path> for every host, with file modes; return the paths written.
 
     Byte-identical for the same spec and secrets; files left from an earlier render of the same
@@ -362,7 +338,7 @@ def render_fleet_to(spec: FleetSpec, secrets: Secrets, out: Path, hosts: list[Ho
         render_fleet_to(spec, secrets, Path("/tmp/r"))[0]   # /tmp/r/demo-1.meet.example.org/etc/prosody/...
     """
     written: list[Path] = []
-    for host_name, rendered in fleet_files(spec, secrets, hosts).items():
+    for host_name, rendered in fleet_files(spec, secrets, hosts, env=env, keyring=keyring).items():
         folder = out / host_name
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
@@ -371,7 +347,7 @@ def render_fleet_to(spec: FleetSpec, secrets: Secrets, out: Path, hosts: list[Ho
             target = folder / _check_relative(item.path)
             if target in keep:
                 raise EnsembleError(f"render: two files for {host_name}:{item.path}")
-            _write_if_changed(target, item.content.encode("utf-8"), item.mode)
+            _write_if_changed(target, item.data, item.mode)
             keep.add(target)
             written.append(target)
         _remove_stale(folder, keep)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ensemble.errors import UsageError
 
 if TYPE_CHECKING:
+    from ensemble.providers.base import Host
     from ensemble.spec import FleetSpec
 
 SHARD_SECRETS = ("focus_password", "jvb_password", "etherpad_api_key", "etherpad_session_key")
@@ -48,6 +49,37 @@ def complete_secrets(store: Secrets, spec: FleetSpec) -> bool:
                 entry[name] = new_secret()
                 added = True
     return added
+
+
+def merge_secrets(spec: FleetSpec, remote: dict[str, str | None], hosts: list[Host]) -> tuple[Secrets, bool]:
+    """Each host's own kept secrets + the fleet entry (the front door's first), completed for the
+    spec's shards; (store, added). `remote` is {host name: its secrets file's text, "" or None}.
+
+    A new shard (scale up) gets its secrets here, generated like the first ones.
+
+    Example::
+
+        store, added = merge_secrets(spec, {"demo-1.meet.test": '{"demo-1.meet.test": {...}}'}, hosts)
+    """
+    kept: dict[str, dict] = {}
+    for name, text in remote.items():
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            data = {}
+        kept[name] = data if isinstance(data, dict) else {}
+    store: Secrets = {}
+    for name, data in kept.items():
+        if isinstance(data.get(name), dict):
+            store[name] = dict(data[name])
+    doors = [h.name for h in hosts if h.role == "frontdoor"]
+    for name in [*doors, *sorted(kept)]:  # the front door holds the fleet-wide token
+        fleet = kept.get(name, {}).get(FLEET_KEY)
+        if isinstance(fleet, dict) and fleet:
+            store[FLEET_KEY] = dict(fleet)
+            break
+    added = complete_secrets(store, spec)
+    return store, added
 
 
 def write_private(path: Path, text: str) -> None:

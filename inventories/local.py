@@ -3,12 +3,12 @@
 Hosts are found by the local provider (names under its state folder), with their pinned known_hosts
 and SSH key; groups `shards` and `frontdoor`. The spec is $ENSEMBLE_CONFIG::
 
-    ENSEMBLE_CONFIG=examples/local.toml pyinfra -y inventories/local.py deploys/shard.py
+    ENSEMBLE_CONFIG=ensemble.toml pyinfra -y inventories/local.py deploys/shard.py
 """
 
 import os
 
-from ensemble.lifecycle import pyinfra_groups
+from ensemble.inventory import pyinfra_groups
 from ensemble.spec import load_spec
 
 _groups = pyinfra_groups(load_spec(os.environ.get("ENSEMBLE_CONFIG", "ensemble.toml")))

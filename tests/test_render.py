@@ -18,6 +18,7 @@ import pytest
 from ensemble.errors import EnsembleError, UsageError
 from ensemble.providers.base import Host
 from ensemble.render import (
+    COMPONENTS,
     RenderedFile,
     fleet_files,
     placeholder_host,
@@ -218,8 +219,7 @@ def test_every_file_is_well_formed():
         for f in rendered:
             assert isinstance(f, RenderedFile)
             assert f.path.startswith("/") and ".." not in f.path
-            assert f.component in ("base", "prosody", "jicofo", "jvb", "web", "nginx", "etherpad", "tls",
-                                   "frontdoor")
+            assert f.component in COMPONENTS
             assert f.content.endswith("\n") or f.path.endswith(".txt"), f.path
 
 
@@ -253,6 +253,7 @@ def test_templates_ship_in_a_regular_install(tmp_path):
     assert module_file.startswith(str(target)) and int(count) >= 8
 
 
+@pytest.mark.needs_tool("nginx", "openssl")
 def test_rendered_tree_passes_nginx_t_for_every_shard(workdir):
     """The tree `ensemble render` wrote, as is (only certificate paths moved), accepted by the real nginx."""
     out = workdir / "r"

@@ -289,7 +289,7 @@ def _put_rendered(rendered: Iterable[Any]) -> list[Any]:
     for item in rendered:
         ops.append(files.put(
             name=f"Etherpad file {item.path}",
-            src=io.StringIO(item.content),
+            src=io.BytesIO(item.data),
             dest=item.path,
             user=getattr(item, "owner", "root"),
             group=getattr(item, "group", "root"),
@@ -345,7 +345,7 @@ def node_suite(spec) -> str:
 
 @deploy("Etherpad")
 def etherpad(spec, rendered_files: Iterable[Any] = (), secrets: dict[str, str] | None = None, http_proxy: str = "",
-             npm_cafile: str | None = None, cache_dir: str | None = None) -> None:
+             npm_cafile: str | None = None, cache_dir: str | None = None, npm_only: bool = False) -> None:
     """Install, configure and run Etherpad on the current host (see the module doc).
 
     http_proxy: how the host reaches the npm registry (local provider: its tinyproxy).
@@ -372,7 +372,7 @@ def etherpad(spec, rendered_files: Iterable[Any] = (), secrets: dict[str, str] |
     files.directory(name="Etherpad data folder", path=DATA, user="etherpad", group="etherpad", mode="750")
     db_ops = _database(ep.database, secrets)
     tree = _install_tree(source, marker, installed, cached, npmrc_text(ep.npm_registry, http_proxy, npm_cafile),
-                         npm_cafile, spec.provider.kind == "local")
+                         npm_cafile, npm_only)
     config = _put_rendered(rendered)
     units = [op for op, f in zip(config, rendered, strict=True) if f.path.endswith(".service")]
     if units:

@@ -8,7 +8,7 @@ python3 with python3-click and python3-jinja2, plus the fleet spec it reads.
 
 Example::
 
-    frontdoor(frontdoor_context(spec, store, door, hosts))
+    frontdoor(fleet_contexts(env, store, hosts)[door.name])
 """
 
 from __future__ import annotations
@@ -24,23 +24,12 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
-from ensemble.components.base import BASE_PACKAGES_FRONTDOOR, DeployContext, base, put_files
-from ensemble.components.tls import WEBROOT, acme, tls_files
-from ensemble.providers.base import Host
-from ensemble.secrets import FLEET_KEY, Secrets
+from ensemble.components.base import DeployContext, base, put_files
+from ensemble.components.tls import acme, tls_files
+from ensemble.paths import ACME_WEBROOT, ENSEMBLE_BIN, ENSEMBLE_HOME, ROUTING_PATH
+from ensemble.paths import FRONTDOOR_SPEC as SPEC_PATH
+from ensemble.paths import ROUTING_SEED as SEED_PATH
 from ensemble.spec import FleetSpec
-
-ENSEMBLE_HOME = "/usr/local/lib/ensemble"
-ENSEMBLE_BIN = "/usr/local/bin/ensemble"
-SPEC_PATH = "/etc/ensemble/ensemble.toml"
-ROUTING_PATH = "/var/lib/ensemble/frontdoor/routing.conf"
-SEED_PATH = "/etc/ensemble/frontdoor/routing.seed.conf"
-PACKAGES = [*BASE_PACKAGES_FRONTDOOR, "python3", "python3-click", "python3-jinja2"]
-
-
-def frontdoor_packages(spec: FleetSpec) -> list[str]:
-    """The front door's packages, one batched install (certbot in letsencrypt mode)."""
-    return [*PACKAGES, "certbot"] if spec.tls.mode == "letsencrypt" else list(PACKAGES)
 
 
 def package_archive() -> bytes:
@@ -79,23 +68,6 @@ def launcher() -> str:
     return f'#!/bin/sh\n# Managed by ensemble.\nPYTHONPATH={ENSEMBLE_HOME}/lib exec python3 -m ensemble.cli "$@"\n'
 
 
-def frontdoor_context(spec: FleetSpec, store: Secrets, me: Host, hosts: list[Host],
-                      admin_cidrs: list[str] | None = None, peers: dict[str, str] | None = None) -> DeployContext:
-    """Everything the front door needs, computed before any operation runs (pure).
-
-    Example::
-
-        frontdoor_context(spec, store, door, hosts).packages     # [..., "nginx", "python3", ...]
-    """
-    from ensemble.components.shard import ssh_cidrs
-    from ensemble.frontdoor.render import frontdoor_files
-
-    shards = sorted((h for h in hosts if h.role == "shard"), key=lambda h: h.shard or 0)
-    return DeployContext(spec=spec, host=me, files=list(frontdoor_files(spec, store, shards)),
-                         host_secrets={FLEET_KEY: store[FLEET_KEY]}, packages=frontdoor_packages(spec),
-                         ssh_cidrs=ssh_cidrs(spec, admin_cidrs), peers=dict(peers or {}))
-
-
 @deploy("ensemble on the front door")
 def ensemble_itself(spec: FleetSpec) -> None:
     """The code the refresh timer runs, and the spec it reads; unpacked only when the archive changed."""
@@ -117,13 +89,13 @@ def frontdoor(ctx: DeployContext) -> None:
     ensemble_itself(ctx.spec)
     disable_default = files.link(name="nginx default site disabled", path="/etc/nginx/sites-enabled/default",
                                  present=False)
-    seed = put_files([f for f in ctx.files if f.path == SEED_PATH])
+    seed = put_files([f for f in ctx.files_of("frontdoor") if f.path == SEED_PATH])
     seeded = []
     if host.get_fact(File, path=ROUTING_PATH) is None:
         # nginx includes the live maps; until the first refresh they are the seed (no pins, spec weights)
         seeded.append(server.shell(name="routing maps seeded", commands=[
             f"install -D -m 0644 {SEED_PATH} {ROUTING_PATH}"]))
-    put_files([f for f in ctx.files if f.path != SEED_PATH],
-              also_changed={"nginx": [disable_default, *seeded, *seed]})
-    files.directory(name="ACME webroot", path=WEBROOT, mode="755")
+    put_files([f for f in ctx.files_of("frontdoor") if f.path != SEED_PATH],
+              also_changed={"nginx": [disable_default, *seeded, *seed.values()]})
+    files.directory(name="ACME webroot", path=ACME_WEBROOT, mode="755")
     acme(ctx)

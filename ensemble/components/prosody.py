@@ -11,8 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import io
 import re
 
 from pyinfra import host
@@ -21,9 +19,11 @@ from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
 from ensemble.components.base import DeployContext, put_files
-from ensemble.profiles import PROSODY_IM_KEY_URL, PROSODY_IM_REPO
+from ensemble.hostfiles import ACCOUNTS_DIGEST, PROSODY_KEYRING
+from ensemble.paths import PROSODY_CERT_DIR
+from ensemble.profiles import PROSODY_IM_KEY_URL
 
-CERT_DIR = "/etc/prosody/certs"
+CERT_DIR = PROSODY_CERT_DIR
 
 
 def prosody_data_dir(domain: str) -> str:
@@ -50,32 +50,15 @@ def cert_command(domain: str) -> str:
             f" && chgrp prosody {key} && chmod 640 {key}")
 
 
-def accounts_digest(secrets: dict[str, str]) -> str:
-    """A digest of the XMPP passwords: when it changes, the accounts are registered again.
-
-    Example::
-
-        accounts_digest({"focus_password": "a", "jvb_password": "b"})
-    """
-    text = f"{secrets['focus_password']}\n{secrets['jvb_password']}\n"
-    return hashlib.sha256(text.encode()).hexdigest() + "\n"
-
-
-def prosody_im_source(codename: str) -> str:
-    return (f"Types: deb\nURIs: {PROSODY_IM_REPO}\nSuites: {codename}\nComponents: main\n"
-            "Signed-By: /usr/share/keyrings/prosody-keyring.gpg\n")
-
-
 @deploy("Prosody source")
 def prosody_source(ctx: DeployContext) -> None:
     """prosody.im's repository for profiles whose distribution prosody is too old (before the install)."""
     if ctx.spec.profile.prosody_source != "prosody.im":
         return
-    if host.get_fact(File, path="/usr/share/keyrings/prosody-keyring.gpg") is None:
+    if host.get_fact(File, path=PROSODY_KEYRING) is None:
+        # the source itself is a rendered file (ensemble.hostfiles), put by base before apt update
         server.shell(name="prosody.im key", commands=[
-            f"curl -fsSL {PROSODY_IM_KEY_URL} | gpg --dearmor > /usr/share/keyrings/prosody-keyring.gpg"])
-    files.put(name="prosody.im source", src=io.StringIO(prosody_im_source(ctx.spec.profile.codename)),
-              dest="/etc/apt/sources.list.d/prosody.sources", mode="644")
+            f"curl -fsSL {PROSODY_IM_KEY_URL} | gpg --dearmor > {PROSODY_KEYRING}"])
 
 
 @deploy("Prosody")
@@ -95,8 +78,7 @@ def prosody(ctx: DeployContext) -> None:
     link = files.link(name="prosody vhost enabled", path=f"/etc/prosody/conf.d/{domain}.cfg.lua",
                       target=f"/etc/prosody/conf.avail/{domain}.cfg.lua")
     put_files(ctx.files_of("prosody"), also_changed={"prosody": [link, *changed]})
-    digest = files.put(name="XMPP accounts digest", src=io.StringIO(accounts_digest(ctx.host_secrets[domain])),
-                       dest="/etc/ensemble/prosody-accounts.sha256", mode="600", create_remote_dir=True)
+    digest = put_files(ctx.files_of("prosody-accounts")).get(ACCOUNTS_DIGEST)
     missing = host.get_fact(File, path=f"{prosody_data_dir(auth)}/accounts/focus.dat") is None
     secrets = ctx.host_secrets[domain]
     server.shell(
@@ -105,5 +87,5 @@ def prosody(ctx: DeployContext) -> None:
                   f"prosodyctl register jvb {auth} '{secrets['jvb_password']}'",
                   # focus.D is jicofo's client_proxy: it needs focus@auth.D in its roster
                   f"prosodyctl mod_roster_command subscribe focus.{domain} focus@{auth} >/dev/null 2>&1 || true"],
-        _if=None if missing else digest.did_change,
+        _if=None if missing else (digest.did_change if digest else lambda: False),
     )

@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import io
 import shlex
 
 from pyinfra import host
@@ -28,23 +27,11 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
 from ensemble.components.base import DeployContext, put_files
+from ensemble.hostfiles import cert_paths
+from ensemble.paths import ACME_CA, ACME_WEBROOT, TLS_DIR
 
-TLS_DIR = "/etc/ensemble/tls"
-WEBROOT = "/var/www/acme"
-ACME_CA = "/usr/local/share/ca-certificates/ensemble-acme-ca.crt"
-HOOK_PATH = "/etc/letsencrypt/renewal-hooks/deploy/ensemble-reload-nginx"
-RELOAD_HOOK = ("#!/bin/sh\n# Managed by ensemble: certbot runs it after a renewal.\nset -e\n"
-               "nginx -t -q && systemctl reload nginx\n")
-
-
-def cert_paths(domain: str) -> tuple[str, str]:
-    """(fullchain, privkey) of a domain.
-
-    Example::
-
-        cert_paths("a.test")   # ("/etc/ensemble/tls/a.test/fullchain.pem", "/etc/ensemble/tls/a.test/privkey.pem")
-    """
-    return f"{TLS_DIR}/{domain}/fullchain.pem", f"{TLS_DIR}/{domain}/privkey.pem"
+WEBROOT = ACME_WEBROOT
+__all__ = ["acme", "cert_paths", "tls_files"]
 
 
 def self_signed_command(domain: str) -> str:
@@ -100,12 +87,7 @@ def acme(ctx: DeployContext) -> None:
     if tls.mode != "letsencrypt":
         return
     domain = ctx.host.name
-    hooks = ctx.files_of("tls")  # the renewal deploy hook (reloads nginx), rendered for shards
-    if hooks:
-        put_files(hooks)
-    else:
-        files.put(name="certbot deploy hook (reload nginx)", src=io.StringIO(RELOAD_HOOK), dest=HOOK_PATH,
-                  mode="755", create_remote_dir=True)
+    put_files(ctx.files_of("tls"))  # the renewal deploy hook (reloads nginx)
     env = {}
     if tls.acme_ca_bundle:
         ca = files.put(name="trust the ACME server's CA", src=tls.acme_ca_bundle, dest=ACME_CA, mode="644")

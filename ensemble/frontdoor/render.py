@@ -22,10 +22,11 @@ from pathlib import Path
 
 from ensemble.frontdoor.rooms import MAX_RAW_LENGTH, RAW_ROOM_PATTERN
 from ensemble.frontdoor.selection import RoutingPlan, ShardDecision
+from ensemble.paths import ACME_WEBROOT, TLS_DIR
 from ensemble.providers.base import Host
-from ensemble.render import ACME_WEBROOT, TLS_DIR, RenderedFile, render_template
 from ensemble.secrets import Secrets
 from ensemble.spec import FleetSpec
+from ensemble.templating import RenderedFile, render_template
 
 COMPONENT = "frontdoor"
 FEW_CAPITALS = 12  # room names with at most this many capitals take nginx's fast lower-casing path
@@ -223,6 +224,7 @@ def frontdoor_files(spec: FleetSpec, secrets: Secrets, shards: list[Host] | None
                                                                          {"fr": fr, "en": en}), None))
     unit = {"routing_path": layout.routing_path, "seed_path": layout.seed_path, "ensemble_bin": layout.ensemble_bin,
             "spec_path": layout.spec_path, "secrets_path": layout.secrets_path,
+            "shards": spec.fleet.shards,
             "interval": spec.frontdoor.refresh_interval, "timeout": max(60, 4 * spec.frontdoor.refresh_interval)}
     out += [
         file("/etc/systemd/system/ensemble-frontdoor-refresh.service",

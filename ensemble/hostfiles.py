@@ -1,0 +1,233 @@
+"""The files every host gets besides its components' configuration: secrets, apt sources and
+keyrings, debconf answers, unattended upgrades, firewall, sysctl, the certbot hook. Pure, no I/O.
+
+`ensemble.render` adds them to each host's files, so `ensemble render` shows the firewall and the
+apt sources exactly as deploy writes them, and the base component only puts what it is given.
+
+Example::
+
+    files = base_files(spec, host, env, {"fleet": {...}}, keyring=b"...", role="shard")
+    [f.path for f in files if f.component == "firewall"]     # ["/etc/nftables.conf"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Iterable
+
+from ensemble import paths
+from ensemble.profiles import PROSODY_IM_REPO
+from ensemble.providers.base import DeployEnv, Host
+from ensemble.spec import FleetSpec
+from ensemble.templating import RenderedFile, render_template
+
+PROSODY_KEYRING = "/usr/share/keyrings/prosody-keyring.gpg"
+PROSODY_SOURCE = "/etc/apt/sources.list.d/prosody.sources"
+ACCOUNTS_DIGEST = "/etc/ensemble/prosody-accounts.sha256"
+# Components of these files: "apt" is put before the package install, the others after it.
+BEFORE_INSTALL = ("secrets", "apt")
+
+
+def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (10000,),
+                  tcp_ports: Iterable[int] = (80, 443)) -> str:
+    """The host firewall: drop inbound except established, loopback, ICMP, web, JVB media, SSH from CIDRs.
+
+    Example::
+
+        "tcp dport 22" in nftables_conf(["10.0.0.0/8"])    # True
+    """
+    v4 = [c for c in ssh_cidrs if ipaddress.ip_network(c, strict=False).version == 4]
+    v6 = [c for c in ssh_cidrs if ipaddress.ip_network(c, strict=False).version == 6]
+    ssh = []
+    if v4:
+        ssh.append(f"        ip saddr {{ {', '.join(v4)} }} tcp dport 22 accept")
+    if v6:
+        ssh.append(f"        ip6 saddr {{ {', '.join(v6)} }} tcp dport 22 accept")
+    lines = [
+        "#!/usr/sbin/nft -f",
+        "# Managed by ensemble: changes here are overwritten on the next deploy.",
+        "flush ruleset",
+        "table inet ensemble {",
+        "    chain input {",
+        "        type filter hook input priority filter; policy drop;",
+        "        ct state established,related accept",
+        "        ct state invalid drop",
+        '        iifname "lo" accept',
+        "        meta l4proto { icmp, icmpv6 } accept",
+        f"        tcp dport {{ {', '.join(map(str, tcp_ports))} }} accept",
+        f"        udp dport {{ {', '.join(map(str, udp_ports))} }} accept",
+        *ssh,
+        "    }",
+        "    chain forward {",
+        "        type filter hook forward priority filter; policy drop;",
+        "    }",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def sysctl_conf() -> str:
+    """JVB's UDP buffer sizes (jitsi-videobridge's own recommendation).
+
+    Example::
+
+        "net.core.rmem_max" in sysctl_conf()    # True
+    """
+    return "# Managed by ensemble: UDP buffers for jitsi-videobridge\nnet.core.rmem_max = 10485760\n" \
+           "net.core.netdev_max_backlog = 100000\n"
+
+
+def auto_upgrades_conf() -> str:
+    """Unattended security upgrades, daily.
+
+    Example::
+
+        "Unattended-Upgrade" in auto_upgrades_conf()   # True
+    """
+    return 'APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-Upgrade "1";\n'
+
+
+def jitsi_source(repo: str, suite: str) -> str:
+    """deb822 source of Jitsi's flat repository, trusted through its own keyring only.
+
+    Example::
+
+        jitsi_source("https://download.jitsi.org", "stable/")
+    """
+    return f"Types: deb\nURIs: {repo}\nSuites: {suite}\nSigned-By: {paths.JITSI_KEYRING}\n"
+
+
+def prosody_im_source(codename: str) -> str:
+    """deb822 source of prosody.im's repository (profiles whose distribution prosody is too old).
+
+    Example::
+
+        prosody_im_source("bullseye").splitlines()[2]    # "Suites: bullseye"
+    """
+    return (f"Types: deb\nURIs: {PROSODY_IM_REPO}\nSuites: {codename}\nComponents: main\n"
+            f"Signed-By: {PROSODY_KEYRING}\n")
+
+
+def apt_direct_conf(hosts: Iterable[str]) -> str:
+    """apt settings that bypass a configured proxy for some hosts (a repository served on the bridge).
+
+    Example::
+
+        apt_direct_conf(["10.214.4.1"])   # 'Acquire::http::Proxy::10.214.4.1 "DIRECT";\n'
+    """
+    return "".join(f'Acquire::http::Proxy::{h} "DIRECT";\n' for h in hosts)
+
+
+def peers_lines(peers: dict[str, str]) -> str:
+    """/etc/hosts lines for the fleet's hosts, sorted (stable bytes).
+
+    Example::
+
+        peers_lines({"b.test": "10.0.0.2", "a.test": "10.0.0.1"})   # "10.0.0.1 a.test\n10.0.0.2 b.test"
+    """
+    return "\n".join(f"{address} {name}" for name, address in sorted(peers.items()))
+
+
+def secrets_json(host_secrets: dict[str, dict[str, str]]) -> str:
+    """The secrets a host keeps (its own entry + the fleet entry), stable bytes for idempotence.
+
+    Example::
+
+        secrets_json({"fleet": {"occupancy_token": "x"}})
+    """
+    return json.dumps(host_secrets, indent=2, sort_keys=True) + "\n"
+
+
+def accounts_digest(secrets: dict[str, str]) -> str:
+    """A digest of the XMPP passwords: when it changes, the accounts are registered again.
+
+    Example::
+
+        accounts_digest({"focus_password": "a", "jvb_password": "b"})
+    """
+    text = f"{secrets['focus_password']}\n{secrets['jvb_password']}\n"
+    return hashlib.sha256(text.encode()).hexdigest() + "\n"
+
+
+def cert_paths(domain: str) -> tuple[str, str]:
+    """(fullchain, privkey) of a domain.
+
+    Example::
+
+        cert_paths("a.test")   # ("/etc/ensemble/tls/a.test/fullchain.pem", "/etc/ensemble/tls/a.test/privkey.pem")
+    """
+    return f"{paths.TLS_DIR}/{domain}/fullchain.pem", f"{paths.TLS_DIR}/{domain}/privkey.pem"
+
+
+def debconf_preseed(domain: str) -> str:
+    """Answers for Jitsi's packages: our hostname, our certificate paths, no JaaS.
+
+    Example::
+
+        "jvb-hostname string a.test" in debconf_preseed("a.test")    # True
+    """
+    chain, key = cert_paths(domain)
+    return "".join(f"{line}\n" for line in (
+        f"jitsi-videobridge2 jitsi-videobridge/jvb-hostname string {domain}",
+        f"jitsi-meet-prosody jitsi-videobridge/jvb-hostname string {domain}",
+        "jitsi-meet-web-config jitsi-meet/cert-choice select I want to use my own certificate",
+        f"jitsi-meet-web-config jitsi-meet/cert-path-crt string {chain}",
+        f"jitsi-meet-web-config jitsi-meet/cert-path-key string {key}",
+        "jitsi-meet-web-config jitsi-meet/jaas-choice boolean false",
+    ))
+
+
+def certbot_hook(domain: str) -> str:
+    """certbot's deploy hook (templates/tls/reload-nginx.sh.j2): nginx reloads after a renewal.
+
+    Example::
+
+        certbot_hook("a.test").startswith("#!/bin/sh")    # True
+    """
+    return render_template("tls/reload-nginx.sh.j2", {"domain": domain, "tls": {"cert": cert_paths(domain)[0]}})
+
+
+def ssh_cidrs(spec: FleetSpec, env: DeployEnv) -> list[str]:
+    """Who may reach port 22: the provider's admin network (local: the bridge) or the spec's CIDRs."""
+    return list(env.admin_cidrs) if env.admin_cidrs else list(spec.provider.scaleway.ssh_allowed_cidrs)
+
+
+def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, *,
+               keyring: bytes | None = None) -> list[RenderedFile]:
+    """Every file of a host outside its components: secrets, apt, debconf, upgrades, firewall, sysctl, hook.
+
+    `keyring` is Jitsi's dearmored, fingerprint-checked signing key (shards); without it (front
+    door, or `ensemble render` offline for a shard) the keyring file is left out and the source is
+    still shown. Components "secrets" and "apt" go before the package install (BEFORE_INSTALL).
+
+    Example::
+
+        [f.path for f in base_files(spec, door, DeployEnv(spec), {"fleet": {...}})][:1]
+        # ["/etc/ensemble/secrets.json"]
+    """
+    shard = host.role == "shard"
+    out = [RenderedFile(paths.SECRETS_FILE, secrets_json(host_secrets), 0o600, component="secrets")]
+    if env.apt_direct:
+        out.append(RenderedFile(paths.APT_DIRECT_FILE, apt_direct_conf(env.apt_direct), component="apt"))
+    if shard:
+        if keyring:
+            out.append(RenderedFile(paths.JITSI_KEYRING, keyring, component="apt"))
+        out.append(RenderedFile(paths.JITSI_SOURCE, jitsi_source(spec.jitsi.apt_repo, spec.jitsi.apt_suite),
+                                component="apt"))
+        if spec.profile.prosody_source == "prosody.im":
+            out.append(RenderedFile(PROSODY_SOURCE, prosody_im_source(spec.profile.codename), component="apt"))
+        out.append(RenderedFile(paths.DEBCONF_PRESEED, debconf_preseed(host.name), 0o600, component="apt"))
+        out.append(RenderedFile(ACCOUNTS_DIGEST, accounts_digest(host_secrets[host.name]), 0o600,
+                                component="prosody-accounts"))
+    out += [
+        RenderedFile(paths.AUTO_UPGRADES, auto_upgrades_conf(), component="upgrades"),
+        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env)), 0o755, component="firewall"),
+    ]
+    if shard:
+        out.append(RenderedFile(paths.SYSCTL_FILE, sysctl_conf(), component="sysctl"))
+    if spec.tls.mode == "letsencrypt":
+        out.append(RenderedFile(paths.CERTBOT_HOOK, certbot_hook(host.name), 0o755, component="tls"))
+    return out

@@ -1,0 +1,47 @@
+"""Where ensemble puts things on its hosts, and the loopback ports it reads: one place for all of them.
+
+Plain constants, no imports: render, components, the front door's on-host code (Debian's python3)
+and the lifecycle commands all read these, so a path or port is changed here and only here.
+
+Example::
+
+    from ensemble import paths
+    paths.SECRETS_FILE            # "/etc/ensemble/secrets.json" (0600, root)
+    paths.PROSODY_HTTP_PORT       # 5280 (the room census, loopback only)
+"""
+
+# ---- every host ----
+SECRETS_FILE = "/etc/ensemble/secrets.json"  # the host's own secrets + the fleet entry, 0600
+FLEET_ID_FILE = "/etc/ensemble/fleet-id"  # the fleet's identity (name, domain, id)
+DEBCONF_PRESEED = "/etc/ensemble/debconf.preseed"
+NFTABLES_CONF = "/etc/nftables.conf"
+NFTABLES_CANDIDATE = "/etc/ensemble/nftables.conf.new"  # checked with `nft -c` before it replaces the live one
+SYSCTL_FILE = "/etc/sysctl.d/20-jvb-udp-buffers.conf"
+AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
+APT_DIRECT_FILE = "/etc/apt/apt.conf.d/02ensemble-direct"
+JITSI_KEYRING = "/usr/share/keyrings/jitsi-keyring.gpg"
+JITSI_SOURCE = "/etc/apt/sources.list.d/jitsi.sources"
+
+# ---- TLS ----
+TLS_DIR = "/etc/ensemble/tls"  # <domain>/fullchain.pem and privkey.pem
+ACME_WEBROOT = "/var/www/acme"
+ACME_CA = "/usr/local/share/ca-certificates/ensemble-acme-ca.crt"
+CERTBOT_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/ensemble-reload-nginx"
+
+# ---- shards ----
+STATE_FILE = "/var/lib/ensemble/state.json"  # {"drain": bool}, served to the front door by nginx
+PROSODY_CERT_DIR = "/etc/prosody/certs"
+ETHERPAD_HOME = "/opt/etherpad"
+ETHERPAD_CONF_DIR = "/etc/etherpad"
+ETHERPAD_STATE_DIR = "/var/lib/etherpad"
+PROSODY_HTTP_PORT = 5280  # prosody's HTTP (census, BOSH, websocket) on loopback
+JVB_PRIVATE_PORT = 8080  # jitsi-videobridge's private REST (colibri stats, drain) on loopback
+JICOFO_REST_PORT = 8888  # jicofo's REST (health, conference requests) on loopback
+
+# ---- front door ----
+ENSEMBLE_HOME = "/usr/local/lib/ensemble"  # ensemble's own code, run by the refresh timer
+ENSEMBLE_BIN = "/usr/local/bin/ensemble"
+FRONTDOOR_SPEC = "/etc/ensemble/ensemble.toml"
+FRONTDOOR_STATE = "/var/lib/ensemble/frontdoor/state.json"
+ROUTING_PATH = "/var/lib/ensemble/frontdoor/routing.conf"
+ROUTING_SEED = "/etc/ensemble/frontdoor/routing.seed.conf"

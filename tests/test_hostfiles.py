@@ -1,0 +1,62 @@
+"""`ensemble render` shows every file deploy writes: base files (firewall, apt, secrets...) included,
+with their modes, rendered with the whole fleet's hosts and the provider's settings."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ensemble import paths
+from ensemble.contexts import fleet_contexts
+from ensemble.hostfiles import nftables_conf
+from ensemble.providers.base import DeployEnv, Host
+from ensemble.render import fleet_files, render_fleet_to
+from ensemble.secrets import complete_secrets
+from ensemble.spec import spec_from_dict
+
+
+def _fleet():
+    spec = spec_from_dict({"fleet": {"shards": 2}, "provider": {"scaleway": {"ssh_allowed_cidrs": ["192.0.2.0/24"]}}})
+    store: dict = {}
+    complete_secrets(store, spec)
+    return spec, store
+
+
+def test_render_output_includes_firewall_apt_sources_and_secrets(tmp_path):
+    spec, store = _fleet()
+    render_fleet_to(spec, store, tmp_path, keyring=b"\x99binary-key")
+    shard = tmp_path / spec.shard_name(1)
+    door = tmp_path / spec.fleet.domain
+    for host in (shard, door):
+        firewall = (host / paths.NFTABLES_CONF.lstrip("/")).read_text()
+        assert "ip saddr { 192.0.2.0/24 } tcp dport 22 accept" in firewall
+        secrets = host / paths.SECRETS_FILE.lstrip("/")
+        assert stat.S_IMODE(os.stat(secrets).st_mode) == 0o600
+    assert "URIs: https://download.jitsi.org" in (shard / paths.JITSI_SOURCE.lstrip("/")).read_text()
+    assert (shard / paths.JITSI_KEYRING.lstrip("/")).read_bytes() == b"\x99binary-key"
+    assert not (door / paths.JITSI_KEYRING.lstrip("/")).exists()  # the front door installs no Jitsi package
+    assert (shard / paths.SYSCTL_FILE.lstrip("/")).exists()
+
+
+def test_provider_settings_reach_the_rendered_files():
+    spec, store = _fleet()
+    env = DeployEnv(spec=spec, admin_cidrs=["10.9.8.0/24"], apt_direct=["10.9.8.1"], hosts_file=True)
+    files = fleet_files(spec, store, env=env)[spec.shard_name(1)]
+    by_path = {f.path: f for f in files}
+    assert by_path[paths.NFTABLES_CONF].content == nftables_conf(["10.9.8.0/24"])
+    assert "Proxy::10.9.8.1" in by_path[paths.APT_DIRECT_FILE].content
+
+
+def test_a_partial_deploy_renders_with_the_whole_fleet():
+    """Deploying one shard (rolling upgrade) renders it exactly as a full deploy does: the front door's
+    real address is allowed, never render's documentation placeholder."""
+    spec, store = _fleet()
+    hosts = [Host(spec.shard_name(1), "shard", 1, "10.0.0.11"), Host(spec.shard_name(2), "shard", 2, "10.0.0.12"),
+             Host(spec.fleet.domain, "frontdoor", None, "10.0.0.10")]
+    env = DeployEnv(spec=spec)
+    full = fleet_contexts(env, store, hosts)
+    one = fleet_contexts(env, store, hosts, only=[spec.shard_name(2)])
+    assert list(one) == [spec.shard_name(2)]
+    assert one[spec.shard_name(2)].files == full[spec.shard_name(2)].files
+    site = next(f for f in one[spec.shard_name(2)].files if f.path.endswith(f"{spec.shard_name(2)}.conf"))
+    assert "allow 10.0.0.10;" in site.content and "198.51.100.1" not in site.content
