@@ -169,7 +169,7 @@ def plan(config: Path | None, as_json: bool) -> None:
 @handle_errors
 def upgrade(config: Path | None, timeout: int, as_json: bool) -> None:
     """Rolling upgrade: drain, wait empty, redeploy, check, undrain; one shard at a time."""
-    from ensemble.frontdoor.commands import upgrade_fleet
+    from ensemble.lifecycle import upgrade_fleet
 
     results = upgrade_fleet(get_spec(config), timeout, progress=lambda line: click.echo(line, err=True))
     if as_json:
@@ -205,19 +205,16 @@ def fleet_list(config: Path | None, as_json: bool) -> None:
 @click.argument("count", type=int)
 @click.option("--force", is_flag=True, help="Remove shards even if they may host meetings.")
 @click.option("--timeout", type=int, default=3600, show_default=True, help="Seconds to wait for drains.")
+@click.option("--hosts-only", is_flag=True, help="Only create/destroy hosts; deploy later with `ensemble deploy`.")
 @json_option
 @handle_errors
-def fleet_scale(config: Path | None, count: int, force: bool, timeout: int, as_json: bool) -> None:
+def fleet_scale(config: Path | None, count: int, force: bool, timeout: int, hosts_only: bool, as_json: bool) -> None:
     """Grow or shrink the fleet to COUNT shards (shrinking drains the highest numbers first)."""
-    from ensemble.frontdoor.drain import drain_and_wait
     from ensemble.lifecycle import scale_fleet
 
-    def say(line: str) -> None:
-        click.echo(line, err=True)
-
-    # Shrinking drains the surplus shards through the front door and waits until they are empty.
-    result = scale_fleet(get_spec(config), count, force=force, timeout=timeout, progress=say,
-                         drain_and_wait=lambda spec, hosts, limit: drain_and_wait(spec, hosts, limit, say))
+    # Growing deploys the new shards; shrinking drains the surplus through the front door and waits.
+    result = scale_fleet(get_spec(config), count, force=force, timeout=timeout, deploy=not hosts_only,
+                         progress=lambda line: click.echo(line, err=True))
     if as_json:
         print_json(result.as_dict())
     else:

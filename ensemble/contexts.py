@@ -72,7 +72,7 @@ def frontdoor_packages(spec: FleetSpec) -> list[str]:
 
 
 def host_context(env: DeployEnv, store: Secrets, me: Host, hosts: list[Host], *,
-                 keyring: bytes | None = None) -> DeployContext:
+                 keyring: bytes | None = None, spec_shards: int | None = None) -> DeployContext:
     """The context of one host, rendered with the whole fleet `hosts` (pure).
 
     Example::
@@ -83,14 +83,15 @@ def host_context(env: DeployEnv, store: Secrets, me: Host, hosts: list[Host], *,
     shards, frontdoor = resolve_hosts(spec, hosts)
     if me.role == "shard" and me.name not in {h.name for h in shards}:
         raise EnsembleError(f"{me.name}: shard {me.shard} is outside the fleet's {spec.fleet.shards} shard(s)")
-    files = host_files(spec, store, me, shards, frontdoor, env=env, keyring=keyring if me.role == "shard" else None)
+    files = host_files(spec, store, me, shards, frontdoor, env=env, keyring=keyring if me.role == "shard" else None,
+                       spec_shards=spec_shards)
     packages = shard_packages(spec) if me.role == "shard" else frontdoor_packages(spec)
     return DeployContext(spec=spec, host=me, files=files, host_secrets=kept_secrets(store, me), packages=packages,
                          http_proxy=env.http_proxy, npm_only=env.npm_only, peers=env.peers_of(hosts))
 
 
 def fleet_contexts(env: DeployEnv, store: Secrets, hosts: list[Host], *, keyring: bytes | None = None,
-                   only: list[str] | None = None) -> dict[str, DeployContext]:
+                   only: list[str] | None = None, spec_shards: int | None = None) -> dict[str, DeployContext]:
     """{host name: context} for the hosts named in `only` (default: all), each rendered with all `hosts`.
 
     Example::
@@ -98,7 +99,8 @@ def fleet_contexts(env: DeployEnv, store: Secrets, hosts: list[Host], *, keyring
         fleet_contexts(env, store, hosts, keyring=key, only=["demo-2.meet.example.org"])
     """
     wanted = set(only) if only is not None else {h.name for h in hosts}
-    return {h.name: host_context(env, store, h, hosts, keyring=keyring) for h in hosts if h.name in wanted}
+    return {h.name: host_context(env, store, h, hosts, keyring=keyring, spec_shards=spec_shards)
+            for h in hosts if h.name in wanted}
 
 
 # ---- the plain pyinfra CLI (deploys/*.py) ----
@@ -124,9 +126,12 @@ def cli_contexts(spec_path: str, hosts: list[Host], read_kept: Callable[[str], s
             from ensemble.providers import get_provider
             from ensemble.spec import load_spec
 
-            spec = load_spec(spec_path)
-            spec = spec.with_shards(max([spec.fleet.shards, *(h.shard or 0 for h in hosts)]))
+            declared = load_spec(spec_path)
+            # the inventory lists the hosts that exist: the fleet is as large as its highest shard
+            numbers = [h.shard or 0 for h in hosts if h.role == "shard"]
+            spec = declared.with_shards(max(numbers) if numbers else declared.fleet.shards)
             env = get_provider(spec).deploy_environment(spec)
             store, _ = merge_secrets(env.spec, {h.name: read_kept(h.name) for h in hosts}, hosts)
-            _CLI_CONTEXTS[spec_path] = fleet_contexts(env, store, hosts, keyring=jitsi_keyring(env.spec))
+            _CLI_CONTEXTS[spec_path] = fleet_contexts(env, store, hosts, keyring=jitsi_keyring(env.spec),
+                                                      spec_shards=declared.fleet.shards)
     return _CLI_CONTEXTS[spec_path]

@@ -28,9 +28,9 @@ from ensemble.contexts import fleet_contexts
 from ensemble.errors import EnsembleError
 from ensemble.inventory import targets_for
 from ensemble.keyring import jitsi_keyring
-from ensemble.paths import SECRETS_FILE
+from ensemble.paths import FLEET_SIZE_FILE, SECRETS_FILE
 from ensemble.providers.base import Host, Provider
-from ensemble.secrets import Secrets, merge_secrets
+from ensemble.secrets import merge_secrets
 from ensemble.spec import FleetSpec
 
 
@@ -65,40 +65,74 @@ class FleetResult:
 
 # ---- facts ----
 
-def fleet_size(spec: FleetSpec, hosts: list[Host]) -> int:
-    """How many shards the fleet has: the spec's count, or the highest shard number that exists
-    (shards added by `ensemble fleet scale`), whichever is larger.
+SIZE_MARK = "#ensemble-fleet-size"
+KEPT_COMMAND = f"cat {SECRETS_FILE} 2>/dev/null; echo; echo '{SIZE_MARK}'; cat {FLEET_SIZE_FILE} 2>/dev/null; true"
+
+
+@dataclass(frozen=True)
+class KeptState:
+    """What the hosts keep between runs: each host's secrets file text, the front door's size record."""
+
+    secrets: dict[str, str]  # host name -> text of its secrets file ("" when none)
+    recorded: dict | None = None  # {"shards": N, "spec_shards": M} from the front door, if any
+
+
+def parse_kept(outputs: dict[str, str | None], hosts: list[Host]) -> KeptState:
+    """Split KEPT_COMMAND's outputs; an unreachable host (None) is an error naming it (nothing deployed:
+    generating new secrets for a host that has some would lock it out)."""
+    unreachable = sorted(name for name, text in outputs.items() if text is None)
+    if unreachable:
+        raise EnsembleError(f"cannot read what {', '.join(unreachable)} keep(s) over SSH (host down or "
+                            "unreachable); nothing deployed")
+    secrets, recorded = {}, None
+    doors = {h.name for h in hosts if h.role == "frontdoor"}
+    for name, text in outputs.items():
+        kept, _, size = (text or "").partition(SIZE_MARK)
+        secrets[name] = kept.strip()
+        if name in doors and size.strip():
+            try:
+                data = json.loads(size)
+                if isinstance(data.get("shards"), int) and isinstance(data.get("spec_shards"), int):
+                    recorded = data
+            except (ValueError, AttributeError):
+                recorded = None  # unreadable: the spec decides
+    return KeptState(secrets=secrets, recorded=recorded)
+
+
+def read_kept(hosts: list[Host]) -> KeptState:
+    """Read every host's kept secrets (and the front door's size record) over SSH."""
+    from ensemble.runner import run_command
+
+    if not hosts:
+        return KeptState(secrets={})
+    return parse_kept(run_command(targets_for(hosts), KEPT_COMMAND, progress=lambda _line: None), hosts)
+
+
+def fleet_size(spec: FleetSpec, recorded: dict | None) -> int:
+    """How many shards the fleet has: what `fleet scale` recorded while the spec still says what it
+    said then; the spec's `fleet.shards` otherwise (never recorded, or the spec was edited since).
 
     Example::
 
-        fleet_size(spec_with_2, hosts_1_to_3)     # 3
+        fleet_size(spec_with_2, {"shards": 3, "spec_shards": 2})     # 3
+        fleet_size(spec_with_4, {"shards": 3, "spec_shards": 2})     # 4 (the spec changed: it wins)
     """
-    return max([spec.fleet.shards, *(h.shard or 0 for h in hosts if h.role == "shard")])
+    if recorded and recorded.get("spec_shards") == spec.fleet.shards:
+        return int(recorded["shards"])
+    return spec.fleet.shards
 
 
-def size_note(spec: FleetSpec, hosts: list[Host]) -> str | None:
-    """One line when the hosts and the spec disagree on the number of shards (None when they agree)."""
-    size = fleet_size(spec, hosts)
-    if size == spec.fleet.shards:
-        return None
-    return (f"the fleet has {size} shards, the spec says {spec.fleet.shards}: deploy keeps all {size} "
-            f"(`ensemble fleet scale {spec.fleet.shards}` drains and removes the extra ones)")
-
-
-def read_secrets(spec: FleetSpec, hosts: list[Host]) -> Secrets:
-    """Read every host's kept secrets over SSH and complete them (nothing is written here).
-
-    An unreachable host raises: generating new secrets for a host that has some would lock it out.
-    """
-    from ensemble.runner import run_command
-
-    remote = run_command(targets_for(hosts), f"cat {SECRETS_FILE} 2>/dev/null || true", progress=lambda _line: None)
-    unreachable = sorted(name for name, text in remote.items() if text is None)
-    if unreachable:
-        raise EnsembleError(f"cannot read the kept secrets of {', '.join(unreachable)} over SSH "
-                            "(host down or unreachable); nothing deployed")
-    store, _ = merge_secrets(spec, remote, hosts)
-    return store
+def size_notes(spec: FleetSpec, size: int, hosts: list[Host]) -> list[str]:
+    """What the user should know when the fleet's size is not the spec's, or hosts lie outside it."""
+    notes = []
+    if size != spec.fleet.shards:
+        notes.append(f"the fleet has {size} shard(s) (`ensemble fleet scale`), the spec says {spec.fleet.shards}: "
+                     f"deploy keeps {size}; edit fleet.shards, or scale, to change it")
+    outside = sorted(h.name for h in hosts if h.role == "shard" and (h.shard or 0) > size)
+    if outside:
+        notes.append(f"outside the fleet's {size} shard(s), left alone: {', '.join(outside)} "
+                     f"(`ensemble fleet scale {size}` drains and removes them)")
+    return notes
 
 
 # ---- actions ----
@@ -108,11 +142,14 @@ def wanted_names(spec: FleetSpec) -> list[str]:
 
 
 def deploy_fleet(spec: FleetSpec, *, provider: Provider | None = None, dry: bool = False, progress=print,
-                 hosts: list[Host] | None = None, only: list[str] | None = None) -> FleetResult:
+                 hosts: list[Host] | None = None, only: list[str] | None = None,
+                 size: int | None = None) -> FleetResult:
     """Create missing hosts (not when dry), then deploy (or dry-run) the hosts in parallel.
 
     Every host is rendered with the whole fleet's facts; `only` limits which hosts are deployed
-    (e.g. one shard during a rolling upgrade). `hosts` skips the provider's create step (they exist).
+    (e.g. one shard during a rolling upgrade). `hosts`: the fleet's hosts when the caller just
+    listed them. `size`: the shard count `fleet scale` decided (recorded on the front door);
+    default: `fleet_size`.
 
     Example::
 
@@ -127,28 +164,26 @@ def deploy_fleet(spec: FleetSpec, *, provider: Provider | None = None, dry: bool
     provider = provider or get_provider(spec)
     result = FleetResult(dry=dry)
     existing = list(provider.list_hosts(spec)) if hosts is None else list(hosts)
-    spec_as_given, spec = spec, spec.with_shards(fleet_size(spec, existing))
-    note = size_note(spec_as_given, existing)
-    if hosts is None:
-        names = {h.name for h in existing}
-        result.created = [n for n in wanted_names(spec) if n not in names]
-        if dry or not result.created:
-            hosts = existing
-        else:
-            progress(f"creating {len(result.created)} host(s): {', '.join(result.created)}")
-            hosts = provider.ensure_hosts(spec, progress=progress)
-    if note:
-        result.notes.append(note)
+    kept = read_kept(existing)
+    size = size if size is not None else fleet_size(spec, kept.recorded)
+    target = spec.with_shards(size)
+    result.notes = size_notes(spec, size, existing)
+    names = {h.name for h in existing}
+    result.created = [n for n in wanted_names(target) if n not in names]
+    if result.created and not dry:
+        progress(f"creating {len(result.created)} host(s): {', '.join(result.created)}")
+        existing = provider.ensure_hosts(target, progress=progress)
+    fleet = [h for h in existing if h.role == "frontdoor" or (h.shard or 0) <= size]
     if only is not None:
-        unknown = sorted(set(only) - {h.name for h in hosts})
+        unknown = sorted(set(only) - {h.name for h in fleet})
         if unknown:
             raise EnsembleError(f"no such host in fleet {spec.fleet.name!r}: {', '.join(unknown)}")
-    if hosts:
-        env = provider.deploy_environment(spec)
+    if fleet:
+        env = provider.deploy_environment(target)
         keyring = jitsi_keyring(env.spec)
-        store = read_secrets(env.spec, hosts)
-        contexts = fleet_contexts(env, store, hosts, keyring=keyring, only=only)
-        targets = targets_for([h for h in hosts if h.name in contexts])
+        store, _ = merge_secrets(env.spec, {h.name: kept.secrets.get(h.name, "") for h in fleet}, fleet)
+        contexts = fleet_contexts(env, store, fleet, keyring=keyring, only=only, spec_shards=spec.fleet.shards)
+        targets = targets_for([h for h in fleet if h.name in contexts])
         result.results = run_deploy(targets, fleet_host, {"contexts": contexts}, dry=dry, progress=progress)
     result.seconds = time.monotonic() - started
     return result

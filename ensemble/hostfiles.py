@@ -195,10 +195,24 @@ def ssh_cidrs(spec: FleetSpec, env: DeployEnv) -> list[str]:
     return list(env.admin_cidrs) if env.admin_cidrs else list(spec.provider.scaleway.ssh_allowed_cidrs)
 
 
+def fleet_size_record(shards: int, spec_shards: int) -> str:
+    """The front door's record of the fleet's size: the count in force and the spec's count then.
+
+    `deploy` keeps the recorded count while the spec still says `spec_shards` (the user scaled with
+    `ensemble fleet scale`); once the spec's count is edited, the spec wins.
+
+    Example::
+
+        fleet_size_record(3, 2)     # '{"shards": 3, "spec_shards": 2}\n'
+    """
+    return json.dumps({"shards": shards, "spec_shards": spec_shards}, sort_keys=True) + "\n"
+
+
 def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, *,
-               keyring: bytes | None = None) -> list[RenderedFile]:
+               keyring: bytes | None = None, spec_shards: int | None = None) -> list[RenderedFile]:
     """Every file of a host outside its components: secrets, apt, debconf, upgrades, firewall, sysctl, hook.
 
+    `spec_shards` is the spec file's own shard count when `spec.fleet.shards` was scaled (front door).
     `keyring` is Jitsi's dearmored, fingerprint-checked signing key (shards); without it (front
     door, or `ensemble render` offline for a shard) the keyring file is left out and the source is
     still shown. Components "secrets" and "apt" go before the package install (BEFORE_INSTALL).
@@ -228,6 +242,9 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
     ]
     if shard:
         out.append(RenderedFile(paths.SYSCTL_FILE, sysctl_conf(), component="sysctl"))
+    else:
+        record = fleet_size_record(spec.fleet.shards, spec_shards or spec.fleet.shards)
+        out.append(RenderedFile(paths.FLEET_SIZE_FILE, record, component="secrets"))
     if spec.tls.mode == "letsencrypt":
         out.append(RenderedFile(paths.CERTBOT_HOOK, certbot_hook(host.name), 0o755, component="tls"))
     return out

@@ -28,15 +28,8 @@ from ensemble.spec import FleetSpec
 
 Progress = Callable[[str], None] | None
 # drain_and_wait(spec, hosts, timeout): stop sending rooms to these shards and return once they are
-# empty (raise EnsembleError on timeout). Plugged in by the front door (draining); None = not available.
+# empty (raise EnsembleError on timeout). Default: ensemble.frontdoor.drain.drain_and_wait.
 DrainHook = Callable[[FleetSpec, list[Host], int], None]
-_drain_hook: DrainHook | None = None
-
-
-def set_drain_hook(hook: DrainHook | None) -> None:
-    """Register how shards are drained before scale-down removes them (the front door does this)."""
-    global _drain_hook
-    _drain_hook = hook
 
 
 def provider_for(spec: FleetSpec, throwaway: bool = False) -> Provider:
@@ -90,14 +83,20 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 
 # ---- scale ----
 
+MAX_SHARDS = 1000  # the front door's maps and the refresh are measured up to this (docs/frontdoor.md)
+FrontdoorView = Callable[[Host], dict]  # the front door's last refresh state (frontdoor.control.read_state)
+ReadyWait = Callable[[Host, list[str]], dict[str, tuple[str, str]]]  # shards the front door does not read ready
+
+
 @dataclass
 class ScaleResult:
     created: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     hosts: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"created": self.created, "removed": self.removed, "hosts": self.hosts}
+        return {"created": self.created, "removed": self.removed, "hosts": self.hosts, "notes": self.notes}
 
 
 def shards_to_remove(hosts: list[Host], count: int) -> list[Host]:
@@ -111,35 +110,159 @@ def shards_to_remove(hosts: list[Host], count: int) -> list[Host]:
     return sorted(extra, key=lambda h: -(h.shard or 0))
 
 
+def _frontdoor(hosts: list[Host]) -> Host | None:
+    return next((h for h in hosts if h.role == "frontdoor"), None)
+
+
+def never_routed(doomed: list[Host], door: Host | None, view: FrontdoorView, progress: Progress) -> list[Host]:
+    """The shards the front door never read as healthy, so never sent a room to: safe to remove at once.
+
+    No front door: none could be routed. An unreadable front door: none is assumed safe (all drain).
+    """
+    if door is None:
+        return list(doomed)
+    from ensemble.frontdoor.control import ever_read
+
+    try:
+        state = view(door)
+    except EnsembleError as exc:
+        _say(progress, f"cannot read the front door's view ({exc}): every shard to remove is drained first")
+        return []
+    return [h for h in doomed if not ever_read(state, h.name)]
+
+
+def _default_view(door: Host) -> dict:
+    from ensemble.frontdoor.control import read_state
+
+    return read_state(door)
+
+
+def _default_ready_wait(spec: FleetSpec, progress: Progress) -> ReadyWait:
+    from ensemble.frontdoor.control import wait_until_ready
+
+    attempts = spec.frontdoor.ready_after + 3  # a shard that failed since it was ready needs ready_after reads
+    return lambda door, names: wait_until_ready(door, names, attempts=attempts, interval=2.0, progress=progress)
+
+
+def _deploy_or_fail(spec: FleetSpec, provider: Provider, hosts: list[Host], count: int, what: str,
+                    progress: Progress) -> None:
+    from ensemble.fleet import deploy_fleet
+
+    result = deploy_fleet(spec, provider=provider, hosts=hosts, size=count, progress=progress or (lambda _l: None))
+    failed = {n: r.error or "an operation failed" for n, r in result.results.items() if not r.ok}
+    if failed:
+        detail = "; ".join(f"{n}: {why}" for n, why in sorted(failed.items()))
+        raise EnsembleError(f"{what}: the deploy failed on {detail} (re-run the same command to converge)")
+
+
 def scale_fleet(spec: FleetSpec, count: int, *, force: bool = False, timeout: int = 3600,
                 provider: Provider | None = None, progress: Progress = None,
-                drain_and_wait: DrainHook | None = None) -> ScaleResult:
-    """Grow or shrink to `count` shards. Growing creates only the missing numbers; shrinking removes
-    the highest numbers, after draining them (drain hook) or at once with force."""
-    if count < 1:
-        raise UsageError(f"COUNT: must be >= 1, got {count} (use `ensemble fleet destroy` to remove everything)")
+                drain_and_wait: DrainHook | None = None, deploy: bool = True,
+                frontdoor_view: FrontdoorView | None = None, ready_wait: ReadyWait | None = None) -> ScaleResult:
+    """Grow or shrink the fleet to `count` shards, all the way: the fleet is in service at the end.
+
+    Up: create the missing shards (next numbers), deploy the whole fleet (new shards' secrets are
+    generated like the first ones; the front door learns the new shards), refresh the front door and
+    wait until it reads the new shards as ready. Down: shards the front door never routed a room to
+    go at once; the others are drained and waited for until empty (an unreachable one is reported
+    and waited for, with the reason; --force cuts instead); then destroyed, and the front door is
+    redeployed and refreshed without them. The count is recorded on the front door, so later
+    `deploy` and `plan` keep it (see fleet.fleet_size).
+
+    Example::
+
+        scale_fleet(spec, 3, progress=print).created      # ["demo-3.meet.example.org"]
+    """
+    if not 1 <= count <= MAX_SHARDS:
+        raise UsageError(f"COUNT: must be between 1 and {MAX_SHARDS}, got {count} "
+                         "(use `ensemble fleet destroy` to remove everything)")
     provider = provider or provider_for(spec)
     before = provider.list_hosts(spec)
+    door = _frontdoor(before)
     doomed = shards_to_remove(before, count)
     result = ScaleResult()
     if doomed:
-        names = ", ".join(h.name for h in doomed)
-        drain = drain_and_wait or _drain_hook
-        if not force and drain is None:
-            raise UsageError(f"--force: removing {names} would cut their live meetings and draining is not "
-                             "available yet; pass --force to remove them now")
-        if not force and drain is not None:
-            _say(progress, f"draining {names} (up to {timeout}s)")
-            drain(spec, doomed, timeout)
-        _say(progress, f"removing {names}")
+        free = list(doomed) if force else never_routed(doomed, door, frontdoor_view or _default_view, progress)
+        if free and not force:
+            _say(progress, f"{', '.join(h.name for h in free)}: the front door never routed a room there; "
+                           "removing at once")
+        busy = [h for h in doomed if h not in free]
+        if busy:
+            names = ", ".join(h.name for h in busy)
+            _say(progress, f"draining {names} (up to {timeout}s; live meetings finish, no new room goes there)")
+            (drain_and_wait or _default_drain(progress))(spec, busy, timeout)
+        _say(progress, f"removing {', '.join(h.name for h in doomed)}")
         provider.destroy(spec, doomed, progress=progress)
         result.removed = [h.name for h in doomed]
     names_before = {h.name for h in before}
     target = spec.with_shards(count)
     hosts = provider.ensure_hosts(target, progress=progress)
     result.created = sorted(h.name for h in hosts if h.name not in names_before)
+    if deploy:
+        _say(progress, f"deploying the fleet at {count} shard(s)")
+        _deploy_or_fail(spec, provider, hosts, count, "scale", progress)
+        door = _frontdoor(hosts)
+        if door is not None:
+            wait = ready_wait or _default_ready_wait(spec, progress)
+            missing = wait(door, result.created)  # also refreshes the maps when nothing was created
+            if missing:
+                detail = "; ".join(f"{n}: {s} ({r})" for n, (s, r) in sorted(missing.items()))
+                raise EnsembleError(f"scale: the front door does not read the new shard(s) as ready: {detail}")
     result.hosts = list_fleet(target, provider)
     return result
+
+
+def _default_drain(progress: Progress) -> DrainHook:
+    from ensemble.frontdoor.drain import drain_and_wait
+
+    return lambda spec, hosts, limit: drain_and_wait(spec, hosts, limit, progress)
+
+
+# ---- rolling upgrade ----
+
+def upgrade_fleet(spec: FleetSpec, timeout: int, *, provider: Provider | None = None, progress: Progress = None,
+                  ready_wait: ReadyWait | None = None) -> list[dict]:
+    """Rolling upgrade of every shard: drain, wait empty, redeploy (rendered with the whole fleet),
+    check, undrain, and back in service only when the front door itself reads the shard as ready.
+
+    Shards the front door did not read as ready before are named first; a shard that is not ready
+    again after its upgrade stops the upgrade with an error naming it (the others are untouched).
+
+    Example::
+
+        upgrade_fleet(spec, 3600, progress=print)     # [{"shard": "demo-1...", "seconds": 31.5}, ...]
+    """
+    from ensemble.fleet import deploy_fleet, fleet_size, read_kept
+    from ensemble.frontdoor.control import refresh_now, shard_states
+    from ensemble.frontdoor.drain import rolling_upgrade
+
+    provider = provider or provider_for(spec)
+    hosts = provider.list_hosts(spec)
+    shards = [h for h in hosts if h.role == "shard"]
+    door = _frontdoor(hosts)
+    if not shards or door is None:
+        raise EnsembleError(f"upgrade: the fleet {spec.fleet.name!r} has no shard or no front door "
+                            "(run `ensemble deploy`)")
+    size = fleet_size(spec, read_kept(hosts).recorded)
+    before = shard_states(refresh_now(door))
+    not_ready = {n: v for n, v in before.items() if v[0] != "ready"}
+    if not_ready:
+        _say(progress, "before the upgrade the front door reads " + "; ".join(
+            f"{n}: {s} ({r})" for n, (s, r) in sorted(not_ready.items())))
+    wait = ready_wait or _default_ready_wait(spec, progress)
+
+    def redeploy(host: Host) -> list[str]:
+        result = deploy_fleet(spec, provider=provider, hosts=hosts, only=[host.name], size=size,
+                              progress=progress or (lambda _line: None))
+        return [f"{name}: {r.error or 'deploy failed'}" for name, r in result.results.items() if not r.ok]
+
+    def back_in_service(host: Host) -> list[str]:
+        missing = wait(door, [host.name])
+        return [f"the front door reads {n} as {s} ({r})" for n, (s, r) in sorted(missing.items())]
+
+    return rolling_upgrade(spec, [h for h in shards if (h.shard or 0) <= size], timeout=timeout, redeploy=redeploy,
+                           check=lambda host: check_shards(spec, [host]), back_in_service=back_in_service,
+                           progress=progress)
 
 
 # ---- destroy ----
@@ -155,11 +278,7 @@ def destroy_fleet(spec: FleetSpec, *, yes: bool = False, confirm: Callable[[str]
                     f"{', '.join(names) or '(none)'} with their addresses and volumes?")
         if confirm is None or not confirm(question):
             raise EnsembleError("not confirmed; nothing destroyed (pass --yes to skip the question)")
-    destroy_all = getattr(provider, "destroy_all", None)
-    if destroy_all:
-        destroy_all(spec, progress=progress)
-    else:
-        provider.destroy(spec, hosts, progress=progress)
+    provider.destroy_all(spec, progress=progress)
     return names
 
 
@@ -193,13 +312,7 @@ def janitor(spec: FleetSpec, older_than: str = "2h", tags: tuple[str, ...] = (),
         if not tag or "," in tag:
             raise UsageError(f"--tag: not a single tag: {tag!r}")
     provider = provider or provider_for(spec)
-    if hasattr(provider, "janitor"):
-        return provider.janitor(seconds, list(tags), progress=progress, dry_run=dry_run)
-    if hasattr(provider, "cleanup_stale"):
-        if dry_run:  # the local provider decides what is stale as it goes (dead creator, no container)
-            return ["local hosts and networks left by dead runs, if any"]
-        return provider.cleanup_stale(progress=progress)
-    return []
+    return provider.janitor(seconds, list(tags), progress=progress, dry_run=dry_run)
 
 
 # ---- smoke ----

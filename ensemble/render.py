@@ -263,7 +263,8 @@ def kept_secrets(store: Secrets, host: Host) -> dict[str, dict[str, str]]:
 
 
 def host_files(spec: FleetSpec, secrets: Secrets, host: Host, shards: list[Host], frontdoor: Host, *,
-               env: DeployEnv | None = None, keyring: bytes | None = None) -> list[RenderedFile]:
+               env: DeployEnv | None = None, keyring: bytes | None = None,
+               spec_shards: int | None = None) -> list[RenderedFile]:
     """Every file deploy puts on one host: its components' files and the base files (ensemble.hostfiles).
 
     `shards` and `frontdoor` are the whole fleet's hosts (a shard's nginx allows the front door's
@@ -280,7 +281,8 @@ def host_files(spec: FleetSpec, secrets: Secrets, host: Host, shards: list[Host]
         own = list(frontdoor_files(spec, secrets, shards))
     else:
         own = shard_files(spec, host.shard, secrets, host, frontdoor)
-    return [*base_files(spec, host, env, kept_secrets(secrets, host), keyring=keyring), *own]
+    return [*base_files(spec, host, env, kept_secrets(secrets, host), keyring=keyring, spec_shards=spec_shards),
+            *own]
 
 
 def fleet_files(spec: FleetSpec, secrets: Secrets, hosts: list[Host] | None = None, *,

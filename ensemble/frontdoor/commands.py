@@ -4,7 +4,6 @@ Example::
 
     result = run_refresh(spec)                         # on the front door host
     host = drain_shard(spec, "demo-2.meet.example.org", True)
-    upgrade_fleet(spec, timeout=3600, progress=print)
 """
 
 from __future__ import annotations
@@ -12,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ensemble.errors import EnsembleError, UsageError
-from ensemble.frontdoor.drain import Progress, find_shard, rolling_upgrade, set_drain
+from ensemble.errors import UsageError
+from ensemble.frontdoor.drain import find_shard, set_drain
 from ensemble.frontdoor.occupancy import OccupancySource
 from ensemble.frontdoor.refresh import NginxControl, RefreshResult, refresh
 from ensemble.frontdoor.render import FrontdoorLayout, shard_certificates_trusted
@@ -74,27 +73,3 @@ def drain_shard(spec: FleetSpec, shard: str, drain: bool, hosts: list[Host] | No
     host = find_shard(hosts if hosts is not None else _fleet_hosts(spec), shard)
     set_drain(host, drain)
     return host
-
-
-def upgrade_fleet(spec: FleetSpec, timeout: int, progress: Progress = None) -> list[dict]:
-    """Rolling upgrade of every shard (drain, wait empty, redeploy, check, undrain), one at a time.
-
-    Example::
-
-        upgrade_fleet(spec, 3600, print)     # [{"shard": "demo-1...", "seconds": 312.5}, ...]
-    """
-    from ensemble.fleet import deploy_fleet
-    from ensemble.lifecycle import check_shards
-    from ensemble.providers import get_provider
-
-    provider = get_provider(spec)
-    hosts = provider.list_hosts(spec)
-    if not any(h.role == "shard" for h in hosts):
-        raise EnsembleError(f"upgrade: the fleet {spec.fleet.name!r} has no shard (run `ensemble deploy`)")
-
-    def redeploy(host: Host) -> list[str]:
-        result = deploy_fleet(spec, provider=provider, hosts=[host], progress=progress or (lambda _line: None))
-        return [f"{name}: {r.error or 'deploy failed'}" for name, r in result.results.items() if not r.ok]
-
-    return rolling_upgrade(spec, hosts, timeout=timeout, redeploy=redeploy,
-                           check=lambda host: check_shards(spec, [host]), progress=progress)
