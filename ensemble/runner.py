@@ -1,9 +1,13 @@
-"""The runner: the one module that drives pyinfra's Python API.
+"""The runner: runs a pyinfra deploy or command on many hosts, in a worker process.
 
-It does what pyinfra's own CLI does (gevent monkey patch, State + Inventory + Config,
-connect, add the deploy, run the operations, disconnect), prints one progress line
-per host and operation, and hands back plain per-host results. A host that fails
-(unreachable, or an operation errors) is reported and the others go on.
+pyinfra's Python API needs gevent's monkey patch for the whole process; this module leaves the
+calling process (the CLI, the tests, a library user) unpatched and does not even import gevent
+or pyinfra. Each call starts ``python -m ensemble.worker`` (see ensemble/worker.py), sends it the
+job on stdin (pickled: it carries secrets, so never in argv or the environment), calls `progress`
+with each progress line the worker streams back (one per host and operation) and returns plain
+per-host results. A host that fails (unreachable, or an operation errors) is reported and the
+others go on; a worker that crashes gives every host an error result; an exception in the caller
+(Ctrl-C) stops the worker and what it started (it runs in its own session).
 
 Example::
 
@@ -14,61 +18,27 @@ Example::
 
 from __future__ import annotations
 
-import warnings
+import collections
+import json
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
 
-with warnings.catch_warnings():
-    # pyinfra's CLI patches first thing; we may be imported after ssl (scaleway SDK): harmless here.
-    warnings.simplefilter("ignore")
-    import gevent
-    from gevent import monkey
-
-    monkey.patch_all()
-
-import importlib  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-from pyinfra import context as pyinfra_context  # noqa: E402
-from pyinfra.api import BaseStateCallback, Config, Inventory, State  # noqa: E402
-from pyinfra.api.connect import connect_all, disconnect_all  # noqa: E402
-from pyinfra.api.deploy import add_deploy  # noqa: E402
-from pyinfra.api.exceptions import PyinfraError  # noqa: E402
-from pyinfra.api.operations import _run_host_ops  # noqa: E402
-from pyinfra.api.state import StateStage  # noqa: E402
-from pyinfra.context import ctx_state  # noqa: E402
-from pyinfra.facts.server import Command  # noqa: E402
-
-from ensemble.inventory import Target  # noqa: E402
+from ensemble.inventory import Target
 
 Progress = Callable[[str], None]
-# The module (pyinfra.api re-exports a function of the same name as `operation`).
-pyinfra_operation = importlib.import_module("pyinfra.api.operation")
 
-
-_OP_NAMES: dict[tuple[str, str], str] = {}  # (host name, op hash) -> name; one deploy at a time per process
-
-
-def _record_names_per_host() -> None:
-    """pyinfra keys an operation by its call site, so one put_files loop gives different files on
-    different hosts the same operation with a union of names. Keep each host's own name too."""
-    original = pyinfra_operation.ensure_shared_op_meta
-    if getattr(original, "ensemble_wrapped", False):
-        return
-
-    def ensure_shared_op_meta(state, op_hash, op_order, global_arguments, names):
-        _OP_NAMES[(pyinfra_context.host.name, op_hash)] = ", ".join(sorted(names))
-        return original(state, op_hash, op_order, global_arguments, names)
-
-    ensure_shared_op_meta.ensemble_wrapped = True
-    pyinfra_operation.ensure_shared_op_meta = ensure_shared_op_meta
-
-
-def op_name(state: State, host_name: str, op_hash: str) -> str:
-    """The name an operation has on one host (see _record_names_per_host)."""
-    return _OP_NAMES.get((host_name, op_hash)) or ", ".join(sorted(state.get_op_meta(op_hash).names)) or op_hash
+WORKER_MODULE = "ensemble.worker"
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,202 +67,151 @@ class HostResult:
         return {**asdict(self), "ok": self.ok}
 
 
-class _ProgressCallback(BaseStateCallback):
-    """Turns pyinfra's events into one line per host and operation, and records errors."""
+def deploy_reference(deploy: Callable[..., Any] | str) -> str:
+    """"module:qualname" of a deploy function, for the worker to import it.
 
-    def __init__(self, progress: Progress, errors: dict[str, str]):
-        self.progress = progress
-        self.errors = errors
-        self.started: dict[tuple[str, str], float] = {}
+    Example::
 
-    def host_connect(self, state, host):
-        self.progress(f"[{host.name}] connected")
+        deploy_reference(fleet_host)    # "ensemble.components.shard:fleet_host"
+    """
+    if isinstance(deploy, str):
+        return deploy
+    module, qualname = getattr(deploy, "__module__", None), getattr(deploy, "__qualname__", None)
+    if module == "__main__":  # `python -m package.module`: the worker imports it under its real name
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name if spec is not None else None
+    if not module or not qualname or "<locals>" in qualname:
+        raise ValueError(f"the worker cannot import the deploy {deploy!r}: pass a function defined at the top "
+                         "level of an importable module, or a 'module:qualname' string")
+    return f"{module}:{qualname}"
 
-    def host_connect_error(self, state, host, error):
-        self.errors[host.name] = f"cannot connect: {error}"
-        self.progress(f"[{host.name}] FAILED to connect: {error}")
 
-    def operation_host_start(self, state, host, op_hash):
-        self.started[(host.name, op_hash)] = time.monotonic()
+def _worker_environment() -> dict[str, str]:
+    """The caller's environment, with the folder holding the ensemble package on PYTHONPATH (so that
+    `-m ensemble.worker` is found even when the caller put it on sys.path itself)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
-    # pyinfra fires these callbacks just before it records the outcome on the operation: report
-    # from the event loop's next turn, when did_change() and the output are known.
-    def operation_host_success(self, state, host, op_hash, retry_count=0):
-        gevent.get_hub().loop.run_callback(self._report, state, host, op_hash)
 
-    def operation_host_error(self, state, host, op_hash, retry_count=0, max_retries=0):
-        gevent.get_hub().loop.run_callback(self._report, state, host, op_hash)
+def _keep_tail(stream: IO[bytes], tail: collections.deque[str]) -> None:
+    for raw in stream:
+        line = raw.decode("utf-8", "replace").rstrip()
+        tail.append(line)
+        _log.debug("worker: %s", line)
 
-    def _report(self, state, host, op_hash):
-        meta = state.ops[host][op_hash].operation_meta
-        took = time.monotonic() - self.started.pop((host.name, op_hash), time.monotonic())
-        name = op_name(state, host.name, op_hash)
-        if meta.did_succeed(_raise_if_not_complete=False):
-            verdict = "changed" if meta.did_change() else "ok"
-            self.progress(f"[{host.name}] {verdict:7} {name} ({took:.1f}s)")
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the worker and whatever it started (its own session: @local commands die with it)."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
             return
-        output = meta._combined_output  # pyinfra has no public accessor for a failed op's output
-        lines = [line.line for line in output] if output else []
-        detail = "; ".join(lines[-3:]) or "see the operation output"
-        self.errors.setdefault(host.name, f"{name}: {detail}")
-        self.progress(f"[{host.name}] FAILED  {name}: {detail}")
+        except subprocess.TimeoutExpired:
+            continue
 
 
-def _quiet_pyinfra() -> None:
-    # pyinfra logs through the root handlers; our callback prints the progress instead.
-    logging.getLogger("pyinfra").setLevel(logging.CRITICAL)
+def _run_worker(job: dict[str, Any], progress: Progress) -> tuple[Any, str | None]:
+    """Run one job in a worker process: (its results, None) or (None, why there are none)."""
+    try:
+        envelope = pickle.dumps({"sys_path": list(sys.path), "job": pickle.dumps(job)})
+    except Exception as exc:  # a kwarg that cannot cross to the worker: the caller's mistake
+        raise TypeError(f"the deploy's arguments cannot be sent to the pyinfra worker: {exc}") from exc
+    proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_worker_environment(), start_new_session=True)
+    stderr_tail: collections.deque[str] = collections.deque(maxlen=50)
+    drain = threading.Thread(target=_keep_tail, args=(proc.stderr, stderr_tail), daemon=True)
+    drain.start()
+    results, error = None, None
+    try:
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(envelope)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the worker died before reading its job: said below
+        for raw in proc.stdout:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                _log.debug("worker sent a line that is not JSON: %r", raw[:200])
+                continue
+            if "progress" in message:
+                progress(message["progress"])
+            elif "results" in message:
+                results = message["results"]
+            elif "error" in message:
+                error = message["error"]
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:  # the caller's exception (Ctrl-C, a progress callback that raised)
+            _stop(proc)
+        drain.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc.stderr is not None and not drain.is_alive():  # else a process the job started still holds it
+            proc.stderr.close()
+    if results is not None and code == 0:
+        return results, None
+    if error is None:
+        last = next((line for line in reversed(stderr_tail) if line.strip()), "")
+        error = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        error += f" ({last})" if last else ""
+    return None, f"the pyinfra worker failed: {error}"
 
 
-def _count_commands(host) -> list[int]:
-    """Wrap a host's command/transfer methods to count the remote commands they make."""
-    counter = [0]
-    for method in ("run_shell_command", "put_file", "get_file"):
-        original = getattr(host, method)
-
-        def counted(*args, _original=original, **kwargs):
-            counter[0] += 1
-            return _original(*args, **kwargs)
-
-        setattr(host, method, counted)
-    return counter
-
-
-def _make_state(targets: list[Target], check_for_changes: bool, parallel: int | None) -> State:
-    names = [(t.name, dict(t.data)) for t in targets]
-    inventory = Inventory((names, {}))
-    config = Config(FAIL_PERCENT=None, PARALLEL=parallel or max(1, len(targets)))
-    return State(inventory, config, check_for_changes=check_for_changes)
-
-
-def _collect(state: State, targets: list[Target], errors: dict[str, str], counters: dict[str, list[int]],
-             dry: bool) -> dict[str, HostResult]:
-    results: dict[str, HostResult] = {}
-    for host in state.inventory:
-        result = HostResult(host.name, error=errors.get(host.name), commands=counters[host.name][0])
-        for op_hash, op_data in state.ops[host].items():
-            meta = op_data.operation_meta
-            name = op_name(state, host.name, op_hash)
-            if dry:
-                if op_data.global_arguments.get("_if"):
-                    continue  # only follows another change (a restart after a file): listed there
-                changes = meta._maybe_is_change is not False
-                result.changed += changes
-                result.unchanged += not changes
-                if changes:
-                    result.changes.append(name)
-            elif not meta.is_complete():
-                continue  # not reached: the host failed earlier
-            elif meta.did_error():
-                result.failed += 1
-            elif meta.did_change():
-                result.changed += 1
-                result.changes.append(name)
-            else:
-                result.unchanged += 1
-        if host in state.failed_hosts and result.error is None:
-            result.error = "failed (see the progress lines above)"
-        results[host.name] = result
-    return results
-
-
-def run_deploy(targets: list[Target], deploy: Callable[..., Any], kwargs: dict[str, Any] | None = None, *,
+def run_deploy(targets: list[Target], deploy: Callable[..., Any] | str, kwargs: dict[str, Any] | None = None, *,
                dry: bool = False, progress: Progress = print, parallel: int | None = None
                ) -> dict[str, HostResult]:
     """Run one @deploy function on every target in parallel; return {host name: HostResult}.
 
     dry=True connects and computes what would change (pyinfra's prediction pass) without
     executing anything. A failing host never stops the others; `HostResult.error` says why.
+    `deploy` must be importable by the worker (a module-level function, or "module:qualname");
+    `kwargs` must pickle.
 
     Example::
 
         run_deploy([Target("h1", ssh_data("10.0.0.2"))], base, {"spec": spec}, dry=True)
     """
-    _quiet_pyinfra()
-    _record_names_per_host()
-    _OP_NAMES.clear()
+    if not targets:
+        return {}
     started = time.monotonic()
-    errors: dict[str, str] = {}
-    state = _make_state(targets, check_for_changes=dry, parallel=parallel)
-    state.add_callback_handler(_ProgressCallback(progress, errors))
-    counters = {host.name: _count_commands(host) for host in state.inventory}
-    try:
-        state.set_stage(StateStage.Connect)
-        connect_all(state)
-        state.set_stage(StateStage.Prepare)
-        _prepare(state, deploy, kwargs or {}, errors, progress)
-        if not dry:
-            state.set_stage(StateStage.Execute)
-            _run_hosts_independently(state, errors, progress)
-    except PyinfraError as exc:  # "No hosts remaining!": every host failed, each already reported
-        progress(f"every host failed ({exc})")
-    finally:
-        state.set_stage(StateStage.Disconnect)
-        disconnect_all(state)
-    results = _collect(state, targets, errors, counters, dry)
-    for result in results.values():
-        result.seconds = round(time.monotonic() - started, 2)
+    job = {"kind": "deploy", "targets": [(t.name, dict(t.data)) for t in targets],
+           "deploy": deploy_reference(deploy), "kwargs": kwargs or {}, "dry": dry, "parallel": parallel}
+    raw, error = _run_worker(job, progress)
+    if error is not None:
+        progress(error)
+        raw = {t.name: {"name": t.name, "error": error} for t in targets}
+    seconds = round(time.monotonic() - started, 2)
+    results: dict[str, HostResult] = {}
+    for name, fields in raw.items():
+        result = HostResult(**{k: v for k, v in fields.items() if k in HostResult.__dataclass_fields__})
+        result.seconds = seconds
+        results[name] = result
     return results
-
-
-def _run_host(state: State, host, errors: dict[str, str], progress: Progress) -> None:
-    try:
-        _run_host_ops(state, host)
-    except Exception as exc:  # an operation failed (reported by the callback) or could not be run
-        state.failed_hosts.add(host)
-        gevent.sleep(0)  # let the callback report the failed operation first
-        if host.name not in errors:
-            errors[host.name] = str(exc)
-            progress(f"[{host.name}] FAILED  {exc}")
-
-
-def _run_hosts_independently(state: State, errors: dict[str, str], progress: Progress) -> None:
-    """Every host runs its own operation list at its own pace (pyinfra's --no-wait), and a host
-    that fails stops alone. pyinfra's own no-wait runner lets the error escape its greenlets, so
-    this is that loop with the error caught (it uses pyinfra's per-host runner)."""
-    state.is_executing = True
-    with ctx_state.use(state):
-        greenlets = [state.pool.spawn(_run_host, state, host, errors, progress)
-                     for host in state.inventory.get_active_hosts()]
-        gevent.joinall(greenlets)
-
-
-def _prepare(state: State, deploy: Callable[..., Any], kwargs: dict[str, Any], errors: dict[str, str],
-             progress: Progress) -> None:
-    """add_deploy host by host, so that one host whose preparation fails only fails itself."""
-    failed = set()
-    for host in list(state.inventory.get_active_hosts()):
-        try:
-            add_deploy(state, deploy, host=host, **kwargs)
-        except Exception as exc:  # a fact that cannot be read, a render error: this host only
-            errors[host.name] = f"preparing the deploy: {exc}"
-            progress(f"[{host.name}] FAILED  preparing the deploy: {exc}")
-            failed.add(host)
-    state.fail_hosts(failed)
 
 
 def run_command(targets: list[Target], command: str, *, progress: Progress = print) -> dict[str, str | None]:
     """Run one read-only shell command on every target; {host name: stdout, or None if unreachable}.
 
-    Used to read state kept on the hosts (e.g. /etc/ensemble/secrets.json) before rendering.
+    Used to read state kept on the hosts (e.g. /etc/ensemble/secrets.json) before rendering. A
+    worker that fails gives None for every host (and one progress line saying why).
 
     Example::
 
         run_command(targets, "cat /etc/ensemble/secrets.json 2>/dev/null || true")
     """
-    _quiet_pyinfra()
-    errors: dict[str, str] = {}
-    state = _make_state(targets, check_for_changes=False, parallel=None)
-    state.add_callback_handler(_ProgressCallback(progress, errors))
-    outputs: dict[str, str | None] = {t.name: None for t in targets}
-    try:
-        state.set_stage(StateStage.Connect)
-        connect_all(state)
-        state.set_stage(StateStage.Prepare)
-        for host in state.inventory.get_active_hosts():
-            outputs[host.name] = host.get_fact(Command, command=command) or ""
-    except PyinfraError as exc:
-        progress(f"every host failed ({exc})")
-    finally:
-        state.set_stage(StateStage.Disconnect)
-        disconnect_all(state)
-    return outputs
+    if not targets:
+        return {}
+    job = {"kind": "command", "targets": [(t.name, dict(t.data)) for t in targets], "command": command}
+    raw, error = _run_worker(job, progress)
+    if error is not None:
+        progress(error)
+        return {t.name: None for t in targets}
+    return {t.name: raw.get(t.name) for t in targets}
