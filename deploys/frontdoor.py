@@ -10,8 +10,8 @@ The spec comes from host data `ensemble_spec` (inventories/group_data/all.py: $E
 from pyinfra import host, inventory
 
 from ensemble.components.shard import fleet_host, kept_secrets_reader
-from ensemble.contexts import cli_contexts
 from ensemble.inventory import host_from_data
+from ensemble.pyinfra_entry import cli_contexts
 
 if host.data.get("ensemble_role") == "frontdoor":
     # every inventory host's context, built once (ensemble.contexts), the same as `ensemble deploy`

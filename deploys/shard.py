@@ -11,8 +11,8 @@ Hosts of other roles (the front door) are left alone: see deploys/frontdoor.py.
 from pyinfra import host, inventory
 
 from ensemble.components.shard import fleet_host, kept_secrets_reader
-from ensemble.contexts import cli_contexts
 from ensemble.inventory import host_from_data
+from ensemble.pyinfra_entry import cli_contexts
 
 if host.data.get("ensemble_role", "shard") == "shard":
     # every inventory host's context, built once (ensemble.contexts), the same as `ensemble deploy`

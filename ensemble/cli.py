@@ -241,7 +241,7 @@ def fleet_destroy(config: Path | None, yes: bool) -> None:
 @handle_errors
 def fleet_drain(config: Path | None, shard: str) -> None:
     """Stop sending new rooms to SHARD (live rooms stay)."""
-    from ensemble.frontdoor.commands import drain_shard
+    from ensemble.lifecycle import drain_shard
 
     host = drain_shard(get_spec(config), shard, True)
     click.echo(f"{host.name}: drained (no new rooms after the front door's next refresh; live rooms stay)")
@@ -253,7 +253,7 @@ def fleet_drain(config: Path | None, shard: str) -> None:
 @handle_errors
 def fleet_undrain(config: Path | None, shard: str) -> None:
     """Let SHARD take new rooms again."""
-    from ensemble.frontdoor.commands import drain_shard
+    from ensemble.lifecycle import drain_shard
 
     host = drain_shard(get_spec(config), shard, False)
     click.echo(f"{host.name}: undrained (takes new rooms after the front door's next refresh)")

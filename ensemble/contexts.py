@@ -1,9 +1,10 @@
 """One place that builds each host's deploy context: `ensemble deploy` (through the runner) and the
 plain-pyinfra entry points in deploys/ both call `fleet_contexts`, so both deploy the same thing.
 
-A context holds plain values computed before any operation runs: every file of the host (from
-`ensemble.render`, rendered with the WHOLE fleet's hosts even when only some hosts are deployed),
-the packages for one batched install, the secrets the host keeps, the provider's settings.
+(the plain-pyinfra path through `ensemble.pyinfra_entry.cli_contexts`). A context holds plain values
+computed before any operation runs: every file of the host (from `ensemble.render`, rendered with the
+WHOLE fleet's hosts even when only some hosts are deployed), the packages for one batched install,
+the secrets the host keeps, the provider's settings.
 
 Example::
 
@@ -14,14 +15,12 @@ Example::
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ensemble.errors import EnsembleError
 from ensemble.providers.base import DeployEnv, Host
 from ensemble.render import host_files, kept_secrets, resolve_hosts
-from ensemble.secrets import Secrets, merge_secrets
+from ensemble.secrets import Secrets
 from ensemble.spec import FleetSpec
 from ensemble.templating import RenderedFile
 
@@ -101,37 +100,3 @@ def fleet_contexts(env: DeployEnv, store: Secrets, hosts: list[Host], *, keyring
     wanted = set(only) if only is not None else {h.name for h in hosts}
     return {h.name: host_context(env, store, h, hosts, keyring=keyring, spec_shards=spec_shards)
             for h in hosts if h.name in wanted}
-
-
-# ---- the plain pyinfra CLI (deploys/*.py) ----
-
-_CLI_CONTEXTS: dict[str, dict[str, DeployContext]] = {}
-_CLI_LOCK = threading.Lock()  # gevent's cooperative lock once pyinfra's CLI has patched threading
-
-
-def cli_contexts(spec_path: str, hosts: list[Host], read_kept: Callable[[str], str | None]) -> dict[str, DeployContext]:
-    """Every inventory host's context when the plain `pyinfra` CLI runs deploys/*.py.
-
-    Computed once per process (the CLI executes a deploy file once per host): the spec, the
-    provider's deploy environment, the checked Jitsi keyring, and the secrets every host keeps
-    (`read_kept(host name)` returns /etc/ensemble/secrets.json's text), completed where missing.
-
-    Example::
-
-        cli_contexts("ensemble.toml", hosts, lambda name: "...")[host.name]
-    """
-    with _CLI_LOCK:
-        if spec_path not in _CLI_CONTEXTS:
-            from ensemble.keyring import jitsi_keyring
-            from ensemble.providers import get_provider
-            from ensemble.spec import load_spec
-
-            declared = load_spec(spec_path)
-            # the inventory lists the hosts that exist: the fleet is as large as its highest shard
-            numbers = [h.shard or 0 for h in hosts if h.role == "shard"]
-            spec = declared.with_shards(max(numbers) if numbers else declared.fleet.shards)
-            env = get_provider(spec).deploy_environment(spec)
-            store, _ = merge_secrets(env.spec, {h.name: read_kept(h.name) for h in hosts}, hosts)
-            _CLI_CONTEXTS[spec_path] = fleet_contexts(env, store, hosts, keyring=jitsi_keyring(env.spec),
-                                                      spec_shards=declared.fleet.shards)
-    return _CLI_CONTEXTS[spec_path]

@@ -65,6 +65,8 @@ class FleetResult:
 
 # ---- facts ----
 
+# named, not imported: the worker process imports the components (and pyinfra), this process does not
+FLEET_HOST_DEPLOY = "ensemble.components.shard:fleet_host"
 SIZE_MARK = "#ensemble-fleet-size"
 KEPT_COMMAND = f"cat {SECRETS_FILE} 2>/dev/null; echo; echo '{SIZE_MARK}'; cat {FLEET_SIZE_FILE} 2>/dev/null; true"
 
@@ -156,7 +158,6 @@ def deploy_fleet(spec: FleetSpec, *, provider: Provider | None = None, dry: bool
         deploy_fleet(spec).ok
         deploy_fleet(spec, only=["demo-2.meet.example.org"])      # shard 2 alone, same files as a full deploy
     """
-    from ensemble.components.shard import fleet_host
     from ensemble.providers import get_provider
     from ensemble.runner import run_deploy
 
@@ -184,7 +185,7 @@ def deploy_fleet(spec: FleetSpec, *, provider: Provider | None = None, dry: bool
         store, _ = merge_secrets(env.spec, {h.name: kept.secrets.get(h.name, "") for h in fleet}, fleet)
         contexts = fleet_contexts(env, store, fleet, keyring=keyring, only=only, spec_shards=spec.fleet.shards)
         targets = targets_for([h for h in fleet if h.name in contexts])
-        result.results = run_deploy(targets, fleet_host, {"contexts": contexts}, dry=dry, progress=progress)
+        result.results = run_deploy(targets, FLEET_HOST_DEPLOY, {"contexts": contexts}, dry=dry, progress=progress)
     result.seconds = time.monotonic() - started
     return result
 

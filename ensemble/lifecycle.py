@@ -218,6 +218,23 @@ def _default_drain(progress: Progress) -> DrainHook:
     return lambda spec, hosts, limit: drain_and_wait(spec, hosts, limit, progress)
 
 
+# ---- drain ----
+
+def drain_shard(spec: FleetSpec, shard: str, drain: bool, hosts: list[Host] | None = None,
+                provider: Provider | None = None) -> Host:
+    """Set or clear one shard's drain flag (the front door's next refresh applies it); returns the shard.
+
+    Example::
+
+        drain_shard(spec, "2", True).name     # "demo-2.meet.example.org"
+    """
+    from ensemble.frontdoor.drain import find_shard, set_drain
+
+    host = find_shard(hosts if hosts is not None else (provider or provider_for(spec)).list_hosts(spec), shard)
+    set_drain(host, drain)
+    return host
+
+
 # ---- rolling upgrade ----
 
 def upgrade_fleet(spec: FleetSpec, timeout: int, *, provider: Provider | None = None, progress: Progress = None,

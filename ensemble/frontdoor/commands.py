@@ -1,9 +1,10 @@
-"""The front door's CLI commands as plain functions (cli.py only parses and prints).
+"""The front door's on-host command (`ensemble frontdoor refresh`, run by its timer) as a plain function.
+
+On-host code: it imports only what Debian ships on the front door (python3, click, jinja2).
 
 Example::
 
     result = run_refresh(spec)                         # on the front door host
-    host = drain_shard(spec, "demo-2.meet.example.org", True)
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import json
 from pathlib import Path
 
 from ensemble.errors import UsageError
-from ensemble.frontdoor.drain import find_shard, set_drain
 from ensemble.frontdoor.occupancy import OccupancySource
 from ensemble.frontdoor.refresh import NginxControl, RefreshResult, refresh
 from ensemble.frontdoor.render import FrontdoorLayout, shard_certificates_trusted
-from ensemble.providers.base import Host
 from ensemble.secrets import FLEET_KEY
 from ensemble.spec import FleetSpec
 
@@ -55,21 +54,3 @@ def run_refresh(spec: FleetSpec, secrets_path: Path | None = None, layout: Front
     # the shard answers only the front door's address with the fleet's token
     source = OccupancySource(token=token, ca_file=ca_file, verify_tls=bool(ca_file) or shard_certificates_trusted(spec))
     return refresh(spec, layout, source, nginx or NginxControl())
-
-
-def _fleet_hosts(spec: FleetSpec) -> list[Host]:
-    from ensemble.providers import get_provider
-
-    return get_provider(spec).list_hosts(spec)
-
-
-def drain_shard(spec: FleetSpec, shard: str, drain: bool, hosts: list[Host] | None = None) -> Host:
-    """Set or clear one shard's drain flag; returns the shard.
-
-    Example::
-
-        drain_shard(spec, "2", True).name     # "demo-2.meet.example.org"
-    """
-    host = find_shard(hosts if hosts is not None else _fleet_hosts(spec), shard)
-    set_drain(host, drain)
-    return host
