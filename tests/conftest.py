@@ -1,5 +1,9 @@
 """Shared fixtures. Real throwaway hosts (local provider, needs root) are here; tests using them are
-marked `@pytest.mark.realhost`.
+marked `@pytest.mark.realhost` (collection refuses an unmarked one).
+
+Missing tools never pass silently: `require_tool`, `require_root` and the markers `needs_tool` /
+`needs_root` skip with the reason on a developer's machine, and FAIL when the environment variable
+`CI` is set (.ci/run sets it): a CI machine without nginx must not go green without testing nginx.
 
 Example::
 
@@ -7,13 +11,21 @@ Example::
     def test_something(local_fleet_factory):
         spec, hosts = local_fleet_factory("t-mine", shards=1)
         code, out, err = ssh_run(hosts[0], "systemctl is-system-running")
+
+    @pytest.mark.needs_tool("nginx", "openssl")
+    def test_site(tmp_path): ...
+
+    def test_other():
+        luac = require_tool("luac5.4")  # its path, or skip (fail under CI)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -23,6 +35,88 @@ from standins.acme import acme_factory  # noqa: E402,F401  (fixture: the Let's E
 
 # Where test fleets live: apart from a real fleet's default /run/ensemble.
 TEST_STATE_DIR = os.environ.get("ENSEMBLE_TEST_STATE_DIR", "/run/ensemble-test")
+
+# The Debian package of each tool the tests run (all listed in .ci/apt-packages.txt).
+TOOL_PACKAGES = {
+    "nginx": "nginx-light", "openssl": "openssl", "curl": "curl", "node": "nodejs", "java": "default-jre-headless",
+    "/usr/share/java/typesafe-config.jar": "libtypesafe-config-java", "luac5.4": "lua5.4", "prosody": "prosody",
+    "prosodyctl": "prosody", "systemd-analyze": "systemd", "nft": "nftables", "sshd": "openssh-server",
+    "/usr/sbin/sshd": "openssh-server", "ssh-keygen": "openssh-client", "chromium": "chromium",
+    "/usr/bin/chromedriver": "chromium-driver", "unshare": "util-linux", "nsenter": "util-linux", "ip": "iproute2",
+    "ss": "iproute2", "pebble": "pebble", "pebble-challtestsrv": "pebble", "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap", "zstd": "zstd", "apt-cacher-ng": "apt-cacher-ng", "tinyproxy": "tinyproxy",
+}
+# What the local provider runs to make real throwaway hosts (tests marked `realhost`).
+REALHOST_TOOLS = ("systemd-nspawn", "debootstrap", "zstd", "apt-cacher-ng", "tinyproxy", "ip", "ssh-keygen",
+                  "unshare", "nsenter")
+
+
+def in_ci() -> bool:
+    """True when the environment variable CI is set (to anything but "", 0, false, no)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip the current test for `reason` here; fail it under CI, where nothing may be missing.
+
+    Example::
+
+        if not lists:
+            missing("this machine has no Debian package lists (run apt-get update)")
+    """
+    if in_ci():
+        pytest.fail(f"{reason} [CI is set: a missing requirement fails instead of skipping]", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(tool: str, package: str | None = None) -> str:
+    """The path of `tool` (a command name, looked up on PATH and in the sbin folders, or an absolute
+    path); without it the test is skipped here and fails under CI, naming the Debian package.
+
+    Example::
+
+        nginx = require_tool("nginx")  # "/usr/sbin/nginx"
+    """
+    if os.path.isabs(tool):
+        found = tool if os.path.exists(tool) else None
+    else:
+        found = shutil.which(tool) or shutil.which(tool, path="/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin")
+    if found:
+        return found
+    package = package or TOOL_PACKAGES.get(tool) or os.path.basename(tool)
+    missing(f"needs {tool} (apt-get install {package}; see .ci/apt-packages.txt)")
+
+
+def require_root(why: str) -> None:
+    """Skip here / fail under CI unless this process runs as root (CI runs as root)."""
+    if os.geteuid() != 0:
+        missing(f"needs root: {why}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Markers `needs_root(why)`, `needs_tool(*tools)` and `realhost` checked before any fixture runs."""
+    if item.get_closest_marker("realhost"):
+        require_root("real throwaway hosts are systemd-nspawn containers on bridges")
+        for tool in REALHOST_TOOLS:
+            require_tool(tool)
+    for mark in item.iter_markers("needs_root"):
+        require_root(*mark.args or ("this test",))
+    for mark in item.iter_markers("needs_tool"):
+        for tool in mark.args:
+            require_tool(tool)
+
+
+HOST_FIXTURES = {"local_provider", "local_fleet_factory"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that makes real hosts (through the local provider fixtures) must say so: `realhost`."""
+    unmarked = [item.nodeid for item in items
+                if HOST_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("realhost")]
+    if unmarked:
+        raise pytest.UsageError("tests using real throwaway hosts must be marked @pytest.mark.realhost: "
+                                + ", ".join(unmarked))
 
 
 def local_spec(fleet: str, shards: int = 1, os_profile: str = "debian-bookworm", **settings):

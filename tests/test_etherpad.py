@@ -83,6 +83,7 @@ def test_build_script_is_valid_shell(source):
         assert run.returncode == 0, run.stderr
 
 
+@pytest.mark.needs_tool("node")
 def test_2x_entry_point_and_node_check(tmp_path):
     """The glue for 2.x trees (not reachable here) run for real: the server.js shim and the Node check."""
     from ensemble.components.etherpad import _node_version_check, _ts_entry_shim
@@ -202,6 +203,7 @@ def _api(ctx, method: str, **params) -> dict:
 
 
 @pytest.mark.realhost
+@pytest.mark.slow  # the module's host: Etherpad built and deployed (minutes)
 def test_first_deploy_succeeds(etherpad_host):
     first = etherpad_host["first"]
     assert first.error is None and first.failed == 0, first
@@ -209,6 +211,7 @@ def test_first_deploy_succeeds(etherpad_host):
 
 
 @pytest.mark.realhost
+@pytest.mark.slow
 def test_service_active_and_answering(etherpad_host):
     from conftest import ssh_run
 
@@ -220,6 +223,7 @@ def test_service_active_and_answering(etherpad_host):
 
 
 @pytest.mark.realhost
+@pytest.mark.slow
 def test_api_round_trip_in_sqlite(etherpad_host):
     from conftest import ssh_run
 
@@ -233,6 +237,7 @@ def test_api_round_trip_in_sqlite(etherpad_host):
 
 
 @pytest.mark.realhost
+@pytest.mark.slow
 def test_pad_page_and_client_bundle(etherpad_host):
     status, page = _guest_http(etherpad_host["host"], "/p/test")
     assert status == 200 and 'id="editorcontainer"' in page
@@ -244,6 +249,8 @@ def test_pad_page_and_client_bundle(etherpad_host):
 
 
 @pytest.mark.realhost
+@pytest.mark.slow
+@pytest.mark.needs_tool("chromium", "/usr/bin/chromedriver")
 def test_pad_edits_in_a_real_browser(etherpad_host):
     """Headless Chromium opens /p/<pad> through an SSH tunnel and the text typed there reaches the database."""
     from selenium.webdriver.common.by import By
@@ -271,6 +278,7 @@ def test_pad_edits_in_a_real_browser(etherpad_host):
 
 
 @pytest.mark.realhost
+@pytest.mark.slow
 def test_second_deploy_changes_nothing(etherpad_host):
     result, seconds = etherpad_host["deploy"]()
     print(f"\n[etherpad] re-run: {seconds:.1f} s, {result.commands} remote commands")
@@ -278,6 +286,7 @@ def test_second_deploy_changes_nothing(etherpad_host):
 
 
 @pytest.mark.realhost
+@pytest.mark.slow
 def test_lost_tree_is_restored_from_cache(etherpad_host):
     from conftest import ssh_run
 
@@ -297,6 +306,7 @@ def test_lost_tree_is_restored_from_cache(etherpad_host):
 
 
 @pytest.mark.realhost
+@pytest.mark.slow
 def test_switch_to_postgres(etherpad_host):
     """database = postgres: PostgreSQL installed, role + database made, settings changed -> one restart."""
     from conftest import ssh_run
@@ -318,6 +328,7 @@ def test_switch_to_postgres(etherpad_host):
 
 
 @pytest.mark.realhost
+@pytest.mark.slow
 def test_release_checksum_mismatch_stops_the_deploy(etherpad_host, release_server):
     """A release whose sha256 differs is refused on the deploying machine: the host is left as it was."""
     from conftest import ssh_run

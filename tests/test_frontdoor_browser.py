@@ -3,7 +3,6 @@ the front door chose (shard names resolve to loopback through Chromium's --host-
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 
@@ -14,8 +13,7 @@ from test_frontdoor_routing import TOKEN, make_spec
 from ensemble.frontdoor.rooms import room_key, split_bounds, split_choice
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMEDRIVER) and shutil.which("chromium")),
-                                reason="needs Debian's chromium and chromium-driver")
+pytestmark = pytest.mark.needs_tool("chromium", CHROMEDRIVER, "nginx")
 
 
 @pytest.fixture()

@@ -14,6 +14,8 @@ from test_frontdoor_routing import TOKEN, make_spec, room_names
 
 from ensemble.errors import EnsembleError
 
+pytestmark = pytest.mark.needs_tool("nginx")
+
 
 @pytest.fixture()
 def proxy_fleet(tmp_path):

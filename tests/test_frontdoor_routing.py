@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
 import string
 
 import pytest
@@ -23,8 +22,7 @@ from ensemble.frontdoor.status import format_status, status_rows
 from ensemble.providers.base import Host
 from ensemble.spec import spec_from_dict
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not __import__("os").path.exists(
-    "/usr/sbin/nginx"), reason="needs nginx (apt-get install nginx-light)")
+pytestmark = pytest.mark.needs_tool("nginx")
 
 TOKEN = "test-occupancy-token"
 CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47}  # chi-square critical values, p = 0.001

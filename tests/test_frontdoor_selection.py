@@ -146,6 +146,7 @@ def test_find_shard():
         find_shard(hosts, "t.test")
 
 
+@pytest.mark.needs_tool("nginx")
 def test_drain_and_wait_through_real_nginx(tmp_path):
     spec = make_spec()
     name = spec.shard_names()[0]
@@ -210,6 +211,7 @@ def test_shard_certificates_verified_only_when_publicly_trusted():
     assert not shard_certificates_trusted(spec_from_dict({"tls": {"acme_directory": "https://127.0.0.1:14000/dir"}}))
 
 
+@pytest.mark.needs_tool("nginx")
 def test_rolling_upgrade_one_shard_at_a_time(tmp_path):
     from ensemble.frontdoor.drain import rolling_upgrade
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import socket
 import subprocess
 import time
@@ -21,7 +20,7 @@ from ensemble.frontdoor.drain import drain_and_wait, ssh_reader, ssh_state_write
 from ensemble.providers.base import Host
 
 SSHD = "/usr/sbin/sshd"
-pytestmark = pytest.mark.skipif(not os.path.exists(SSHD), reason="needs openssh-server")
+pytestmark = pytest.mark.needs_tool(SSHD, "ssh-keygen")
 
 
 @pytest.fixture()

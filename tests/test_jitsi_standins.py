@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, Thread
 from pathlib import Path
 
 import pytest
+from conftest import missing
 
 from ensemble.standins import build_standin_repo
 from ensemble.standins.jitsi_repo import (
@@ -283,6 +284,7 @@ def test_maintainer_scripts_are_valid_shell(repo, tmp_path):
     assert checked >= 12
 
 
+@pytest.mark.needs_tool("luac5.4")
 def test_prosody_plugins_compile(repo, tmp_path):
     luac = shutil.which("luac5.4") or shutil.which("luac")
     assert luac, "lua5.4 (luac) is in .ci/apt-packages.txt"
@@ -318,7 +320,7 @@ def test_apt_resolves_jitsi_meet_against_debian(repo, served_repo, tmp_path):
     debian_lists = [p for p in system_lists.glob("deb.debian.org_debian_dists_*") if "security" not in p.name]
     inreleases = [p for p in debian_lists if p.name.endswith("_InRelease")]
     if not inreleases:
-        pytest.skip("this machine has no Debian package lists (run apt-get update)")
+        missing("this machine has no Debian package lists (run apt-get update)")
     codename = inreleases[0].name.split("_dists_")[1].split("_")[0]
     apt = AptRoot(tmp_path / "apt")
     keyring = fetch_keyring(repo.key_url(served_repo), repo.key_fingerprint, tmp_path / "jitsi-keyring.gpg")
@@ -673,6 +675,7 @@ def get_census(url: str, host: str) -> list[dict]:
         return json.load(response)["room_census"]
 
 
+@pytest.mark.needs_tool("prosody")
 def test_muc_census_in_real_prosody_counts_participants(real_prosody):
     url = real_prosody["census"]
     assert get_census(url, DOMAIN) == []
@@ -707,6 +710,7 @@ def register(prosody: dict, user: str, host: str, password: str) -> None:
                    check=True, capture_output=True)
 
 
+@pytest.mark.needs_tool("prosody")
 def test_standins_log_in_to_real_prosody_and_the_focus_makes_rooms(real_prosody, start_service):
     """The services log in over STARTTLS + SCRAM-SHA-1 as the real ones do; jicofo's health depends on it;
     a conference request makes the focus create the room; the census leaves the focus out."""
@@ -758,6 +762,7 @@ def test_standins_log_in_to_real_prosody_and_the_focus_makes_rooms(real_prosody,
 
 
 
+@pytest.mark.needs_tool("prosody")
 def test_standins_run_with_the_files_ensemble_renders(repo, tmp_path, start_service):
     """The project's own prosody virtual host, jvb.conf and jicofo.conf (ensemble.render) with the stand-ins:
     prosody loads every plugin it names cleanly, both services log in with the rendered passwords over TLS
@@ -865,6 +870,8 @@ echo INSTALLED
 
 
 @pytest.mark.realhost
+@pytest.mark.slow
+@pytest.mark.needs_tool("chromium", "/usr/bin/chromedriver")
 def test_packages_install_and_run_in_a_real_debian_guest(repo, local_fleet_factory, local_provider, tmp_path):
     from conftest import ssh_run
 
@@ -975,6 +982,7 @@ def test_an_unwritable_cache_or_a_missing_tool_is_one_clear_line(tmp_path, monke
         build_standin_repo(tmp_path / "cache")
 
 
+@pytest.mark.needs_tool("nginx", "openssl")
 def test_default_nginx_site_passes_nginx_t(repo, tmp_path):
     """The site the web-config postinst writes when none exists, checked by the real nginx."""
     root = extract(deb_of(repo, "jitsi-meet-web-config"), tmp_path / "pkg")

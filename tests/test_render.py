@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -41,9 +42,10 @@ def _secrets(spec) -> dict:
 
 
 def _tree(folder: Path) -> dict[str, tuple[str, int]]:
-    """relative path -> (sha256, mode) of every file under folder."""
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    """relative path -> (sha256 of the bytes, or "dir"; mode) of everything under folder."""
+    return {str(p.relative_to(folder)): ("dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest(),
+                                         stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(folder.rglob("*"))}
 
 
 # ---------------------------------------------------------------- the commented example
@@ -75,15 +77,16 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def _render(workdir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _render(workdir: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`ensemble render` in a process of its own (`env` added to this one's environment)."""
     return subprocess.run([*ENSEMBLE, "render", "--config", str(workdir / "ensemble.toml"), "--out", str(out),
                            "--secrets", str(workdir / "secrets.json"), *extra],
-                          capture_output=True, text=True, cwd=workdir, timeout=120)
+                          capture_output=True, text=True, cwd=workdir, timeout=120, env={**os.environ, **(env or {})})
 
 
 def test_cli_render_writes_every_host_deterministically(workdir):
     out = workdir / "r"
-    first = _render(workdir, out)
+    first = _render(workdir, out, env={"PYTHONHASHSEED": "1", "TZ": "UTC"})
     assert first.returncode == 0, first.stderr
     spec = load_spec(workdir / "ensemble.toml")
     assert sorted(p.name for p in out.iterdir()) == sorted([*spec.shard_names(), spec.fleet.domain])
@@ -109,16 +112,21 @@ def test_cli_render_writes_every_host_deterministically(workdir):
     # ...but they did reach the files that need them
     assert store[d]["jvb_password"] in (shard / "etc/jitsi/videobridge/jvb.conf").read_text()
 
+    # Determinism across processes and time: each render below is a separate process with another
+    # hash seed (set and dict orders differ), another time zone, and at least a second later.
     before = _tree(out)
     secrets_before = secrets_file.read_bytes()
-    second = _render(workdir, out)
+    time.sleep(1.1)
+    second = _render(workdir, out, env={"PYTHONHASHSEED": "2", "TZ": "Pacific/Chatham"})
     assert second.returncode == 0, second.stderr
     assert _tree(out) == before  # byte-identical, same modes
     assert secrets_file.read_bytes() == secrets_before  # generated once
 
+    time.sleep(1.1)
     other = workdir / "r2"
-    assert _render(workdir, other).returncode == 0
-    assert _tree(other) == before
+    third = _render(workdir, other, env={"PYTHONHASHSEED": "3", "TZ": "America/Los_Angeles"})
+    assert third.returncode == 0, third.stderr
+    assert _tree(other) == before  # a fresh tree: the same bytes and modes, folders included
 
 
 def test_cli_render_removes_stale_files_of_its_hosts_only(workdir):

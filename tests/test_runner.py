@@ -8,7 +8,6 @@ refuses an unknown key, remote commands are counted, progress lines name host an
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import socket
 import subprocess
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require_root, require_tool
 from pyinfra.api import deploy
 from pyinfra.operations import files, server
 
@@ -69,8 +69,8 @@ def _free_port() -> int:
 @pytest.fixture
 def sshd(tmp_path: Path):
     """A real OpenSSH server on 127.0.0.1:<free port> with its own host key and our client key."""
-    if os.geteuid() != 0 or not Path(SSHD).exists():
-        pytest.fail("these tests need root and openssh-server (see .ci/apt-packages.txt)")
+    require_root("sshd logs in as root")
+    require_tool(SSHD, "openssh-server")
     host_key, client_key = tmp_path / "host_ed25519", tmp_path / "client_ed25519"
     for key in (host_key, client_key):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -123,6 +123,7 @@ def test_strict_checking_refuses_an_unknown_host_key(sshd, tmp_path: Path):
 
 # ---- the facts the deploys compute before any operation (pure) ----
 
+@pytest.mark.needs_tool("nft")
 def test_firewall_rules_are_accepted_by_nft_and_keep_ssh_to_the_cidrs():
     from ensemble.components.base import nftables_conf
 

@@ -67,6 +67,7 @@ def _verify(tmp_path: Path, unit_text: str) -> subprocess.CompletedProcess:
     return subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.needs_tool("systemd-analyze")
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_systemd_analyze_verify_the_unit(tmp_path, database):
     _, files = _files(etherpad={"database": database})
@@ -79,6 +80,7 @@ def test_systemd_analyze_verify_the_unit(tmp_path, database):
     assert run.returncode == 0 and run.stderr.strip() == "", run.stderr
 
 
+@pytest.mark.needs_tool("systemd-analyze")
 def test_systemd_analyze_verify_reports_problems(tmp_path):
     """The check can fail: a misspelt key is reported (exit code 0, but a diagnostic)."""
     _, files = _files()

@@ -130,6 +130,7 @@ def _typesafe(tmp_path, paths) -> list[dict]:
     return json.loads(run.stdout)
 
 
+@pytest.mark.needs_tool("java", TYPESAFE_JAR)
 def test_typesafe_config_reads_every_profile_like_pyhocon(tmp_path):
     """One JVM for all profiles (it is slow to start): Jitsi's own parser agrees with pyhocon on every file."""
     paths, expected = [], []
@@ -145,6 +146,7 @@ def test_typesafe_config_reads_every_profile_like_pyhocon(tmp_path):
     assert all(p.get("jicofo", p.get("videobridge")) for p in parsed)
 
 
+@pytest.mark.needs_tool("java", TYPESAFE_JAR)
 def test_typesafe_config_rejects_a_broken_file(tmp_path):
     bad = tmp_path / "bad.conf"
     bad.write_text('jicofo { xmpp { client { password = "x" }\n')

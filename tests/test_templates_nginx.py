@@ -24,6 +24,7 @@ from ensemble.secrets import complete_secrets
 from ensemble.spec import spec_from_dict
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+pytestmark = pytest.mark.needs_tool(NGINX, "openssl")
 
 
 def _spec(**sections):

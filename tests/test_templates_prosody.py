@@ -57,6 +57,7 @@ Include "{tmp}/conf.d/*.cfg.lua"
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.needs_tool("luac5.4")
 def test_lua_parses_the_virtual_host_file(profile, tmp_path):
     _, site = _prosody_file(profile)
     path = tmp_path / "site.cfg.lua"
@@ -65,6 +66,7 @@ def test_lua_parses_the_virtual_host_file(profile, tmp_path):
     assert run.returncode == 0, run.stderr
 
 
+@pytest.mark.needs_tool("luac5.4")
 def test_luac_rejects_broken_lua(tmp_path):
     path = tmp_path / "bad.cfg.lua"
     path.write_text('VirtualHost "x"\n  modules_enabled = { "a"; \n')
@@ -72,6 +74,7 @@ def test_luac_rejects_broken_lua(tmp_path):
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.needs_tool("prosodyctl")
 def test_prosodyctl_check_config_passes(profile, prosody_dir):
     _, site = _prosody_file(profile)
     main = _prosody_root(prosody_dir, site)
@@ -81,6 +84,7 @@ def test_prosodyctl_check_config_passes(profile, prosody_dir):
     assert "All checks passed" in run.stdout
 
 
+@pytest.mark.needs_tool("prosodyctl")
 def test_prosodyctl_check_config_can_fail(prosody_dir):
     """The check is not a rubber stamp: an obsolete option in the rendered file is reported."""
     _, site = _prosody_file("debian-bookworm")
@@ -141,7 +145,8 @@ curl -s -H "Host: $3" http://127.0.0.1:5280/http-bind | grep -o '<title>[^<]*</t
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private network namespace (CI runs as root)")
+@pytest.mark.needs_root("a private network namespace (unshare -n)")
+@pytest.mark.needs_tool("prosody", "unshare", "runuser", "curl", "ss", "ip", "openssl")
 def test_prosody_runs_the_file_and_listens_on_loopback_only(prosody_dir):
     domain, site = _prosody_file("debian-bookworm")
     certs = prosody_dir / "certs"

@@ -16,6 +16,7 @@ from ensemble.secrets import complete_secrets
 from ensemble.spec import spec_from_dict
 
 NODE = shutil.which("node") or "/usr/bin/node"
+pytestmark = pytest.mark.needs_tool("node")
 
 # Evaluate the file as the browser does (a script defining the global `config`) and print it as JSON.
 EVALUATE = """

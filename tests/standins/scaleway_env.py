@@ -4,6 +4,10 @@ Every server the stand-in boots gets a real OpenSSH sshd on its 127.0.10.x addre
 with its own host key; the authorized key is read from the server's cloud-init user data, so
 a test that reaches SSH also proves the user data carried the ops key.
 
+Each sshd runs in a private mount namespace whose /var/lib is the server's own folder
+(`<root>/<address>/var-lib`): what ensemble writes "on the server" over SSH (the drain flag in
+/var/lib/ensemble/state.json...) lands in the test's temporary folder, never on this machine.
+
 Example (in a test module)::
 
     from standins.scaleway_env import scw  # noqa: F401  (the fixture)
@@ -53,9 +57,17 @@ class SshdFarm:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
         self._run(address, folder)
 
+    def var_lib(self, address: str) -> Path:
+        """The server's /var/lib, as its sshd's sessions see it."""
+        return self.root / address / "var-lib"
+
     def _run(self, address: str, folder: Path) -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        self.var_lib(address).mkdir(exist_ok=True)
+        # unshare execs (no fork): the Popen pid is sshd's, so stop() still signals sshd itself
         self.procs[address] = subprocess.Popen([
+            "unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind "$0" /var/lib && exec "$@"',
+            str(self.var_lib(address)),
             SSHD, "-D", "-e", "-f", "/dev/null", "-o", f"ListenAddress={address}:22",
             "-o", f"HostKey={folder / 'host_key'}", "-o", f"AuthorizedKeysFile={folder / 'authorized_keys'}",
             "-o", "PidFile=none", "-o", "StrictModes=no", "-o", "UsePAM=no",
@@ -134,9 +146,13 @@ def _port22_free() -> bool:
 @pytest.fixture
 def scw(tmp_path, monkeypatch):
     """A running stand-in + sshd farm, SCW_* env pointing at it, an ops key, a 2-shard spec."""
+    from conftest import require_root, require_tool
+
     from ensemble.spec import load_spec
 
-    assert Path(SSHD).exists(), "openssh-server is needed (see .ci/apt-packages.txt)"
+    require_root("the stand-in servers' sshd listen on 127.0.10.x:22, each in a mount namespace of its own")
+    for tool in (SSHD, "ssh-keygen", "unshare"):
+        require_tool(tool)
     assert _port22_free(), "something listens on port 22 of every address; the stand-in hosts need 127.0.10.x:22"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops@test", "-f",
                     str(tmp_path / "ops_key")], check=True)
