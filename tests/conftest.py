@@ -141,15 +141,17 @@ def local_spec(fleet: str, shards: int = 1, os_profile: str = "debian-bookworm",
 
 
 def ssh_client(host):
-    """A paramiko client connected to `host` with its key and STRICT checking of its pinned host key."""
-    import paramiko
+    """A paramiko client connected to `host` with its key and STRICT checking of its pinned host key
+    (ensemble.ssh.Connection; an unknown or changed key is an EnsembleError naming the host).
 
-    client = paramiko.SSHClient()
-    client.load_host_keys(host.known_hosts)
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(host.address, port=host.ssh_port, username=host.ssh_user, key_filename=host.ssh_key,
-                   timeout=10, allow_agent=False, look_for_keys=False)
-    return client
+    Example::
+
+        client = ssh_client(host)
+        client.get_transport().open_channel("direct-tcpip", ("127.0.0.1", 5280), ("127.0.0.1", 0))
+    """
+    from ensemble.ssh import Connection
+
+    return Connection(host).open().client
 
 
 def ssh_run(host, command: str, timeout: float = 300) -> tuple[int, str, str]:
@@ -159,13 +161,10 @@ def ssh_run(host, command: str, timeout: float = 300) -> tuple[int, str, str]:
 
         code, out, _ = ssh_run(host, "systemctl is-system-running")
     """
-    client = ssh_client(host)
-    try:
-        _stdin, stdout, stderr = client.exec_command(command, timeout=timeout)
-        code = stdout.channel.recv_exit_status()
-        return code, stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-    finally:
-        client.close()
+    from ensemble.ssh import Connection
+
+    with Connection(host) as conn:
+        return conn.run(command, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,30 @@ from ensemble.errors import EnsembleError, UsageError
 pytest_plugins = ("standins.scaleway_env",)  # the scw fixture
 
 
+def test_both_providers_implement_the_whole_protocol_with_its_signatures():
+    import inspect
+
+    from ensemble.providers.base import Provider
+    from ensemble.providers.local import LocalProvider
+    from ensemble.providers.scaleway import ScalewayProvider
+
+    methods = [name for name, value in vars(Provider).items() if inspect.isfunction(value) and not name.startswith("_")]
+    assert {"list_hosts", "ensure_hosts", "destroy", "destroy_all", "janitor", "deploy_environment"} <= set(methods)
+    for provider in (LocalProvider, ScalewayProvider):
+        assert isinstance(provider.name, str)
+        for name in methods:
+            wanted = inspect.signature(getattr(Provider, name))
+            found = inspect.signature(getattr(provider, name))
+            assert [(p.name, p.kind) for p in found.parameters.values()] == [
+                (p.name, p.kind) for p in wanted.parameters.values()], f"{provider.__name__}.{name}"
+
+
+def test_scaleway_deploys_with_the_spec_as_it_is(scw):
+    from ensemble.providers.base import DeployEnv
+
+    assert scw.provider().deploy_environment(scw.spec) == DeployEnv(spec=scw.spec)
+
+
 def zero(api) -> dict:
     return {"servers": 0, "ips": 0, "volumes": 0, "security_groups": 0}
 

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -72,19 +73,23 @@ def status_document(state: dict) -> dict:
 # ---------------------------------------------------------------- actions
 
 def read_state_over_ssh(host: Host, path: str) -> dict:
-    """The refresher's state file of the front door host, over SSH (pinned host key)."""
-    from ensemble.frontdoor.drain import _connect
+    """The refresher's state file of the front door host, over SSH (pinned host key).
 
-    client = _connect(host)
+    Example::
+
+        read_state_over_ssh(door, "/var/lib/ensemble/frontdoor/state.json")["plan"]["shards"]
+    """
+    from ensemble.ssh import Connection  # paramiko: only where status is read from afar
+
+    with Connection(host) as conn:
+        code, data, err = conn.run(f"cat {shlex.quote(path)}", timeout=30)
+    if code != 0:
+        raise EnsembleError(f"status: {host.name} has no {path} yet (has the front door refreshed?): "
+                            f"{err[:120].strip()}")
     try:
-        _, stdout, stderr = client.exec_command(f"cat {path}", timeout=30)
-        data = stdout.read()
-        if stdout.channel.recv_exit_status() != 0:
-            raise EnsembleError(f"status: {host.name} has no {path} yet (has the front door refreshed?): "
-                                f"{stderr.read().decode()[:120].strip()}")
-    finally:
-        client.close()
-    return json.loads(data)
+        return json.loads(data)
+    except ValueError as exc:
+        raise EnsembleError(f"status: {host.name}:{path} is not JSON ({exc})") from None
 
 
 def load_status_state(spec: FleetSpec, state_path: Path | None = None, layout: FrontdoorLayout | None = None,

@@ -7,11 +7,14 @@ only sees `Host` values.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ensemble.spec import FleetSpec
+
+Progress = Callable[[str], None] | None  # called with one line of text per step, if given
 
 
 @dataclass(frozen=True)
@@ -64,13 +67,17 @@ class DeployEnv:
 
 
 class Provider(Protocol):
-    """Creates, finds and destroys the hosts of one fleet.
+    """Creates, finds and destroys the hosts of one fleet, and says what a deploy on them needs.
+
+    Both providers (local, scaleway) implement every method: callers never probe for one.
 
     Example::
 
         provider = get_provider(spec)
         hosts = provider.ensure_hosts(spec)     # creates what is missing
+        env = provider.deploy_environment(spec)
         provider.destroy(spec, [h for h in hosts if h.shard == 3])
+        provider.janitor(7200, [], dry_run=True)
     """
 
     name: str
@@ -79,20 +86,23 @@ class Provider(Protocol):
         """The fleet's hosts that exist now (shards and front door)."""
         ...
 
-    def ensure_hosts(self, spec: FleetSpec, progress=None) -> list[Host]:
+    def ensure_hosts(self, spec: FleetSpec, progress: Progress = None) -> list[Host]:
         """Create whatever the spec asks for and is missing; return all hosts, ready for SSH."""
         ...
 
-    def destroy(self, spec: FleetSpec, hosts: list[Host], progress=None) -> None:
+    def destroy(self, spec: FleetSpec, hosts: list[Host], progress: Progress = None) -> None:
         """Destroy these hosts and everything they own (addresses, volumes)."""
         ...
 
-    def destroy_all(self, spec: FleetSpec, progress=None) -> None:
+    def destroy_all(self, spec: FleetSpec, progress: Progress = None) -> None:
         """Destroy every host of the fleet and the fleet-wide resources (security group, bridge...)."""
         ...
 
-    def janitor(self, older_than: int, tags: list[str], *, dry_run: bool = False, progress=None) -> list[str]:
-        """Delete throwaway resources leaked by dead or interrupted runs, older than older_than seconds."""
+    def janitor(self, older_than_seconds: float, tags: list[str], *, dry_run: bool = False,
+                progress: Progress = None) -> list[str]:
+        """Delete throwaway resources leaked by dead or interrupted runs (older than older_than_seconds where
+        the provider cannot tell a dead run's from a live one's), carrying every tag in `tags`; one line per
+        resource deleted, or that would be with `dry_run`."""
         ...
 
     def deploy_environment(self, spec: FleetSpec) -> DeployEnv:

@@ -1,114 +1,99 @@
-"""Waiting for SSH on new hosts, and pinning their host keys in a per-fleet known_hosts file.
+"""The per-fleet known_hosts files both providers keep, and waiting for SSH on new hosts.
 
-A host's key is accepted on first contact (right after the host was created, when nobody else
-could have answered on its fresh address yet; or the first time this machine meets it) and
-written to the fleet's known_hosts; every later connection checks strictly, and a changed key is
-an error naming the host. Creating a host first forgets any key pinned for its address, since
-addresses are reused.
+A host's key is pinned once: the local provider writes the keys it generated for a container before
+the container boots; the Scaleway provider accepts the key a new server shows on first contact
+(right after creating it, when nobody else could answer on its fresh address; or the first time this
+machine meets it). Every later connection checks strictly (ensemble.ssh): a changed key is
+`HostKeyChanged`, naming the host. Destroying a host forgets its lines, since addresses are reused.
+Edits are atomic and locked across threads and processes.
 
 Example::
 
     wait_for_ssh(host, timeout=600)   # pins the key on first contact
     wait_for_ssh(host, timeout=30)    # strict now: HostKeyChanged if it changed
+    forget(host)                      # the host is gone
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import threading
-import time
 from pathlib import Path
 
 import paramiko
 
-from ensemble.errors import EnsembleError
 from ensemble.providers.base import Host
+from ensemble.providers.localimage import file_lock
+from ensemble.ssh import HostKeyChanged, host_pattern, wait_until_reachable
 
-_FILE_LOCK = threading.Lock()  # parallel creates pin keys into the same file
+__all__ = ["HostKeyChanged", "edit_known_hosts", "forget", "host_pattern", "known_hosts_path", "pin_unknown_key",
+           "wait_for_ssh"]
 
-
-class HostKeyChanged(EnsembleError):
-    """The host answered with a key other than the pinned one."""
+_FILE_LOCK = threading.Lock()  # parallel creates edit the same file; file_lock orders processes
 
 
 def known_hosts_path(fleet: str) -> Path:
-    """Per-fleet known_hosts: $XDG_STATE_HOME/ensemble/<fleet>/known_hosts (~/.local/state by default)."""
+    """Per-fleet known_hosts of Scaleway fleets: $XDG_STATE_HOME/ensemble/<fleet>/known_hosts.
+
+    Example::
+
+        known_hosts_path("demo")   # Path("/root/.local/state/ensemble/demo/known_hosts")
+    """
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(base) / "ensemble" / fleet / "known_hosts"
 
 
-def host_pattern(address: str, port: int) -> str:
-    """How OpenSSH (and paramiko) name a host in known_hosts."""
-    return address if port == 22 else f"[{address}]:{port}"
+def edit_known_hosts(path: Path, drop: set[str], add: list[str]) -> None:
+    """Rewrite a known_hosts file atomically without the lines naming any of `drop`, plus the lines `add`.
+
+    Nothing happens when the file's folder is gone and there is nothing to add (the fleet's keys were removed).
+
+    Example::
+
+        edit_known_hosts(Path(".../known_hosts"), {"demo-1.meet.test", "10.151.42.11"}, [])
+        edit_known_hosts(Path(".../known_hosts"), set(), ["10.1.2.3 ssh-ed25519 AAAA...\\n"])
+    """
+    if not path.parent.exists():
+        if not add:
+            return
+        path.parent.mkdir(parents=True, mode=0o700)
+    with _FILE_LOCK, file_lock(path.parent / ".lock"):
+        old = path.read_text().splitlines(keepends=True) if path.exists() else []
+        kept = [line for line in old if line.strip() and not (set(line.split()[0].split(",")) & drop)]
+        partial = path.with_name(path.name + ".part")
+        partial.write_text("".join(kept + [line if line.endswith("\n") else line + "\n" for line in add]))
+        partial.chmod(0o600)
+        os.replace(partial, path)
 
 
 def forget(host: Host) -> None:
-    """Drop the host's pinned key (it was destroyed; its address may come back on another host)."""
-    if not host.known_hosts:
-        return
-    path = Path(host.known_hosts)
-    pattern = host_pattern(host.address, host.ssh_port)
-    with _FILE_LOCK:
-        if not path.exists():
-            return
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.split(" ", 1)[0] != pattern]
-        if kept != lines:
-            path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    """Drop the host's pinned keys (it was destroyed; its address may come back on another host).
+
+    Example::
+
+        forget(host)   # the lines for "51.15.1.2" (or "[51.15.1.2]:2222") are gone
+    """
+    if host.known_hosts:
+        edit_known_hosts(Path(host.known_hosts), {host_pattern(host.address, host.ssh_port)}, [])
 
 
-def _pin(path: Path, pattern: str, key: paramiko.PKey) -> None:
-    with _FILE_LOCK:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(f"{pattern} {key.get_name()} {key.get_base64()}\n")
+def pin_unknown_key(host: Host, pattern: str, key: paramiko.PKey) -> None:
+    """Pin a key a host shows on first contact (ensemble.ssh's `on_unknown_key`), in the host's known_hosts.
 
+    Example::
 
-def _check(host: Host, key: paramiko.PKey) -> bool:
-    """True if the key is pinned; False if the host is unknown; HostKeyChanged if different."""
-    pattern = host_pattern(host.address, host.ssh_port)
-    known = paramiko.HostKeys()
-    if host.known_hosts and Path(host.known_hosts).exists():
-        known.load(host.known_hosts)
-    entry = known.lookup(pattern)
-    if not entry:
-        return False
-    if key.get_name() in entry and entry[key.get_name()] == key:
-        return True
-    raise HostKeyChanged(f"{host.name} ({pattern}): SSH host key changed since it was pinned in "
-                         f"{host.known_hosts}; if the host was rebuilt on purpose, remove that line")
-
-
-def probe(host: Host, connect_timeout: float = 5.0) -> None:
-    """One SSH handshake + key login; raises OSError / paramiko errors while not ready."""
-    sock = socket.create_connection((host.address, host.ssh_port), timeout=connect_timeout)
-    transport = paramiko.Transport(sock)
-    try:
-        transport.start_client(timeout=connect_timeout)
-        key = transport.get_remote_server_key()
-        if not _check(host, key):  # unknown here (new host, or first run on this machine): pin it
-            _pin(Path(host.known_hosts or known_hosts_path("default")), host_pattern(host.address, host.ssh_port),
-                 key)
-        if host.ssh_key:
-            transport.auth_publickey(host.ssh_user, paramiko.PKey.from_path(host.ssh_key))
-    finally:
-        transport.close()
+        Connection(host, on_unknown_key=pin_unknown_key).open()
+    """
+    path = Path(host.known_hosts) if host.known_hosts else known_hosts_path("default")
+    edit_known_hosts(path, set(), [f"{pattern} {key.get_name()} {key.get_base64()}\n"])
 
 
 def wait_for_ssh(host: Host, timeout: float, interval: float = 0.5) -> None:
-    """Poll until SSH answers and the key login works; EnsembleError after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while True:
-        try:
-            probe(host)
-            return
-        except HostKeyChanged:
-            raise
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            last = f"{exc.__class__.__name__}: {exc}"
-        if time.monotonic() >= deadline:
-            raise EnsembleError(f"{host.name}: SSH on {host.address}:{host.ssh_port} not ready after "
-                                f"{timeout:.0f}s ({last})")
-        time.sleep(interval)
+    """Poll until SSH answers and the key login works, pinning an unknown key; EnsembleError after timeout.
+
+    Example::
+
+        wait_for_ssh(host, timeout=600)
+    """
+    wait_until_reachable(host, timeout, interval=interval, attempt_timeout=10.0, connect_timeout=5.0,
+                         on_unknown_key=pin_unknown_key)

@@ -5,7 +5,7 @@ debootstrap tarball onto a tmpfs, its own address on a bridge made for the fleet
 pinned in the fleet's known_hosts. Hosts are found again from their folders under
 `<state_dir>/<fleet>/hosts/<machine>/` (the folder is the host: no state file to lose).
 
-Layout::
+Layout (one host's folder is described in localcontainer.py)::
 
     <state_dir>/<fleet>/hosts/            tmpfs; one folder per host: rootfs/, host.json, nspawn.pid, nspawn.log
     <state_dir>/<fleet>/run/              pids and configs of the proxies and file servers
@@ -22,6 +22,7 @@ Example::
 
     provider = LocalProvider(spec)
     hosts = provider.ensure_hosts(spec, progress=print)
+    env = provider.deploy_environment(spec)     # Jitsi from the stand-in repository, npm through the proxy
     provider.destroy_all(spec)
 """
 
@@ -35,15 +36,33 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ensemble.errors import EnsembleError, SpecError, UsageError
 from ensemble.providers import localnet
-from ensemble.providers.base import Host
+from ensemble.providers.base import DeployEnv, Host, Progress
+from ensemble.providers.hostkeys import edit_known_hosts
+from ensemble.providers.localcontainer import (
+    PlannedHost,
+    console_tail,
+    container_processes,
+    host_key_lines,
+    host_side_veth,
+    is_mountpoint,
+    machine_name,
+    nspawn_argv,
+    nspawn_pid,
+    planned_hosts,
+    read_record,
+    stop_container,
+    write_identity,
+    write_record,
+)
 from ensemble.providers.localimage import (
     check_suite,
     ensure_image,
@@ -52,34 +71,26 @@ from ensemble.providers.localimage import (
     mounts_under,
     remove_tree,
 )
-from ensemble.providers.localnet import LocalNetwork, plan_network, process_alive, read_pid
+from ensemble.providers.localnet import LocalNetwork, plan_network, process_alive
+from ensemble.spec import EtherpadSection
+from ensemble.ssh import HostKeyChanged, SSHError, wait_until_reachable
 
 if TYPE_CHECKING:
     from ensemble.spec import FleetSpec
 
+__all__ = ["LOCAL_ETHERPAD_SOURCE", "PRODUCTION_JITSI_REPO", "LocalProvider", "container_processes", "machine_name",
+           "mounts_under", "suite_of"]
+
 KEYS_ROOT = Path(os.environ.get("ENSEMBLE_LOCAL_KEYS", "/var/lib/ensemble/local"))
 REGISTRY = Path(os.environ.get("ENSEMBLE_LOCAL_REGISTRY", "/run/ensemble-local"))
-FRONTDOOR_INDEX = 10  # front door at .10, shard n at .10+n
 TMPFS_SIZE = os.environ.get("ENSEMBLE_LOCAL_TMPFS_SIZE", "16g")
 SSH_TIMEOUT = float(os.environ.get("ENSEMBLE_LOCAL_SSH_TIMEOUT", "120"))
-STOP_TIMEOUT = 15.0
-# No RSA host key: generating one costs 1-2 s of CPU per host, and every client ensemble uses speaks ed25519.
-HOST_KEY_TYPES = ("ed25519", "ecdsa")
 REQUIRED_TOOLS = (("systemd-nspawn", "systemd-container"), ("debootstrap", "debootstrap"), ("zstd", "zstd"),
                   ("apt-cacher-ng", "apt-cacher-ng"), ("tinyproxy", "tinyproxy"), ("ip", "iproute2"),
                   ("ssh-keygen", "openssh-client"), ("unshare", "util-linux"), ("nsenter", "util-linux"))
-
-_known_hosts_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class PlannedHost:
-    """A host the spec asks for. Example: PlannedHost("demo-1.meet.test", "shard", 1, "10.151.42.11")."""
-
-    name: str
-    role: str
-    shard: int | None
-    address: str
+# What a deploy on local hosts takes instead of what they cannot reach (see LocalProvider.deploy_environment).
+PRODUCTION_JITSI_REPO = "https://download.jitsi.org"
+LOCAL_ETHERPAD_SOURCE = "npm:ep_etherpad-lite@1.8.14"
 
 
 # ---- facts ----
@@ -100,128 +111,6 @@ def suite_of(spec: FleetSpec) -> str:
         return configured
     check_suite(spec.profile.codename, spec.fleet.os)
     return spec.profile.codename
-
-
-def machine_name(fleet: str, host_name: str) -> str:
-    """The container's machine name: safe, unique per fleet, at most 64 characters.
-
-    Example::
-
-        machine_name("demo", "demo-1.meet.test")   # "e2a9751-demo-1-meet-test"
-    """
-    safe = re.sub(r"[^a-z0-9-]+", "-", host_name.lower()).strip("-")
-    return f"e{localnet.fleet_hash(fleet)}-{safe}"[:64].rstrip("-")
-
-
-def planned_hosts(spec: FleetSpec, net: LocalNetwork) -> list[PlannedHost]:
-    """Every host the spec asks for: shards 1..N, then the front door.
-
-    Example::
-
-        [h.address for h in planned_hosts(spec, net)]   # ["10.151.42.11", "10.151.42.12", "10.151.42.10"]
-    """
-    if spec.fleet.shards > 200:
-        raise SpecError("fleet.shards", "the local provider takes at most 200 shards (one /24)")
-    hosts = [PlannedHost(name, "shard", n, net.address(FRONTDOOR_INDEX + n))
-             for n, name in enumerate(spec.shard_names(), start=1)]
-    hosts.append(PlannedHost(spec.fleet.domain, "frontdoor", None, net.address(FRONTDOOR_INDEX)))
-    return hosts
-
-
-def networkd_config(address: str, prefix_length: int) -> str:
-    """systemd-networkd config of the guest's veth. Example: networkd_config("10.1.2.11", 24)."""
-    return (f"[Match]\nName=host0\n\n[Network]\nAddress={address}/{prefix_length}\n"
-            "LinkLocalAddressing=no\nIPv6AcceptRA=no\n")
-
-
-def etc_hosts(name: str, address: str) -> str:
-    """The guest's /etc/hosts: its own domain is its bridge address. Example: etc_hosts("a.test", "10.1.2.3")."""
-    short = name.split(".")[0]
-    return (f"127.0.0.1 localhost\n{address} {name} {short}\n"
-            "::1 localhost ip6-localhost ip6-loopback\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n")
-
-
-def apt_proxy_config(net: LocalNetwork) -> str:
-    """apt settings: the mirror through the fleet's apt-cacher-ng, repositories served on the gateway directly.
-
-    Example::
-
-        apt_proxy_config(net)   # 'Acquire::http::Proxy "http://10.151.42.1:3142";\nAcquire::http::Proxy::...'
-    """
-    return f'Acquire::http::Proxy "{net.apt_proxy_url}";\nAcquire::http::Proxy::{net.gateway} "DIRECT";\n'
-
-
-def nspawn_argv(rootfs: Path, machine: str, bridge: str) -> list[str]:
-    """The command that boots a container (see testhosts.md for why each option is there).
-
-    A private mount namespace with a tmpfs on /run/systemd/nspawn: nspawn refuses to clean its propagation
-    folder on a disk file system (only that folder, not all of /run, which may hold the state folder).
-    --register=no --keep-unit: no systemd/dbus on this machine.
-
-    Example::
-
-        nspawn_argv(Path("/run/ensemble/demo/hosts/x/rootfs"), "x", "ens-2a9751")
-    """
-    in_namespace = ("mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn"
-                    ' && exec systemd-nspawn "$@"')
-    return ["setsid", "unshare", "-m", "--propagation", "private", "sh", "-c", in_namespace, "sh",
-            "-D", str(rootfs), "-M", machine, "--register=no", "--keep-unit", "--link-journal=no",
-            "--resolv-conf=off", "--timezone=off", "-b", "--console=passive", f"--network-bridge={bridge}"]
-
-
-def is_mountpoint(path: Path) -> bool:
-    """Whether `path` is a mount point in this namespace. Example: is_mountpoint(Path("/proc")) -> True."""
-    target = str(path.resolve())
-    with open("/proc/self/mounts") as mounts:
-        return any(line.split()[1] == target for line in mounts)
-
-
-def container_processes(machine_id: str) -> list[int]:
-    """Pids of a container's init (found by the container_uuid nspawn gives it).
-
-    Example::
-
-        container_processes("3f2b...")   # [4242]
-    """
-    if len(machine_id) != 32:
-        return []
-    uuid = f"{machine_id[:8]}-{machine_id[8:12]}-{machine_id[12:16]}-{machine_id[16:20]}-{machine_id[20:]}"
-    wanted = f"container_uuid={uuid}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if wanted in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
-
-
-def host_side_veth(machine_id: str) -> str | None:
-    """Name of the veth on the bridge whose peer is the container's host0 (nspawn shortens long names
-    with a hash, so it is read, not computed).
-
-    Example::
-
-        host_side_veth("3f2b...")   # "vb-e2a9751-Jk2x"
-    """
-    inits = container_processes(machine_id)
-    if not inits:
-        return None
-    shown = subprocess.run(["nsenter", "-t", str(inits[0]), "-n", "ip", "-o", "link", "show", "host0"],
-                           capture_output=True, text=True).stdout
-    match = re.search(r"host0@if(\d+)", shown)
-    if not match:
-        return None
-    for link in Path("/sys/class/net").iterdir():
-        try:
-            if (link / "ifindex").read_text().strip() == match.group(1):
-                return link.name
-        except OSError:
-            continue
-    return None
 
 
 def fleet_lock(bridge: str):
@@ -258,24 +147,6 @@ def terminate_as_exit():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def edit_known_hosts(path: Path, drop: set[str], add: list[str]) -> None:
-    """Rewrite a known_hosts file atomically without the lines naming `drop`, plus the lines `add`.
-
-    Example::
-
-        edit_known_hosts(Path(".../known_hosts"), {"demo-1.meet.test", "10.151.42.11"}, [])
-    """
-    if not path.parent.exists():
-        return
-    with _known_hosts_lock, file_lock(path.parent / ".lock"):
-        old = path.read_text().splitlines(keepends=True) if path.exists() else []
-        kept = [line for line in old if line.strip() and not (set(line.split()[0].split(",")) & drop)]
-        partial = path.with_name(path.name + ".part")
-        partial.write_text("".join(kept + add))
-        partial.chmod(0o600)
-        os.replace(partial, path)
 
 
 # ---- the provider ----
@@ -333,16 +204,10 @@ class LocalProvider:
         hosts = []
         root = self.hosts_dir(spec)
         for folder in sorted(root.iterdir()) if root.is_dir() else []:
-            record = self._read_record(folder)
-            if record and record.get("ready") and self._nspawn_pid(folder):
+            record = read_record(folder)
+            if record and record.get("ready") and nspawn_pid(folder):
                 hosts.append(self._host_from_record(spec, record))
         return sorted(hosts, key=lambda h: (h.shard is None, h.shard or 0, h.name))
-
-    def _read_record(self, folder: Path) -> dict | None:
-        try:
-            return json.loads((folder / "host.json").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
 
     def _host_from_record(self, spec: FleetSpec, record: dict) -> Host:
         return Host(name=record["name"], role=record["role"], shard=record["shard"], address=record["address"],
@@ -350,19 +215,9 @@ class LocalProvider:
                     public_ipv4=record["address"], private_ipv4=record["address"], provider_id=record["machine"],
                     labels={"machine": record["machine"], "suite": record["suite"], "provider": "local"})
 
-    def _nspawn_pid(self, folder: Path) -> int | None:
-        pid = read_pid(folder / "nspawn.pid")
-        if pid is None:
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        return pid if folder.name.encode() in cmdline else None  # not a recycled pid
-
     # -- creating --
 
-    def ensure_hosts(self, spec: FleetSpec, progress=None) -> list[Host]:
+    def ensure_hosts(self, spec: FleetSpec, progress: Progress = None) -> list[Host]:
         """Create the hosts the spec asks for that do not run yet (in parallel); return all running hosts.
 
         `progress` is called with one line of text per step, if given.
@@ -476,95 +331,50 @@ class LocalProvider:
         record = {"name": planned.name, "role": planned.role, "shard": planned.shard, "address": planned.address,
                   "machine": machine, "suite": suite, "bridge": net.bridge, "ready": False,
                   "creator": os.getpid(), "machine_id": os.urandom(16).hex()}
-        self._write_record(folder, record)  # first, so cleanup_stale can find what a killed run left
+        write_record(folder, record)  # first, so cleanup_stale can find what a killed run left
         rootfs.mkdir()
         subprocess.run(f"zstd -dc {tarball} | tar -C {rootfs} --numeric-owner -xf -", shell=True, check=True)
-        self._write_identity(spec, rootfs, planned, net, record["machine_id"])
-        self._pin_host_keys(spec, planned, rootfs)
+        write_identity(rootfs, planned, net, record["machine_id"], Path(f"{self.ssh_key(spec)}.pub").read_text())
+        # the keys just generated are the host's: pinned before it boots, checked strictly from the first login
+        edit_known_hosts(self.known_hosts(spec), {planned.name, planned.address}, host_key_lines(planned, rootfs))
         if cancel.is_set():
             raise EnsembleError(f"{planned.name}: creation interrupted")
         with open(folder / "nspawn.log", "wb") as log:
             proc = subprocess.Popen(nspawn_argv(rootfs, machine, net.bridge), stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT)
         (folder / "nspawn.pid").write_text(f"{proc.pid}\n")
-        self._wait_for_ssh(spec, planned, proc, folder, cancel)
+        self._wait_for_ssh(self._host_from_record(spec, record), proc, folder, cancel)
         record["veth"] = host_side_veth(record["machine_id"])
         record["ready"] = True
-        self._write_record(folder, record)
+        write_record(folder, record)
         say(f"{planned.name} up at {planned.address} in {time.monotonic() - started:.1f} s")
         return self._host_from_record(spec, record)
 
     @staticmethod
-    def _write_record(folder: Path, record: dict) -> None:
-        partial = folder / "host.json.part"
-        partial.write_text(json.dumps(record, indent=1))
-        os.replace(partial, folder / "host.json")
+    def _wait_for_ssh(host: Host, proc: subprocess.Popen, folder: Path, cancel: threading.Event) -> None:
+        """Until sshd answers with the pinned key; a clear error with the console tail if the container dies."""
 
-    def _write_identity(self, spec: FleetSpec, rootfs: Path, planned: PlannedHost, net: LocalNetwork,
-                        machine_id: str) -> None:
-        """Hostname, hosts, machine-id, fresh SSH host keys, the fleet key, network and apt proxy."""
-        (rootfs / "etc/hostname").write_text(planned.name + "\n")
-        (rootfs / "etc/hosts").write_text(etc_hosts(planned.name, planned.address))
-        (rootfs / "etc/resolv.conf").unlink(missing_ok=True)
-        (rootfs / "etc/resolv.conf").write_text("nameserver 127.0.0.1\n")  # nothing outside resolves anyway
-        (rootfs / "etc/machine-id").write_text(machine_id + "\n")
-        for key_type in HOST_KEY_TYPES:
-            key_file = rootfs / f"etc/ssh/ssh_host_{key_type}_key"
-            subprocess.run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", f"root@{planned.name}",
-                            "-f", str(key_file)], check=True)
-        (rootfs / "etc/ssh/sshd_config.d").mkdir(exist_ok=True)
-        (rootfs / "etc/ssh/sshd_config.d/10-ensemble-host-keys.conf").write_text(
-            "".join(f"HostKey /etc/ssh/ssh_host_{key_type}_key\n" for key_type in HOST_KEY_TYPES))
-        ssh_dir = rootfs / "root/.ssh"
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        authorized = ssh_dir / "authorized_keys"
-        authorized.write_text(Path(f"{self.ssh_key(spec)}.pub").read_text())
-        authorized.chmod(0o600)
-        (rootfs / "etc/systemd/network/10-host0.network").write_text(
-            networkd_config(planned.address, net.prefix_length))
-        (rootfs / "etc/apt/apt.conf.d/01ensemble-proxy").write_text(apt_proxy_config(net))
-
-    def _pin_host_keys(self, spec: FleetSpec, planned: PlannedHost, rootfs: Path) -> None:
-        """Write the guest's new public host keys into the fleet's known_hosts (replacing older ones)."""
-        lines = []
-        for key_type in HOST_KEY_TYPES:
-            public = (rootfs / f"etc/ssh/ssh_host_{key_type}_key.pub").read_text().split()
-            lines.append(f"{planned.name},{planned.address} {public[0]} {public[1]}\n")
-        edit_known_hosts(self.known_hosts(spec), {planned.name, planned.address}, lines)
-
-    def _wait_for_ssh(self, spec: FleetSpec, planned: PlannedHost, proc: subprocess.Popen, folder: Path,
-                      cancel: threading.Event) -> None:
-        """Until sshd answers with the pinned key; a clear error with the log tail if the container dies."""
-        import paramiko
-
-        deadline = time.monotonic() + SSH_TIMEOUT
-        last_error = "no answer"
-        while time.monotonic() < deadline:
+        def give_up() -> str | None:
             if cancel.is_set():
-                raise EnsembleError(f"{planned.name}: creation interrupted")
+                return f"{host.name}: creation interrupted"
             if proc.poll() is not None:
-                tail = (folder / "nspawn.log").read_text(errors="replace").strip().splitlines()[-5:]
-                raise EnsembleError(f"container of {planned.name} exited ({proc.returncode}): {' / '.join(tail)}")
-            client = paramiko.SSHClient()
-            client.load_host_keys(str(self.known_hosts(spec)))
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
-            try:
-                client.connect(planned.address, username="root", key_filename=str(self.ssh_key(spec)),
-                               timeout=2, banner_timeout=5, auth_timeout=5, allow_agent=False, look_for_keys=False)
-                client.exec_command("true", timeout=5)[1].channel.recv_exit_status()
-                return
-            except (OSError, paramiko.SSHException) as exc:
-                last_error = str(exc) or type(exc).__name__
-                time.sleep(0.3)
-            finally:
-                client.close()
-        tail = (folder / "nspawn.log").read_text(errors="replace").strip().splitlines()[-5:]
-        raise EnsembleError(f"{planned.name} ({planned.address}): no SSH after {SSH_TIMEOUT:.0f} s ({last_error}); "
-                            f"console: {' / '.join(tail)}")
+                return f"container of {host.name} exited ({proc.returncode}): {console_tail(folder)}"
+            return None
+
+        try:
+            wait_until_reachable(host, SSH_TIMEOUT, interval=0.3, attempt_timeout=5.0, connect_timeout=2.0,
+                                 give_up=give_up)
+        except HostKeyChanged:
+            raise
+        except SSHError as exc:
+            if proc.poll() is not None or cancel.is_set():
+                raise EnsembleError(give_up() or exc.reason) from None
+            raise EnsembleError(f"{host.name} ({host.address}): no SSH after {SSH_TIMEOUT:.0f} s "
+                                f"({exc.reason}); console: {console_tail(folder)}") from None
 
     # -- destroying --
 
-    def destroy(self, spec: FleetSpec, hosts: list[Host], progress=None) -> None:
+    def destroy(self, spec: FleetSpec, hosts: list[Host], progress: Progress = None) -> None:
         """Stop these hosts cleanly and remove their folders, veths and known_hosts entries."""
         say = progress or (lambda _line: None)
         self.check_machine()
@@ -573,18 +383,18 @@ class LocalProvider:
             list(pool.map(lambda folder: self._remove_host(self.known_hosts(spec), folder, say), folders))
 
     def _remove_host(self, known_hosts: Path, folder: Path, say=None) -> None:
-        record = self._read_record(folder) or {}
+        record = read_record(folder) or {}
         if not record.get("machine_id"):  # a record cut short: the rootfs still knows the container's id
             try:
                 record["machine_id"] = (folder / "rootfs/etc/machine-id").read_text().strip()
             except OSError:
                 pass
         started = time.monotonic()
-        self._stop_container(folder, record)
+        stop_container(folder, record)
         veth = record.get("veth")
         if veth and localnet.link_exists(veth):  # normally gone with the container's network namespace
             localnet.run_ip("link", "del", veth, check=False)
-        if self._nspawn_pid(folder) or container_processes(record.get("machine_id", "")):
+        if nspawn_pid(folder) or container_processes(record.get("machine_id", "")):
             raise EnsembleError(f"the container of {record.get('name', folder.name)} is still running; "
                                 f"not removing {folder}")
         leftovers = mounts_under(folder)
@@ -597,30 +407,7 @@ class LocalProvider:
         if say and record.get("name"):
             say(f"{record['name']} destroyed in {time.monotonic() - started:.1f} s")
 
-    def _stop_container(self, folder: Path, record: dict) -> None:
-        """SIGTERM to nspawn (clean poweroff), then kill the container's init if it is still there."""
-        pid = self._nspawn_pid(folder)
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while process_alive(pid) and time.monotonic() < deadline:
-                localnet.reap(pid)
-                time.sleep(0.1)
-        # a SIGKILLed nspawn leaves the container's systemd running: killing its init ends the pid namespace
-        for init in container_processes(record.get("machine_id", "")):
-            try:
-                os.kill(init, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if pid and process_alive(pid):
-            localnet.stop_pid(pid, timeout=2)
-        deadline = time.monotonic() + 5
-        while container_processes(record.get("machine_id", "")) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not (pid and process_alive(pid)):
-            (folder / "nspawn.pid").unlink(missing_ok=True)
-
-    def destroy_all(self, spec: FleetSpec, progress=None) -> None:
+    def destroy_all(self, spec: FleetSpec, progress: Progress = None) -> None:
         """Every host of the fleet, its proxies and file servers, its bridge, tmpfs and folders."""
         self.check_machine()
         hosts_dir = self.hosts_dir(spec)
@@ -643,9 +430,12 @@ class LocalProvider:
 
     # -- crash recovery --
 
-    def cleanup_stale(self, progress=None) -> list[str]:
+    def cleanup_stale(self, progress: Progress = None, *, dry_run: bool = False) -> list[str]:
         """Remove what dead runs left: hosts whose container or creator died, fleets with nothing alive,
-        bridges no fleet owns. Returns what was removed (one line each).
+        bridges no fleet owns. Returns what was removed (one line each); `dry_run` only says what would be.
+
+        Never touches what a live run uses: a host being created by a live process, a network a live process
+        claimed. Removals are appended to <registry>/cleanup.log (when, which process, what).
 
         Example::
 
@@ -660,50 +450,101 @@ class LocalProvider:
                     owner = json.loads(entry.read_text())  # read again under the lock
                 except (OSError, ValueError):
                     continue
-                removed += self._cleanup_fleet(entry.stem, owner)
+                removed += self._cleanup_fleet(entry.stem, owner, dry_run)
         bridges = localnet.bridges_of_provider()  # before the claims: a claim is written before its bridge
         claimed = {e.stem for e in REGISTRY.glob("ens-*.json")} if REGISTRY.is_dir() else set()
         for bridge in bridges:
             if bridge not in claimed:
-                localnet.bridge_down(bridge)
+                if not dry_run:
+                    localnet.bridge_down(bridge)
                 removed.append(f"bridge {bridge} (no fleet)")
-        if removed:  # an audit trail: what a run removed, when, and which run did
+        if removed and not dry_run:  # an audit trail: what a run removed, when, and which run did
             REGISTRY.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             with open(REGISTRY / "cleanup.log", "a") as log:
                 log.writelines(f"{stamp} pid {os.getpid()}: {line}\n" for line in removed)
         for line in removed:
             if progress:
-                progress(f"cleaned up {line}")
+                progress(f"{'would clean up' if dry_run else 'cleaned up'} {line}")
         return removed
 
-    def _cleanup_fleet(self, bridge: str, owner: dict) -> list[str]:
+    def _cleanup_fleet(self, bridge: str, owner: dict, dry_run: bool) -> list[str]:
         fleet_dir = Path(owner["fleet_dir"])
         known_hosts = Path(owner["keys_dir"]) / "known_hosts"
         removed, alive = [], 0
         hosts_dir = fleet_dir / "hosts"
         for folder in sorted(p for p in hosts_dir.iterdir() if p.is_dir()) if hosts_dir.is_dir() else []:
             try:
-                record = self._read_record(folder) or {}
+                record = read_record(folder) or {}
                 reason = self._stale_reason(folder, record)
             except FileNotFoundError:  # removed meanwhile by the run that owns it: nothing left to clean
                 continue
             if reason is None:
                 alive += 1
                 continue
-            self._remove_host(known_hosts, folder)
+            if not dry_run:
+                self._remove_host(known_hosts, folder)
             removed.append(f"host {record.get('name', folder.name)} ({reason})")
         if alive == 0 and not any(process_alive(pid) for pid in owner.get("pids", [])):
-            self._teardown_fleet(fleet_dir, bridge, known_hosts)
+            if not dry_run:
+                self._teardown_fleet(fleet_dir, bridge, known_hosts)
             removed.append(f"fleet {owner['fleet']} network ({bridge})")
         return removed
 
-    def _stale_reason(self, folder: Path, record: dict) -> str | None:
+    @staticmethod
+    def _stale_reason(folder: Path, record: dict) -> str | None:
         if not record:  # a folder without host.json: a removal cut short (or a create in its first instant)
             return "removal interrupted" if time.time() - folder.stat().st_mtime > 60 else None
         if record.get("ready"):
-            return None if self._nspawn_pid(folder) else "container gone"
+            return None if nspawn_pid(folder) else "container gone"
         creator = record.get("creator")
         if creator and process_alive(int(creator)):
             return None  # still being created by a live run
         return "creation interrupted"
+
+    def janitor(self, older_than_seconds: float, tags: list[str], *, dry_run: bool = False,
+                progress: Progress = None) -> list[str]:
+        """What dead or interrupted runs left on this machine, removed (`cleanup_stale`); `dry_run` only lists it.
+
+        Local resources carry no tags: with `tags` given nothing matches and nothing is removed. The age
+        threshold is not needed here: a resource is stale when the process that made or used it is dead
+        (known for sure on one machine), never merely because it is old, and a live run's are never touched.
+
+        Example::
+
+            LocalProvider().janitor(7200, [], dry_run=True)   # ["host demo-1.meet.test (container gone)"]
+        """
+        if tags:
+            if progress:
+                progress(f"janitor: local hosts and networks carry no tags; nothing has {', '.join(tags)}")
+            return []
+        return self.cleanup_stale(progress=progress, dry_run=dry_run)
+
+    # -- what a deploy on these hosts needs --
+
+    def deploy_environment(self, spec: FleetSpec) -> DeployEnv:
+        """Local hosts reach nothing but their bridge: Jitsi's packages come from the stand-in repository this
+        provider serves (download.jitsi.org is out of reach), Etherpad from npm through the fleet's proxy
+        (GitHub is out of reach; npm checks the package's integrity), SSH from the bridge subnet, and every
+        host gets the others in /etc/hosts. A spec naming its own Jitsi repository or Etherpad source keeps it.
+        Serving the repository brings the fleet's network up (root).
+
+        Example::
+
+            env = LocalProvider(spec).deploy_environment(spec)
+            env.spec.jitsi.apt_repo, env.admin_cidrs          # ("http://10.151.42.1:40123", ["10.151.42.0/24"])
+        """
+        net = self.network(spec)
+        if spec.jitsi.apt_repo == PRODUCTION_JITSI_REPO:
+            from ensemble.standins.jitsi_repo import build_standin_repo
+
+            repo = build_standin_repo()
+            url = self.serve_directory(spec, "jitsi-standin", repo.path).rstrip("/")
+            jitsi = replace(spec.jitsi, apt_repo=url, apt_suite=repo.suite, apt_key_url=repo.key_url(url),
+                            apt_key_fingerprint=repo.key_fingerprint)
+            spec = replace(spec, jitsi=jitsi)
+        if spec.etherpad.source_url == EtherpadSection().source_url:
+            spec = replace(spec, etherpad=replace(spec.etherpad, source_url=LOCAL_ETHERPAD_SOURCE, sha256=""))
+        direct = urllib.parse.urlsplit(spec.jitsi.apt_repo).hostname or ""
+        return DeployEnv(spec=spec, http_proxy=net.http_proxy_url, admin_cidrs=[net.subnet],
+                         apt_direct=[direct] if direct else [], hosts_file=True, npm_only=True)

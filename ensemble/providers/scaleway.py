@@ -1,34 +1,28 @@
 """The Scaleway provider: a fleet's hosts as Scaleway instances, found again by their tags.
 
-The only module that imports the `scaleway` SDK. Credentials and settings come exactly as for
-the `scw` CLI (config profile, then SCW_* environment, SCW_API_URL included). Every SDK call
-goes through `ensemble.providers.retry` (the SDK has no retry and no timeout) with a per-call
-HTTP timeout. Every resource carries the tags `ensemble`, `ensemble-fleet=<name>` and, for a
-host's server/IPs/volume, `ensemble-role=...`, `ensemble-shard=<n>` and `ensemble-created=...`;
-throwaway (smoke) resources also carry `ensemble-smoke`.
+With scalewayclient.py (credentials, timeouts, retries, errors) the only modules that import the
+`scaleway` SDK; the facts (tags, names, firewall rules) are in scalewaytags.py. Every resource is
+tagged (see scalewaytags): hosts are found again by tag, there is no local state. SSH keys of new
+servers are pinned on first contact (hostkeys.py).
 
 Example::
 
     provider = ScalewayProvider(spec)
     hosts = provider.ensure_hosts(spec, progress=print)   # creates what is missing, waits for SSH
     provider.destroy(spec, [h for h in hosts if h.shard == 3])
+    ScalewayProvider(spec, throwaway=True)                # smoke runs: tagged ensemble-smoke, shards only
 """
 
 from __future__ import annotations
 
 import contextvars
-import logging
-import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import requests
-from scaleway import Client, ScalewayException
-from scaleway.block.v1 import BlockV1API
+from scaleway import Client
 from scaleway.instance.v1 import (
     IpType,
     SecurityGroupPolicy,
@@ -40,188 +34,32 @@ from scaleway.instance.v1 import (
     VolumeServerTemplate,
     VolumeVolumeType,
 )
-from scaleway.instance.v1.custom_api import InstanceUtilsV1API
-from scaleway.marketplace.v2 import MarketplaceV2API
-from scaleway_core import api as _sdk_http
 
 from ensemble.cloudinit import read_public_key, user_data
 from ensemble.errors import EnsembleError, UsageError
 from ensemble.providers import hostkeys
-from ensemble.providers.base import Host
-from ensemble.providers.retry import RetryPolicy, call_with_retry, describe, is_transient, status_of
+from ensemble.providers.base import DeployEnv, Host, Progress
+from ensemble.providers.retry import RetryPolicy
+from ensemble.providers.scalewayclient import Api, ProviderError, load_client
+from ensemble.providers.scalewaytags import (
+    SMOKE_TAG,
+    TAG,
+    WantedHost,
+    firewall_rules,
+    fleet_tag,
+    group_tags,
+    host_tags,
+    image_kind,
+    now_iso,
+    old_enough,
+    security_group_name,
+    tag_values,
+    wanted_hosts,
+)
 from ensemble.spec import FleetSpec
 
-Progress = Callable[[str], None] | None
+__all__ = ["ProviderError", "ScalewayProvider"]
 
-TAG = "ensemble"
-SMOKE_TAG = "ensemble-smoke"
-SBS_FAMILIES = ("PRO2", "POP2", "PLAY2")
-
-# ---- HTTP timeout: the SDK calls requests.request() without one, so a hung API hangs us ----
-_TIMEOUT: contextvars.ContextVar[float] = contextvars.ContextVar("scaleway_timeout", default=30.0)
-
-
-class _RequestsWithTimeout:
-    """Stands in for the `requests` module inside scaleway_core.api, adding our timeout."""
-
-    def __getattr__(self, name: str):
-        return getattr(requests, name)
-
-    @staticmethod
-    def request(*args, **kwargs):
-        kwargs.setdefault("timeout", _TIMEOUT.get())
-        return requests.request(*args, **kwargs)
-
-
-_sdk_http.requests = _RequestsWithTimeout()
-
-
-class ProviderError(EnsembleError):
-    """An API call failed for good (one line: what, and why); `status` is the HTTP status if any."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
-
-
-# ---- tags: facts about resources, kept apart from the calls that make them ----
-
-def fleet_tag(fleet: str) -> str:
-    return f"ensemble-fleet={fleet}"
-
-
-def host_tags(fleet: str, role: str, shard: int | None, created: str, throwaway: bool) -> list[str]:
-    """Tags of one host's server, IPs and volume.
-
-    Example::
-
-        host_tags("demo", "shard", 2, "2026-01-01T00:00:00Z", False)
-        # ["ensemble", "ensemble-fleet=demo", "ensemble-role=shard", "ensemble-shard=2", "ensemble-created=..."]
-    """
-    tags = [TAG, fleet_tag(fleet), f"ensemble-role={role}"]
-    if shard is not None:
-        tags.append(f"ensemble-shard={shard}")
-    tags.append(f"ensemble-created={created}")
-    if throwaway:
-        tags.append(SMOKE_TAG)
-    return tags
-
-
-def tag_values(tags: Iterable[str]) -> dict[str, str]:
-    """{"ensemble-fleet": "demo", "ensemble-smoke": "", ...} from a tag list."""
-    values = {}
-    for tag in tags:
-        key, _, value = tag.partition("=")
-        values[key] = value
-    return values
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def firewall_rules(ssh_cidrs: list[str]) -> list[tuple[str, int, str]]:
-    """(protocol, port, source range) the fleet's security group lets in; all else is dropped.
-
-    Example::
-
-        firewall_rules(["198.51.100.0/24"])[:2]   # [("tcp", 80, "0.0.0.0/0"), ("tcp", 80, "::/0")]
-    """
-    rules = []
-    for protocol, port in (("tcp", 80), ("tcp", 443), ("udp", 10000)):
-        rules += [(protocol, port, "0.0.0.0/0"), (protocol, port, "::/0")]
-    rules += [("tcp", 22, cidr) for cidr in ssh_cidrs]
-    return rules
-
-
-@dataclass(frozen=True)
-class WantedHost:
-    """A host to create: its DNS name, role and shard number."""
-
-    name: str
-    role: str
-    shard: int | None
-    commercial_type: str
-
-
-# ---- credentials ----
-
-def _config_path() -> Path:
-    explicit = os.environ.get("SCW_CONFIG_PATH")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
-    return Path(base) / "scw" / "config.yaml"
-
-
-def load_client(spec: FleetSpec) -> Client:
-    """A validated SDK client from the scw config profile + SCW_* env; UsageError naming what is wrong."""
-    import yaml
-
-    settings = spec.provider.scaleway
-    profile = settings.profile or os.environ.get("SCW_PROFILE") or "default"
-    path = _config_path()
-    where = f"{path} (profile {profile!r})"
-    if settings.profile:
-        try:
-            config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except OSError:
-            raise UsageError(f"provider.scaleway.profile: {profile!r} set but {path} cannot be read "
-                             "(run `scw init`, or set SCW_CONFIG_PATH)") from None
-        except yaml.YAMLError:
-            raise UsageError(f"{path}: not valid YAML") from None
-        if profile != "default" and profile not in (config.get("profiles") or {}):
-            known = ", ".join(sorted(config.get("profiles") or {})) or "none"
-            raise UsageError(f"provider.scaleway.profile: no profile {profile!r} in {path} (profiles: {known})")
-    sdk_log = logging.getLogger("scaleway")
-    level = sdk_log.level
-    sdk_log.setLevel(logging.ERROR)  # "no config file" is normal when the SCW_* environment is used
-    try:
-        client = Client.from_config_file_and_env(profile_name=profile)
-    finally:
-        sdk_log.setLevel(level)
-    _check_credentials(client, where)
-    if settings.project_id:
-        client.default_project_id = settings.project_id
-    if not client.default_project_id:
-        raise UsageError(f"provider.scaleway.project_id: empty, and no default project: set SCW_DEFAULT_PROJECT_ID "
-                         f"or default_project_id in {where}")
-    client.default_zone = settings.zone
-    client.default_region = settings.zone.rsplit("-", 1)[0]
-    return client
-
-
-def _check_credentials(client: Client, where: str) -> None:
-    from scaleway_core.validations.string_validation import is_access_key, is_project_id, is_secret_key
-
-    checks = [
-        ("SCW_ACCESS_KEY", "access_key", client.access_key, is_access_key, "SCW followed by 17 capitals/digits"),
-        ("SCW_SECRET_KEY", "secret_key", client.secret_key, is_secret_key, "a UUID"),
-    ]
-    for env, key, value, valid, shape in checks:
-        if not value:
-            raise UsageError(f"{env}: Scaleway credentials missing: set {env} or {key} in {where}")
-        if not valid(value):  # never echo the value: it may be a secret pasted in the wrong place
-            raise UsageError(f"{env} / {key} in {where}: malformed, expected {shape}")
-    project = client.default_project_id
-    if project and not is_project_id(project):
-        raise UsageError(f"SCW_DEFAULT_PROJECT_ID / default_project_id in {where}: malformed, expected a UUID")
-    url = client.api_url or ""
-    if not url.startswith(("http://", "https://")) or url.endswith("/"):
-        raise UsageError(f"SCW_API_URL / api_url in {where}: must be an http(s) URL without trailing slash")
-
-
-# ---- the provider ----
 
 class ScalewayProvider:
     """See the module docstring. `throwaway=True` tags everything smoke and creates shards only."""
@@ -237,45 +75,8 @@ class ScalewayProvider:
         self.retry = retry or RetryPolicy()
         self.poll_interval = poll_interval
         self.workers = workers
-        self.client = client or load_client(spec)
-        self.instance = InstanceUtilsV1API(self.client)
-        self.marketplace = MarketplaceV2API(self.client)
-        self.block = BlockV1API(self.client)
+        self.api = Api(client or load_client(spec), self.settings, self.retry, say=self._say)
         self.progress: Progress = None
-
-    # ---- calls ----
-    def call(self, what: str, fn: Callable):
-        """One SDK call with timeout + retries; a failure becomes one line naming what failed."""
-        token = _TIMEOUT.set(float(self.settings.api_timeout))
-        try:
-            return call_with_retry(fn, self.retry, what, on_retry=self._say)
-        except ScalewayException as exc:
-            raise self._error(what, exc) from None
-        except (requests.RequestException, ValueError) as exc:
-            if isinstance(exc, ValueError) and not is_transient(exc):
-                raise
-            raise ProviderError(f"Scaleway API: {what}: {describe(exc)} (gave up after "
-                                f"{self.retry.attempts} attempts)") from None
-        finally:
-            _TIMEOUT.reset(token)
-
-    def _error(self, what: str, exc: ScalewayException) -> EnsembleError:
-        body = _json_body(exc)
-        status = status_of(exc)
-        if status == 401 or body.get("type") in ("denied_authentication", "authentication"):
-            return UsageError("SCW_SECRET_KEY / SCW_ACCESS_KEY: Scaleway rejected the credentials "
-                              f"({what}: HTTP {status}); check the key pair and its project")
-        if status == 403 and body.get("type") == "quotas_exceeded":
-            details = body.get("details") or [{}]
-            resources = ", ".join(f"{d.get('resource', '?')} (quota {d.get('quota', '?')}, "
-                                  f"used {d.get('current', '?')})" for d in details)
-            return ProviderError(f"Scaleway quota exceeded while trying to {what}: {resources}; "
-                                 "raise it in the console (Organization > Quotas) or scale lower")
-        message = body.get("message") or describe(exc)
-        if body.get("fields"):
-            message += f" {body['fields']}"
-        gave_up = " (gave up after retries)" if is_transient(exc) else ""
-        return ProviderError(f"Scaleway API: {what}: HTTP {status}: {message}{gave_up}", status)
 
     def _say(self, message: str) -> None:
         if self.progress:
@@ -283,7 +84,7 @@ class ScalewayProvider:
 
     # ---- discovery ----
     def _servers(self, tags: list[str]):
-        return self.call("list servers", lambda: self.instance.list_servers_all(zone=self.zone, tags=tags))
+        return self.api.call("list servers", lambda: self.api.instance.list_servers_all(zone=self.zone, tags=tags))
 
     def list_hosts(self, spec: FleetSpec) -> list[Host]:
         """The fleet's servers, found by the fleet tag (no local state)."""
@@ -309,13 +110,8 @@ class ScalewayProvider:
 
     # ---- create ----
     def wanted_hosts(self, spec: FleetSpec, existing: list[Host]) -> list[WantedHost]:
-        """What the spec asks for and is not there yet (shards by number; the front door by role)."""
-        have = {h.shard for h in existing if h.role == "shard"}
-        wanted = [WantedHost(spec.shard_name(n), "shard", n, self.settings.commercial_type)
-                  for n in range(1, spec.fleet.shards + 1) if n not in have]
-        if not self.throwaway and not any(h.role == "frontdoor" for h in existing):
-            wanted.insert(0, WantedHost(spec.fleet.domain, "frontdoor", None, self.settings.frontdoor_commercial_type))
-        return wanted
+        """What the spec asks for and is not there yet (shards by number; the front door unless throwaway)."""
+        return wanted_hosts(spec, existing, self.throwaway)
 
     def ensure_hosts(self, spec: FleetSpec, progress: Progress = None) -> list[Host]:
         """Create what is missing (in parallel), start what is stopped, wait for SSH on all."""
@@ -387,8 +183,8 @@ class ScalewayProvider:
     def resolve_image(self, spec: FleetSpec, commercial_type: str) -> str:
         """The marketplace image id for the profile's label in this zone that fits the type."""
         label = self.settings.image or spec.profile.scaleway_image or ""
-        wanted_kind = "instance_sbs" if commercial_type.split("-")[0] in SBS_FAMILIES else "instance_local"
-        images = self.call(f"find image {label}", lambda: self.marketplace.list_local_images_all(
+        wanted_kind = image_kind(commercial_type)
+        images = self.api.call(f"find image {label}", lambda: self.api.marketplace.list_local_images_all(
             zone=self.zone, image_label=label))
         fitting = [i for i in images if commercial_type in (i.compatible_commercial_types or [])
                    and str(i.type_) == wanted_kind]
@@ -400,22 +196,22 @@ class ScalewayProvider:
 
     def ensure_security_group(self, spec: FleetSpec) -> str:
         """The fleet's security group (created once, rules set on every run so they match the spec)."""
-        name = f"ensemble-{spec.fleet.name}"
-        tags = [TAG, fleet_tag(spec.fleet.name)] + ([SMOKE_TAG] if self.throwaway else [])
-        groups = self.call("list security groups", lambda: self.instance.list_security_groups_all(
+        name = security_group_name(spec.fleet.name)
+        tags = group_tags(spec.fleet.name, self.throwaway)
+        groups = self.api.call("list security groups", lambda: self.api.instance.list_security_groups_all(
             zone=self.zone, tags=[fleet_tag(spec.fleet.name)]))
         group = next((g for g in groups if g.name == name), None)
         if group is None:
-            group = self.call("create security group", lambda: self.instance.create_security_group(
+            group = self.api.call("create security group", lambda: self.api.instance.create_security_group(
                 zone=self.zone, name=name, description=f"ensemble fleet {spec.fleet.name}", stateful=True,
                 inbound_default_policy=SecurityGroupPolicy.DROP, outbound_default_policy=SecurityGroupPolicy.ACCEPT,
-                tags=tags, project=self.client.default_project_id)).security_group
+                tags=tags, project=self.api.project)).security_group
         rules = [SetSecurityGroupRulesRequestRule(
             action=SecurityGroupRuleAction.ACCEPT, protocol=SecurityGroupRuleProtocol(protocol),
             direction=SecurityGroupRuleDirection.INBOUND, ip_range=cidr, position=i + 1, dest_port_from=port,
             dest_port_to=port, editable=True) for i, (protocol, port, cidr) in
             enumerate(firewall_rules(self.settings.ssh_allowed_cidrs))]
-        self.call("set security group rules", lambda: self.instance.set_security_group_rules(
+        self.api.call("set security group rules", lambda: self.api.instance.set_security_group_rules(
             zone=self.zone, security_group_id=group.id, rules=rules))
         return group.id
 
@@ -426,15 +222,15 @@ class ScalewayProvider:
         ips: list[str] = []
         try:
             for kind in ip_kinds:
-                ip = self.call(f"create {kind} for {want.name}", lambda k=kind: self.instance.create_ip(
-                    zone=self.zone, type_=k, tags=tags, project=self.client.default_project_id)).ip
+                ip = self.api.call(f"create {kind} for {want.name}", lambda k=kind: self.api.instance.create_ip(
+                    zone=self.zone, type_=k, tags=tags, project=self.api.project)).ip
                 ips.append(ip.id)
             server = self._create_server(want, image, group, ips, tags)
         except EnsembleError:
             self._delete_ips(ips)  # nothing of a host that does not exist may stay behind
             raise
         for index, volume in (server.volumes or {}).items():
-            self.call(f"tag volume {index} of {want.name}", lambda v=volume: self.block.update_volume(
+            self.api.call(f"tag volume {index} of {want.name}", lambda v=volume: self.api.block.update_volume(
                 zone=self.zone, volume_id=v.id, tags=tags))
         self._boot(server.id, want.name, public_key)
         return server.id
@@ -443,30 +239,30 @@ class ScalewayProvider:
         """POST the server; if a retried POST had in fact succeeded, adopt that server (no duplicate)."""
 
         def create():
-            found = [s for s in self.instance.list_servers_all(zone=self.zone, tags=tags) if s.name == want.name]
+            found = [s for s in self.api.instance.list_servers_all(zone=self.zone, tags=tags) if s.name == want.name]
             if found:
                 return found[0]
-            return self.instance.create_server(
+            return self.api.instance.create_server(
                 zone=self.zone, commercial_type=want.commercial_type, name=want.name, image=image,
                 volumes={"0": VolumeServerTemplate(volume_type=VolumeVolumeType.SBS_VOLUME, boot=True,
                                                    size=self.settings.root_volume_gb * 1_000_000_000)},
                 dynamic_ip_required=False, routed_ip_enabled=True, public_ips=ips, tags=tags,
-                security_group=group, project=self.client.default_project_id).server
+                security_group=group, project=self.api.project).server
 
-        return self.call(f"create server {want.name}", create)
+        return self.api.call(f"create server {want.name}", create)
 
     def _boot(self, server_id: str, name: str, public_key: str) -> None:
         # Bytes, not str: the SDK JSON-quotes a str and cloud-init then ignores the document.
-        self.call(f"set user data of {name}", lambda: self.instance.set_server_user_data(
+        self.api.call(f"set user data of {name}", lambda: self.api.instance.set_server_user_data(
             zone=self.zone, server_id=server_id, key="cloud-init", content=user_data(public_key, name)))
-        self.call(f"power on {name}", lambda: self.instance.server_action(
+        self.api.call(f"power on {name}", lambda: self.api.instance.server_action(
             zone=self.zone, server_id=server_id, action=ServerAction.POWERON))
 
     def _ready(self, host: Host, first_contact: bool) -> None:
         """Wait for state running, then for SSH (pinning the key on a new host's first contact)."""
         deadline = time.monotonic() + self.settings.ssh_timeout
         while True:
-            server = self.call(f"get server {host.name}", lambda: self.instance.get_server(
+            server = self.api.call(f"get server {host.name}", lambda: self.api.instance.get_server(
                 zone=self.zone, server_id=host.provider_id)).server
             if server.state == "running":
                 break
@@ -487,21 +283,19 @@ class ScalewayProvider:
             self.sweep([fleet_tag(spec.fleet.name)], with_groups=True)
 
     def _destroy_one(self, host: Host) -> None:
-        try:
-            server = self.call(f"get server {host.name}", lambda: self.instance.get_server(
-                zone=self.zone, server_id=host.provider_id)).server
-        except ProviderError as exc:
-            if exc.status == 404:
-                return
-            raise
+        found = self.api.get_or_none(f"get server {host.name}", lambda: self.api.instance.get_server(
+            zone=self.zone, server_id=host.provider_id))
+        if found is None:
+            return
+        server = found.server
         ip_ids = [ip.id for ip in server.public_ips or []]
         volume_ids = [v.id for v in (server.volumes or {}).values()]
         self._say(f"{host.name}: terminating")
         if server.state == "stopped":
-            self.call(f"delete server {host.name}", lambda: self.instance.delete_server(
+            self.api.call(f"delete server {host.name}", lambda: self.api.instance.delete_server(
                 zone=self.zone, server_id=server.id))
         elif server.state != "stopping":
-            self.call(f"terminate {host.name}", lambda: self.instance.server_action(
+            self.api.call(f"terminate {host.name}", lambda: self.api.instance.server_action(
                 zone=self.zone, server_id=server.id, action=ServerAction.TERMINATE))
         self._wait_gone(host)
         self._delete_ips(ip_ids)  # routed IPs outlive their server: delete them explicitly
@@ -513,68 +307,54 @@ class ScalewayProvider:
     def _wait_gone(self, host: Host) -> None:
         deadline = time.monotonic() + self.settings.ssh_timeout
         while time.monotonic() < deadline:
-            try:
-                self.call(f"get server {host.name}", lambda: self.instance.get_server(
-                    zone=self.zone, server_id=host.provider_id))
-            except ProviderError as exc:
-                if exc.status == 404:
-                    return
-                raise
+            if self.api.get_or_none(f"get server {host.name}", lambda: self.api.instance.get_server(
+                    zone=self.zone, server_id=host.provider_id)) is None:
+                return
             time.sleep(self.poll_interval)
         raise ProviderError(f"{host.name}: server still there {self.settings.ssh_timeout}s after terminate")
 
     def _delete_ips(self, ip_ids: list[str]) -> None:
         for ip_id in ip_ids:
-            self._ignore_404(f"delete IP {ip_id}", lambda i=ip_id: self.instance.delete_ip(zone=self.zone, ip=i))
+            self.api.ignore_404(f"delete IP {ip_id}", lambda i=ip_id: self.api.instance.delete_ip(zone=self.zone, ip=i))
 
     def _delete_volume(self, volume_id: str) -> None:
         deadline = time.monotonic() + self.settings.api_timeout * 4
         while True:
-            try:
-                volume = self.call(f"get volume {volume_id}", lambda: self.block.get_volume(
-                    zone=self.zone, volume_id=volume_id))
-            except ProviderError as exc:
-                if exc.status == 404:
-                    return
-                raise
+            volume = self.api.get_or_none(f"get volume {volume_id}", lambda: self.api.block.get_volume(
+                zone=self.zone, volume_id=volume_id))
+            if volume is None:
+                return
             if str(volume.status) == "available":
                 break
             if time.monotonic() > deadline:
                 raise ProviderError(f"volume {volume_id} still {volume.status}; delete it by hand")
             time.sleep(self.poll_interval)
-        self._ignore_404(f"delete volume {volume_id}", lambda: self.block.delete_volume(
+        self.api.ignore_404(f"delete volume {volume_id}", lambda: self.api.block.delete_volume(
             zone=self.zone, volume_id=volume_id))
-
-    def _ignore_404(self, what: str, fn: Callable) -> None:
-        try:
-            self.call(what, fn)
-        except ProviderError as exc:
-            if exc.status != 404:
-                raise
 
     # ---- leftovers (failed runs, janitor) ----
     def sweep(self, tags: list[str], with_groups: bool, older_than: datetime | None = None) -> list[str]:
         """Delete detached IPs, available volumes and (if asked) unused groups carrying all these tags."""
         removed = []
-        ips = self.call("list IPs", lambda: self.instance.list_ips_all(zone=self.zone, tags=tags))
+        ips = self.api.call("list IPs", lambda: self.api.instance.list_ips_all(zone=self.zone, tags=tags))
         for ip in ips:
-            if ip.server is None and _old_enough(ip.tags, older_than):
+            if ip.server is None and old_enough(ip.tags, older_than):
                 self._delete_ips([ip.id])
                 removed.append(f"ip {ip.address or ip.prefix}")
-        volumes = self.call("list volumes", lambda: self.block.list_volumes_all(
+        volumes = self.api.call("list volumes", lambda: self.api.block.list_volumes_all(
             zone=self.zone, tags=tags, include_deleted=False))
         for volume in volumes:
             if all(t in (volume.tags or []) for t in tags) and str(volume.status) == "available" \
-                    and _old_enough(volume.tags, older_than):
+                    and old_enough(volume.tags, older_than):
                 self._delete_volume(volume.id)
                 removed.append(f"volume {volume.id}")
         if with_groups:
-            groups = self.call("list security groups", lambda: self.instance.list_security_groups_all(
+            groups = self.api.call("list security groups", lambda: self.api.instance.list_security_groups_all(
                 zone=self.zone, tags=tags))
             for group in groups:
                 if not self._servers_using(group.id):
-                    self._ignore_404(f"delete security group {group.name}", lambda g=group.id: (
-                        self.instance.delete_security_group(zone=self.zone, security_group_id=g)))
+                    self.api.ignore_404(f"delete security group {group.name}", lambda g=group.id: (
+                        self.api.instance.delete_security_group(zone=self.zone, security_group_id=g)))
                     removed.append(f"security group {group.name}")
         return removed
 
@@ -582,54 +362,54 @@ class ScalewayProvider:
         servers = self._servers([TAG])
         return [s.name for s in servers if s.security_group and s.security_group.id == group_id]
 
-    def janitor(self, older_than_seconds: float, extra_tags: list[str], progress: Progress = None,
-                dry_run: bool = False) -> list[str]:
+    def janitor(self, older_than_seconds: float, tags: list[str], *, dry_run: bool = False,
+                progress: Progress = None) -> list[str]:
         """Delete smoke resources older than the threshold (servers, then their leftovers); nothing else.
 
-        Only resources tagged ensemble-smoke (and every extra tag) are considered, whatever the fleet.
+        Only resources tagged ensemble-smoke (and every extra tag in `tags`) are considered, whatever the
+        fleet. `dry_run` lists the servers and detached IPs it would delete, deleting nothing.
+
+        Example::
+
+            provider.janitor(7200, ["ci-run-42"], dry_run=True)   # ["server demo-smoke-1f2e3d-1...", "ip 51.15..."]
         """
+        extra_tags = tags
         self.progress = progress
         tags = [SMOKE_TAG, *extra_tags]
         cutoff = datetime.fromtimestamp(datetime.now(UTC).timestamp() - older_than_seconds, UTC)
-        old_servers = [s for s in self._servers(tags) if _old_enough(s.tags, cutoff, s.creation_date)]
+        old_servers = [s for s in self._servers(tags) if old_enough(s.tags, cutoff, s.creation_date)]
         found = [f"server {s.name}" for s in old_servers]
         if dry_run:
-            ips = self.call("list IPs", lambda: self.instance.list_ips_all(zone=self.zone, tags=tags))
+            ips = self.api.call("list IPs", lambda: self.api.instance.list_ips_all(zone=self.zone, tags=tags))
             return found + [f"ip {ip.address or ip.prefix}" for ip in ips
-                            if ip.server is None and _old_enough(ip.tags, cutoff)]
+                            if ip.server is None and old_enough(ip.tags, cutoff)]
         if old_servers:
             self.destroy_hosts([self._host(s, self.spec) for s in old_servers])
         found += self.sweep(tags, with_groups=False, older_than=cutoff)
-        groups = self.call("list security groups", lambda: self.instance.list_security_groups_all(
+        groups = self.api.call("list security groups", lambda: self.api.instance.list_security_groups_all(
             zone=self.zone, tags=tags))
         for group in groups:  # smoke fleets' groups, once no server uses them
             if (group.creation_date is None or group.creation_date < cutoff) and not self._servers_using(group.id):
-                self._ignore_404(f"delete security group {group.name}", lambda g=group.id: (
-                    self.instance.delete_security_group(zone=self.zone, security_group_id=g)))
+                self.api.ignore_404(f"delete security group {group.name}", lambda g=group.id: (
+                    self.api.instance.delete_security_group(zone=self.zone, security_group_id=g)))
                 found.append(f"security group {group.name}")
         for line in found:
             self._say(f"janitor: deleted {line}")
         return found
+
+    def deploy_environment(self, spec: FleetSpec) -> DeployEnv:
+        """Nothing to add: Scaleway hosts reach the real repositories and resolve each other by DNS.
+
+        Example::
+
+            ScalewayProvider(spec).deploy_environment(spec) == DeployEnv(spec=spec)   # True
+        """
+        return DeployEnv(spec=spec)
 
     def destroy_all(self, spec: FleetSpec, progress: Progress = None) -> None:
         """Every host of the fleet, then whatever else carries its tag (IPs, volumes, security group)."""
         self.destroy(spec, self.list_hosts(spec), progress=progress)
 
     def destroy_hosts(self, hosts: list[Host]) -> None:
+        """Destroy these hosts (with their IPs and volumes), whatever fleet they belong to."""
         self._raise_any(self._parallel(hosts, self._destroy_one), "could not destroy")
-
-
-def _old_enough(tags: list[str] | None, cutoff: datetime | None, fallback: datetime | None = None) -> bool:
-    """True without a cutoff; else True when the resource's ensemble-created time is before it."""
-    if cutoff is None:
-        return True
-    created = parse_time(tag_values(tags or []).get("ensemble-created")) or fallback
-    return created is not None and created < cutoff
-
-
-def _json_body(exc: ScalewayException) -> dict:
-    try:
-        body = exc.response.json()
-    except (ValueError, AttributeError):
-        return {}
-    return body if isinstance(body, dict) else {}
