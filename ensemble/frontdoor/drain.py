@@ -2,7 +2,7 @@
 
 The drain flag lives on the shard (/var/lib/ensemble/state.json, ``{"drain": true}``), served to
 the front door by the shard's private ``/_ensemble/state`` location: the next refresh stops
-sending new rooms there while live rooms stay pinned. The flag is written over SSH (paramiko,
+sending new rooms there while live rooms stay pinned. The flag is written over SSH (ensemble.ssh:
 the Host's pinned known_hosts, strict). Emptiness is read over SSH too (a direct-tcpip channel to
 the shard's loopback prosody census and JVB stats), so it works from the operator's machine,
 which the shards' private locations do not allow.
@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from collections.abc import Callable
 
@@ -70,77 +69,41 @@ def is_empty(reading: ShardReading) -> bool:
 
 # ---------------------------------------------------------------- actions: SSH
 
-def _connect(host: Host, timeout: float = 10.0):
-    import paramiko
-
-    client = paramiko.SSHClient()
-    if host.known_hosts:
-        client.load_host_keys(host.known_hosts)
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())  # pinned keys only
-    try:
-        client.connect(host.address, port=host.ssh_port, username=host.ssh_user, key_filename=host.ssh_key,
-                       timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, allow_agent=False,
-                       look_for_keys=host.ssh_key is None)
-    except (OSError, paramiko.SSHException) as exc:
-        raise EnsembleError(f"{host.name}: SSH to {host.address}:{host.ssh_port} failed: {exc}") from None
-    return client
-
-
 def ssh_state_writer(host: Host, document: dict, path: str = STATE_FILE) -> None:
-    """Write the shard's state file atomically over SSH (readable by nginx, which serves it)."""
-    text = json.dumps(document, sort_keys=True) + "\n"
-    tmp = f"{path}.tmp"
-    command = (f"umask 022 && mkdir -p {shlex.quote(path.rsplit('/', 1)[0])} && "
-               f"cat > {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(path)}")
-    client = _connect(host)
-    try:
-        stdin, stdout, stderr = client.exec_command(command, timeout=30)
-        stdin.write(text)
-        stdin.channel.shutdown_write()
-        code = stdout.channel.recv_exit_status()
-        if code != 0:
-            raise EnsembleError(f"{host.name}: writing {path} failed: {stderr.read().decode()[:200].strip()}")
-    finally:
-        client.close()
+    """Write the shard's state file atomically over SSH (0644: nginx, which serves it, reads it).
 
+    Example::
 
-def _http_over_ssh(client, target: tuple[str, int], path: str, host_header: str) -> tuple[int, bytes]:
-    """One HTTP/1.0 GET to a loopback service of the remote host, through a direct-tcpip channel."""
-    channel = client.get_transport().open_channel("direct-tcpip", target, ("127.0.0.1", 0), timeout=10)
-    try:
-        channel.settimeout(15)
-        channel.sendall(f"GET {path} HTTP/1.0\r\nHost: {host_header}\r\nConnection: close\r\n\r\n".encode())
-        chunks = []
-        while True:
-            data = channel.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        channel.close()
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
-    return status, body
+        ssh_state_writer(host, state_document(True))     # EnsembleError naming the host if SSH fails
+    """
+    from ensemble.ssh import Connection  # paramiko: not on the front door host, which never writes this
+
+    with Connection(host) as conn:
+        conn.write_file_atomically(path, json.dumps(document, sort_keys=True) + "\n", 0o644, timeout=30)
 
 
 def ssh_reader(host: Host, prosody: tuple[str, int] = PROSODY_HTTP, jvb: tuple[str, int] = JVB_PRIVATE) -> ShardReading:
-    """Census + JVB stats of a shard, read over SSH; ok=False with a reason on any failure."""
-    import paramiko
+    """Census + JVB stats of a shard, read over SSH through direct-tcpip channels to its loopback services;
+    ok=False with a readable reason on any failure (SSH refused, a service not listening, bad JSON).
+
+    Example::
+
+        ssh_reader(host).participants        # 12
+    """
+    from ensemble.ssh import Connection
 
     try:
-        client = _connect(host)
+        with Connection(host) as conn:
+            status, census = conn.http_get(prosody[1], "/room-census", host.name, target_host=prosody[0])
+            status2, stats = conn.http_get(jvb[1], "/colibri/stats", host.name, target_host=jvb[0])
     except EnsembleError as exc:
         return ShardReading(name=host.name, ok=False, error=str(exc))
+    if status != 200 or status2 != 200:
+        return ShardReading(name=host.name, ok=False, error=f"census HTTP {status}, stats HTTP {status2}")
     try:
-        status, census = _http_over_ssh(client, prosody, "/room-census", host.name)
-        status2, stats = _http_over_ssh(client, jvb, "/colibri/stats", host.name)
-        if status != 200 or status2 != 200:
-            return ShardReading(name=host.name, ok=False, error=f"census HTTP {status}, stats HTTP {status2}")
         return reading_from(host.name, json.loads(census), json.loads(stats), True, {})
-    except (OSError, ValueError, EOFError, paramiko.SSHException) as exc:  # e.g. the service is not listening
-        return ShardReading(name=host.name, ok=False, error=f"{exc.__class__.__name__}: {exc}")
-    finally:
-        client.close()
+    except ValueError as exc:
+        return ShardReading(name=host.name, ok=False, error=f"census or stats not JSON: {exc}")
 
 
 # ---------------------------------------------------------------- actions: drain
