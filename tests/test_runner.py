@@ -3,14 +3,21 @@
 Checked: per-host results (changed / unchanged / failed), second run = 0 changes, dry run changes
 nothing, a failing or unreachable host does not stop the others, strict host key checking
 refuses an unknown key, remote commands are counted, progress lines name host and operation.
+pyinfra runs in a worker process (ensemble.worker): importing the runner or the CLI patches and
+imports nothing of gevent, a crashed worker gives every host an error, Ctrl-C ends the worker and
+what it started, and the job's secrets are never in the worker's argv, environment or progress.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -20,7 +27,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, server
 
 from ensemble.inventory import Target, ssh_data
-from ensemble.runner import run_command, run_deploy
+from ensemble.runner import deploy_reference, run_command, run_deploy
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -50,6 +57,116 @@ def test_dry_run_predicts_and_changes_nothing(tmp_path: Path):
                         progress=lambda _: None)["@local"]
     assert result.changed == 1 and any("the file" in c for c in result.changes)
     assert not path.exists()
+
+
+def test_importing_the_runner_and_the_cli_patches_nothing():
+    """The CLI, the tests and library users run unpatched: only the worker process is monkey-patched."""
+    script = textwrap.dedent("""
+        import json, sys
+        import ensemble.runner, ensemble.cli
+        imported = {name: name in sys.modules for name in ("gevent", "pyinfra")}
+        from gevent import monkey
+        patched = {name: bool(monkey.is_module_patched(name)) for name in ("socket", "threading", "ssl")}
+        print(json.dumps({"imported": imported, "patched": patched}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"imported": {"gevent": False, "pyinfra": False},
+                                       "patched": {"socket": False, "threading": False, "ssl": False}}
+
+
+def test_this_process_stays_unpatched_after_a_deploy(tmp_path: Path):
+    from gevent import monkey
+
+    result = run_deploy([Target("@local", {})], write_file, {"path": str(tmp_path / "u"), "text": "u"},
+                        progress=lambda _: None)["@local"]
+    assert result.ok and not monkey.is_module_patched("socket") and not monkey.is_module_patched("threading")
+
+
+@deploy("Crash the worker")
+def crash_worker() -> None:
+    os._exit(9)  # the worker process dies while it prepares the deploy
+
+
+def test_a_crashed_worker_gives_every_host_an_error():
+    lines: list[str] = []
+    targets = [Target("@local", {}), Target("unreachable", ssh_data("127.0.0.1", port=_free_port()))]
+    results = run_deploy(targets, crash_worker, progress=lines.append)
+    assert set(results) == {"@local", "unreachable"}
+    for result in results.values():
+        assert not result.ok and "worker failed" in result.error and "code 9" in result.error
+    assert any("worker failed" in line for line in lines) and not any("Traceback" in line for line in lines)
+    assert run_command([Target("@local", {})], "true", progress=lambda _: None) == {"@local": ""}
+
+
+def test_a_deploy_the_worker_cannot_import_is_an_error_per_host():
+    results = run_deploy([Target("@local", {})], "no_such_module_here:deploy", progress=lambda _: None)
+    assert "ModuleNotFoundError" in results["@local"].error and "Traceback" not in results["@local"].error
+
+    @deploy("Local")
+    def nested() -> None:
+        pass
+
+    with pytest.raises(ValueError, match="cannot import"):
+        deploy_reference(nested)
+    assert deploy_reference(write_file) == f"{__name__}:write_file"
+
+
+@deploy("Slow")
+def slow_deploy(pid_file: str, token: str) -> None:
+    Path(pid_file).write_text(str(os.getpid()))  # the worker's pid (this body runs in the worker)
+    print(f"a stray print to stdout does not break the protocol {len(token)}")
+    server.shell(name="quick", commands=["true"])
+    server.shell(name="slow", commands=["sleep 97.5"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _sleepers() -> list[int]:
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"97.5"]:
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_ctrl_c_ends_the_worker_and_the_job_stays_out_of_argv_env_and_progress(tmp_path: Path):
+    pid_file, token = tmp_path / "worker.pid", "s3cret-" + os.urandom(8).hex()
+    lines: list[str] = []
+    seen: dict[str, bytes] = {}
+
+    def progress(line: str) -> None:
+        lines.append(line)
+        if "quick" in line:  # the slow operation starts now: interrupt as Ctrl-C would
+            pid = int(pid_file.read_text())
+            seen["argv"] = Path(f"/proc/{pid}/cmdline").read_bytes()
+            seen["env"] = Path(f"/proc/{pid}/environ").read_bytes()
+            deadline = time.monotonic() + 10
+            while not _sleepers() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seen["sleeping"] = bool(_sleepers())
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_deploy([Target("@local", {})], slow_deploy, {"pid_file": str(pid_file), "token": token},
+                   progress=progress)
+    assert time.monotonic() - started < 30
+    assert b"ensemble.worker" in seen["argv"] and token.encode() not in seen["argv"] + seen["env"]
+    assert not any(token in line for line in lines) and not any("stray print" in line for line in lines)
+    assert seen["sleeping"] and not _alive(int(pid_file.read_text()))
+    deadline = time.monotonic() + 5
+    while _sleepers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _sleepers(), "the command the worker started outlived it"
 
 
 def test_failed_operation_is_reported(tmp_path: Path):
@@ -125,7 +242,7 @@ def test_strict_checking_refuses_an_unknown_host_key(sshd, tmp_path: Path):
 
 @pytest.mark.needs_tool("nft")
 def test_firewall_rules_are_accepted_by_nft_and_keep_ssh_to_the_cidrs():
-    from ensemble.components.base import nftables_conf
+    from ensemble.hostfiles import nftables_conf
 
     text = nftables_conf(["10.1.2.0/24", "2001:db8::/32"])
     assert "policy drop" in text and "ip saddr { 10.1.2.0/24 } tcp dport 22 accept" in text
@@ -140,10 +257,8 @@ def test_firewall_rules_are_accepted_by_nft_and_keep_ssh_to_the_cidrs():
 
 
 def test_secrets_merge_keeps_what_hosts_have_and_takes_the_fleet_token_from_the_front_door():
-    import json
-
-    from ensemble.fleet import merge_secrets
     from ensemble.providers.base import Host
+    from ensemble.secrets import merge_secrets
     from ensemble.spec import default_spec
 
     spec = default_spec()
@@ -161,7 +276,7 @@ def test_secrets_merge_keeps_what_hosts_have_and_takes_the_fleet_token_from_the_
 
 
 def test_dearmor_matches_gpg(tmp_path: Path):
-    from ensemble.fleet import dearmor, key_fingerprints
+    from ensemble.keyring import dearmor, key_fingerprints
 
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
@@ -203,7 +318,7 @@ def test_a_failing_host_stops_alone(sshd, tmp_path: Path):
 
 def test_stale_files_compares_bytes_mode_owner_and_group(tmp_path: Path):
     from ensemble.components.base import file_state_command, stale_files
-    from ensemble.render import RenderedFile
+    from ensemble.templating import RenderedFile
 
     same = RenderedFile(str(tmp_path / "same.conf"), "a\n", 0o640, "root", "root")
     other_bytes = RenderedFile(str(tmp_path / "bytes.conf"), "new\n", 0o644, "root", "root")
