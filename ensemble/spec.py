@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import tomllib
 import typing
@@ -362,6 +363,44 @@ def default_spec() -> FleetSpec:
 
     text = files("ensemble").joinpath("default.toml").read_text(encoding="utf-8")
     return spec_from_dict(tomllib.loads(text), source="<embedded default>")
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON's string escapes are TOML basic-string escapes
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def spec_toml(spec: FleetSpec, header: str = "") -> str:
+    """The spec as TOML that loads back to an equal spec (every key written, defaults included).
+
+    What the front door's refresher reads: the spec exactly as deployed, wherever it came from
+    (a file, the embedded default, a dict in a test).
+
+    Example::
+
+        spec_from_dict(tomllib.loads(spec_toml(spec))) == spec      # True
+    """
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+
+    def section(obj, path: str) -> None:
+        values = [(f.name, getattr(obj, f.name)) for f in fields(obj) if f.name != "source"]
+        scalars = [(k, v) for k, v in values if not is_dataclass(v)]
+        if path and scalars:
+            lines.append(f"\n[{path}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars)
+        for k, v in values:
+            if is_dataclass(v):
+                section(v, f"{path}.{k}" if path else k)
+
+    section(spec, "")
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def iter_keys(cls: type = FleetSpec, prefix: str = ""):

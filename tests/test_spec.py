@@ -113,3 +113,17 @@ def test_example_spec_loads():
 def test_version():
     proc = subprocess.run([*ENSEMBLE, "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "0.1.0" in proc.stdout
+
+
+def test_spec_toml_loads_back_to_the_same_spec():
+    """The front door's refresher reads the spec as deployed, whatever it came from (file, default, dict)."""
+    import tomllib
+
+    from ensemble.spec import spec_toml
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "ensemble.toml"
+    specs = [default_spec(), load_spec(example),
+             spec_from_dict({"fleet": {"name": "t-a", "domain": "t-a.test", "shards": 3},
+                             "jitsi": {"stun_servers": ["stun:a.example.org:3478"]}})]
+    for spec in specs:
+        assert spec_from_dict(tomllib.loads(spec_toml(spec, header="a\nb"))) == spec

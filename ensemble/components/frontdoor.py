@@ -29,7 +29,7 @@ from ensemble.components.tls import acme, tls_files
 from ensemble.paths import ACME_WEBROOT, ENSEMBLE_BIN, ENSEMBLE_HOME, ROUTING_PATH
 from ensemble.paths import FRONTDOOR_SPEC as SPEC_PATH
 from ensemble.paths import ROUTING_SEED as SEED_PATH
-from ensemble.spec import FleetSpec
+from ensemble.spec import FleetSpec, spec_toml
 
 
 def package_archive() -> bytes:
@@ -58,10 +58,8 @@ def package_archive() -> bytes:
 
 
 def spec_text(spec: FleetSpec) -> str:
-    """The fleet spec as the refresher on the front door reads it (the file deploy was given)."""
-    if spec.source.startswith("<"):
-        return str(package_files("ensemble").joinpath("default.toml").read_text(encoding="utf-8"))
-    return Path(spec.source).read_text(encoding="utf-8")
+    """The fleet spec as the refresher on the front door reads it: the spec as deployed, every key."""
+    return spec_toml(spec, header="Managed by ensemble: the fleet spec as deployed (read by the refresh timer).")
 
 
 def launcher() -> str:
