@@ -20,15 +20,16 @@ import json
 import time
 from collections.abc import Callable
 
+from ensemble import paths
 from ensemble.errors import EnsembleError, UsageError
 from ensemble.frontdoor.occupancy import reading_from
 from ensemble.frontdoor.selection import ShardReading
 from ensemble.providers.base import Host
 from ensemble.spec import FleetSpec
 
-STATE_FILE = "/var/lib/ensemble/state.json"
-PROSODY_HTTP = ("127.0.0.1", 5280)
-JVB_PRIVATE = ("127.0.0.1", 8080)
+STATE_FILE = paths.STATE_FILE
+PROSODY_HTTP = ("127.0.0.1", paths.PROSODY_HTTP_PORT)
+JVB_PRIVATE = ("127.0.0.1", paths.JVB_PRIVATE_PORT)
 
 Progress = Callable[[str], None] | None
 StateWriter = Callable[[Host, dict], None]
@@ -169,10 +170,12 @@ def _say(progress: Progress, line: str) -> None:
 
 def rolling_upgrade(spec: FleetSpec, hosts: list[Host], *, timeout: int, redeploy: Callable[[Host], list[str]],
                     check: Callable[[Host], list[str]], progress: Progress = None,
+                    back_in_service: Callable[[Host], list[str]] | None = None,
                     writer: StateWriter | None = None, reader: ShardReader | None = None,
                     interval: float = 10.0, clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep) -> list[dict]:
-    """Upgrade shards one at a time: drain, wait empty, redeploy, health-check, undrain.
+    """Upgrade shards one at a time: drain, wait empty, redeploy, health-check, undrain, and (with
+    `back_in_service`) confirm the front door reads the shard as ready again before the next one.
 
     Stops at the first failure, leaving that shard drained (it takes no new rooms) and the others
     untouched; the error names the shard and the step. Returns one result dict per upgraded shard.
@@ -196,6 +199,10 @@ def rolling_upgrade(spec: FleetSpec, hosts: list[Host], *, timeout: int, redeplo
         if failures:
             raise EnsembleError(f"upgrade: {host.name} failed its health check (left drained): {'; '.join(failures)}")
         set_drain(host, False, writer)
+        failures = back_in_service(host) if back_in_service else []
+        if failures:
+            raise EnsembleError(f"upgrade: {host.name} was upgraded but is not back in service, stopped before "
+                                f"the next shard: {'; '.join(failures)}")
         _say(progress, f"[{index}/{len(shards)}] {host.name}: back in service")
         results.append({"shard": host.name, "seconds": round(clock() - started, 1)})
     return results
