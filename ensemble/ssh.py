@@ -168,7 +168,7 @@ class Connection:
             pattern = host_pattern(host.address, host.ssh_port)
             raise HostKeyChanged(host.name, f"({pattern}) SSH host key changed since it was pinned in "
                                  f"{host.known_hosts}; if the host was rebuilt on purpose, remove that line "
-                                 f"(offered {exc.key.get_name()} {exc.key.get_fingerprint().hex()})") from None
+                                 f"(it offered {exc.key.fingerprint})") from None
         except paramiko.SSHException as exc:
             client.close()
             reason = describe(exc)

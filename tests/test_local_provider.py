@@ -12,16 +12,17 @@ import textwrap
 import time
 from pathlib import Path
 
-import paramiko
 import pytest
-from conftest import local_spec, ssh_client, ssh_run
+from conftest import local_spec, ssh_run
 
 from ensemble.errors import EnsembleError, SpecError, UsageError
 from ensemble.providers import local as local_mod
 from ensemble.providers import localnet
-from ensemble.providers.local import LocalProvider, container_processes, machine_name, mounts_under, suite_of
-from ensemble.providers.localimage import guest_sources, machine_sources, mirror_for_suite
+from ensemble.providers.local import LOCAL_ETHERPAD_SOURCE, LocalProvider, suite_of
+from ensemble.providers.localcontainer import container_processes, machine_name
+from ensemble.providers.localimage import guest_sources, machine_sources, mirror_for_suite, mounts_under
 from ensemble.providers.localnet import plan_network
+from ensemble.ssh import Connection, HostKeyChanged
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,6 +92,13 @@ def test_non_root_gets_one_clear_line(monkeypatch):
     monkeypatch.setattr(local_mod.os, "geteuid", lambda: 1000)
     with pytest.raises(UsageError, match=r"^the local provider needs root \(systemd-nspawn, bridges\)$"):
         LocalProvider().ensure_hosts(local_spec("t-facts"))
+
+
+def test_janitor_with_tags_matches_nothing_local(monkeypatch):
+    monkeypatch.setattr(local_mod.os, "geteuid", lambda: 1000)  # not even the root check: nothing to look at
+    said = []
+    assert LocalProvider().janitor(0, ["ci-run-1"], dry_run=True, progress=said.append) == []
+    assert said == ["janitor: local hosts and networks carry no tags; nothing has ci-run-1"]
 
 
 def test_missing_tool_names_its_package(monkeypatch):
@@ -189,13 +197,8 @@ def test_npm_proxy_allows_the_registry_only(fleet, local_provider):
     spec, hosts = fleet
     proxy = local_provider.network(spec).http_proxy_url
     # the machine may inspect TLS: trust what its own clients trust (as the Etherpad deploy does)
-    client = ssh_client(hosts[0])
-    try:
-        sftp = client.open_sftp()
-        sftp.put("/etc/ssl/certs/ca-certificates.crt", "/tmp/machine-ca.crt")
-        sftp.close()
-    finally:
-        client.close()
+    with Connection(hosts[0]) as conn:
+        conn.write_file_atomically("/tmp/machine-ca.crt", Path("/etc/ssl/certs/ca-certificates.crt").read_bytes())
     curl = f"curl -sS -m 20 --cacert /tmp/machine-ca.crt -x {proxy} -o /dev/null -w '%{{http_code}}' "
     code, out, err = ssh_run(hosts[0], curl + "https://registry.npmjs.org/is-number")
     assert (code, out) == (0, "200"), err
@@ -237,13 +240,8 @@ def test_pebble_directory_answers_guests(fleet, local_provider, acme_factory):
     acme = acme_factory(local_provider.network(spec).gateway)
     assert "newOrder" in acme.directory()
     assert "BEGIN CERTIFICATE" in acme.issuing_root()
-    client = ssh_client(hosts[0])
-    try:
-        sftp = client.open_sftp()
-        sftp.put(str(acme.ca_pem), "/tmp/pebble-ca.pem")
-        sftp.close()
-    finally:
-        client.close()
+    with Connection(hosts[0]) as conn:
+        conn.write_file_atomically("/tmp/pebble-ca.pem", Path(acme.ca_pem).read_bytes())
     code, out, err = ssh_run(hosts[0], f"curl -sS -m 5 --cacert /tmp/pebble-ca.pem {acme.directory_url}")
     assert code == 0 and "newAccount" in json.loads(out), err
     acme.stop()
@@ -258,13 +256,30 @@ def test_a_changed_host_key_is_refused(fleet):
     new = "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null"
     assert ssh_run(host, f"{keep} && {new} && systemctl restart ssh")[0] == 0
     try:
-        with pytest.raises(paramiko.BadHostKeyException):
-            ssh_client(host)
+        with pytest.raises(HostKeyChanged, match=rf"^{host.name}: .*host key changed since it was pinned"):
+            ssh_run(host, "true")
     finally:  # put the pinned keys back, through the container's own console-free path: nsenter
         pid = _init_pid(host)
         subprocess.run(["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "sh", "-c",
                         "cp -a /root/keep/ssh_host_* /etc/ssh/ && systemctl restart ssh"], check=True)
     assert ssh_run(host, "true")[0] == 0
+
+
+@pytest.mark.realhost
+def test_deploy_environment_points_the_deploy_at_what_local_hosts_reach(fleet, local_provider):
+    spec, hosts = fleet
+    net = local_provider.network(spec)
+    env = local_provider.deploy_environment(spec)
+    assert env.spec.jitsi.apt_repo.startswith(f"http://{net.gateway}:") and env.apt_direct == [net.gateway]
+    assert env.spec.jitsi.apt_key_fingerprint and env.spec.jitsi.apt_key_url.startswith(env.spec.jitsi.apt_repo)
+    assert env.spec.etherpad.source_url == LOCAL_ETHERPAD_SOURCE and env.spec.etherpad.sha256 == ""
+    assert (env.http_proxy, env.admin_cidrs, env.hosts_file, env.npm_only) == (net.http_proxy_url, [net.subnet],
+                                                                                True, True)
+    assert env.peers_of(hosts) == {h.name: h.address for h in hosts}
+    code, out, err = ssh_run(hosts[0], f"curl -sS -m 5 {env.spec.jitsi.apt_key_url}")
+    assert code == 0 and "BEGIN PGP PUBLIC KEY BLOCK" in out, err
+    own = local_spec("t-local", shards=1, jitsi={"apt_repo": "http://repo.example.test/jitsi"})
+    assert local_provider.deploy_environment(own).spec.jitsi == own.jitsi  # a repository the spec names is kept
 
 
 def _init_pid(host) -> int:
@@ -420,6 +435,9 @@ def test_two_runs_at_once_on_one_fleet_create_each_host_once(local_provider):
 def test_cleanup_stale_removes_orphan_bridges_only(local_provider):
     localnet.run_ip("link", "add", "ens-0rphan", "type", "bridge")
     try:
+        said = []
+        assert "bridge ens-0rphan (no fleet)" in local_provider.janitor(7200, [], dry_run=True, progress=said.append)
+        assert "would clean up bridge ens-0rphan (no fleet)" in said and localnet.link_exists("ens-0rphan")
         assert "bridge ens-0rphan (no fleet)" in local_provider.cleanup_stale()
         assert not localnet.link_exists("ens-0rphan")
     finally:
@@ -464,15 +482,11 @@ def test_pebble_issues_a_certificate_to_a_guest_nginx_with_certbot_webroot(fleet
     acme = start_pebble(local_provider.network(spec).gateway, tmp_path / "pebble")
     try:
         acme.add_a(shard.name, shard.address)
-        client = ssh_client(shard)
-        try:
-            sftp = client.open_sftp()
-            sftp.put(str(acme.ca_pem), "/usr/local/share/ca-certificates/ensemble-test-pebble.crt")
-            with sftp.open(f"/etc/nginx/sites-enabled/{shard.name}-tls", "w") as site:
-                site.write(NGINX_TLS_SITE.format(domain=shard.name))
-            sftp.close()
-        finally:
-            client.close()
+        with Connection(shard) as conn:
+            conn.write_file_atomically("/usr/local/share/ca-certificates/ensemble-test-pebble.crt",
+                                       Path(acme.ca_pem).read_bytes())
+            conn.write_file_atomically(f"/etc/nginx/sites-enabled/{shard.name}-tls",
+                                       NGINX_TLS_SITE.format(domain=shard.name))
         certbot = (f"update-ca-certificates >/dev/null && REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt "
                    f"certbot certonly --non-interactive --agree-tos --register-unsafely-without-email "
                    f"--server {acme.directory_url} --webroot -w /var/www/html -d {shard.name} "
