@@ -30,7 +30,7 @@ def _run(door: Host, command: str, timeout: float = 120) -> str:
     with Connection(door) as conn:
         code, out, err = conn.run(command, timeout=timeout)
     if code != 0:
-        raise EnsembleError(f"front door {door.name}: `{command.split(' &&')[0]}` failed: "
+        raise EnsembleError(f"front door {door.name}: `{command.split(' ||')[0].split(' &&')[0]}` failed: "
                             f"{(err or out).strip()[-300:] or f'exit {code}'}")
     return out
 
@@ -45,9 +45,21 @@ def read_state(door: Host) -> dict:
     return state if isinstance(state, dict) else {}
 
 
-def refresh_now(door: Host) -> dict:
-    """Run one refresh on the front door now (its own unit) and return the state it wrote."""
-    _run(door, f"systemctl start {REFRESH_UNIT}")
+def refresh_now(door: Host, retries: int = 2) -> dict:
+    """Run one refresh on the front door now (its own unit) and return the state it wrote.
+
+    A failed run is retried (a refresh can fail once while a deploy reloads nginx under it); the
+    last failure raises EnsembleError with the unit's last log lines.
+    """
+    command = (f"systemctl start {REFRESH_UNIT} || {{ sleep 2; systemctl start {REFRESH_UNIT}; }} || "
+               f"{{ journalctl -u {REFRESH_UNIT} -n 6 --no-pager -o cat >&2; exit 1; }}")
+    for attempt in range(retries):
+        try:
+            _run(door, command)
+            break
+        except EnsembleError:
+            if attempt == retries - 1:
+                raise
     return read_state(door)
 
 
@@ -82,7 +94,15 @@ def wait_until_ready(door: Host, names: list[str], *, attempts: int, interval: f
     """
     missing: dict[str, tuple[str, str]] = {}
     for attempt in range(1, attempts + 1):
-        states = shard_states(refresh(door))
+        try:
+            states = shard_states(refresh(door))
+        except EnsembleError as exc:
+            if attempt == attempts:
+                raise
+            if progress:
+                progress(f"{exc} (refresh {attempt}/{attempts}, retrying)")
+            sleep(interval)
+            continue
         missing = {n: states.get(n, ("unknown", "not in the front door's maps")) for n in names}
         missing = {n: view for n, view in missing.items() if view[0] != "ready"}
         if not missing:
