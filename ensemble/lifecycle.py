@@ -1,13 +1,14 @@
-"""Fleet life cycle over the Provider interface: list, scale, destroy, inventory, janitor, smoke.
+"""Fleet life cycle, end to end: list, scale, drain, upgrade, destroy, janitor, smoke.
 
 Plain functions the CLI calls and tests call directly; they work for every provider (local and
-scaleway) because they only use `list_hosts`, `ensure_hosts` and `destroy` (plus `destroy_all`,
-`janitor` or `cleanup_stale` where a provider has them).
+scaleway) through the Provider protocol (providers/base.py), and a step is done only when the
+fleet is in service again as the front door itself reads it (frontdoor/control.py).
 
 Example::
 
-    result = scale_fleet(spec, 5)                 # creates shards 3..5 (next free numbers)
-    scale_fleet(spec, 2, force=True)              # removes 5, 4, 3 (highest numbers first)
+    result = scale_fleet(spec, 5)                 # creates shards 3..5, deploys, waits for the front door
+    scale_fleet(spec, 2)                          # drains 5, 4, 3, waits until empty, removes them
+    upgrade_fleet(spec, 3600, progress=print)     # one shard at a time, back in service before the next
     destroy_fleet(spec, yes=True)                 # every host, IP, volume, the security group
 """
 

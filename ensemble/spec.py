@@ -358,7 +358,7 @@ def load_spec(path: str | Path) -> FleetSpec:
 
 
 def default_spec() -> FleetSpec:
-    """The embedded default: a 2-shard fleet on the local provider (see examples/local.toml)."""
+    """The embedded default: a 2-shard fleet on the local provider (ensemble/default.toml)."""
     from importlib.resources import files
 
     text = files("ensemble").joinpath("default.toml").read_text(encoding="utf-8")
