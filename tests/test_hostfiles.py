@@ -4,7 +4,12 @@ with their modes, rendered with the whole fleet's hosts and the provider's setti
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+from pathlib import Path
+
+import pytest
 
 from ensemble import paths
 from ensemble.contexts import fleet_contexts
@@ -60,3 +65,17 @@ def test_a_partial_deploy_renders_with_the_whole_fleet():
     assert one[spec.shard_name(2)].files == full[spec.shard_name(2)].files
     site = next(f for f in one[spec.shard_name(2)].files if f.path.endswith(f"{spec.shard_name(2)}.conf"))
     assert "allow 10.0.0.10;" in site.content and "198.51.100.1" not in site.content
+
+
+@pytest.mark.needs_tool("nft")
+def test_firewall_rules_are_accepted_by_nft_and_keep_ssh_to_the_cidrs():
+    text = nftables_conf(["10.1.2.0/24", "2001:db8::/32"])
+    assert "policy drop" in text and "ip saddr { 10.1.2.0/24 } tcp dport 22 accept" in text
+    assert "ip6 saddr { 2001:db8::/32 } tcp dport 22 accept" in text and "udp dport { 10000 } accept" in text
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    assert Path(nft).exists(), "nft missing: apt-get install nftables (.ci/apt-packages.txt)"
+    check = subprocess.run([nft, "--check", "-f", "-"], input=text, text=True, capture_output=True)  # parse only
+    assert check.returncode == 0, check.stderr
+    broken = subprocess.run([nft, "--check", "-f", "-"], input=text.replace("policy drop", "policy dorp"), text=True,
+                            capture_output=True)
+    assert broken.returncode != 0  # the check really parses

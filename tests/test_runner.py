@@ -238,65 +238,6 @@ def test_strict_checking_refuses_an_unknown_host_key(sshd, tmp_path: Path):
     assert run_command([target], "echo hi", progress=lambda _: None)["pinned"] is None
 
 
-# ---- the facts the deploys compute before any operation (pure) ----
-
-@pytest.mark.needs_tool("nft")
-def test_firewall_rules_are_accepted_by_nft_and_keep_ssh_to_the_cidrs():
-    from ensemble.hostfiles import nftables_conf
-
-    text = nftables_conf(["10.1.2.0/24", "2001:db8::/32"])
-    assert "policy drop" in text and "ip saddr { 10.1.2.0/24 } tcp dport 22 accept" in text
-    assert "ip6 saddr { 2001:db8::/32 } tcp dport 22 accept" in text and "udp dport { 10000 } accept" in text
-    nft = shutil.which("nft") or "/usr/sbin/nft"
-    assert Path(nft).exists(), "nft missing: apt-get install nftables (.ci/apt-packages.txt)"
-    check = subprocess.run([nft, "--check", "-f", "-"], input=text, text=True, capture_output=True)  # parse only
-    assert check.returncode == 0, check.stderr
-    broken = subprocess.run([nft, "--check", "-f", "-"], input=text.replace("policy drop", "policy dorp"), text=True,
-                            capture_output=True)
-    assert broken.returncode != 0  # the check really parses
-
-
-def test_secrets_merge_keeps_what_hosts_have_and_takes_the_fleet_token_from_the_front_door():
-    from ensemble.providers.base import Host
-    from ensemble.secrets import merge_secrets
-    from ensemble.spec import default_spec
-
-    spec = default_spec()
-    s1, door = spec.shard_name(1), spec.fleet.domain
-    hosts = [Host(s1, "shard", 1, "10.0.0.11"), Host(door, "frontdoor", None, "10.0.0.10")]
-    remote = {s1: json.dumps({s1: {"jvb_password": "kept"}, "fleet": {"occupancy_token": "stale"}}),
-              door: json.dumps({"fleet": {"occupancy_token": "door"}}), spec.shard_name(2): "not json"}
-    store, added = merge_secrets(spec, remote, hosts)
-    assert added and store[s1]["jvb_password"] == "kept" and store["fleet"]["occupancy_token"] == "door"
-    assert store[spec.shard_name(2)]["focus_password"]  # generated for the host that had none
-    again, added_again = merge_secrets(spec, {n: json.dumps({n: store[n], "fleet": store["fleet"]})
-                                              for n in spec.shard_names()} | {door: json.dumps(
-                                                  {"fleet": store["fleet"]})}, hosts)
-    assert not added_again and again == store
-
-
-def test_dearmor_matches_gpg(tmp_path: Path):
-    from ensemble.keyring import dearmor, key_fingerprints
-
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
-    gpg = ["gpg", "--homedir", str(home), "--batch", "--passphrase", ""]
-    subprocess.run([*gpg, "--quick-gen-key", "test <t@example.org>", "ed25519", "sign", "1d"], check=True,
-                   capture_output=True)
-    armored = subprocess.run([*gpg, "--armor", "--export"], check=True, capture_output=True).stdout.decode()
-    binary = subprocess.run([*gpg, "--export"], check=True, capture_output=True).stdout
-    assert dearmor(armored) == binary
-    listed = subprocess.run([*gpg, "--with-colons", "--list-keys"], capture_output=True, text=True).stdout
-    fingerprints = [line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr")]
-    assert key_fingerprints(binary) == fingerprints[:1]
-
-
-def test_front_door_package_archive_is_byte_stable():
-    from ensemble.components.frontdoor import package_archive
-
-    assert package_archive() == package_archive()
-
-
 @deploy("Per host")
 def per_host_file(folder: str) -> None:
     from pyinfra import host
@@ -314,21 +255,3 @@ def test_a_failing_host_stops_alone(sshd, tmp_path: Path):
     assert (tmp_path / "good.done").exists()
     assert not results["bad"].ok and results["bad"].failed == 1 and "fails on one host" in results["bad"].error
     assert (tmp_path / "bad.txt").exists() and not (tmp_path / "bad.done").exists()
-
-
-def test_stale_files_compares_bytes_mode_owner_and_group(tmp_path: Path):
-    from ensemble.components.base import file_state_command, stale_files
-    from ensemble.templating import RenderedFile
-
-    same = RenderedFile(str(tmp_path / "same.conf"), "a\n", 0o640, "root", "root")
-    other_bytes = RenderedFile(str(tmp_path / "bytes.conf"), "new\n", 0o644, "root", "root")
-    other_mode = RenderedFile(str(tmp_path / "mode.conf"), "m\n", 0o600, "root", "root")
-    missing = RenderedFile(str(tmp_path / "missing.conf"), "x\n", 0o644, "root", "root")
-    for item, text, mode in ((same, "a\n", 0o640), (other_bytes, "old\n", 0o644), (other_mode, "m\n", 0o644)):
-        Path(item.path).write_text(text)
-        Path(item.path).chmod(mode)
-    items = [same, other_bytes, other_mode, missing]
-    state = subprocess.run(["sh", "-c", file_state_command([f.path for f in items])], capture_output=True,
-                           text=True, check=True).stdout  # the same command the deploy runs on a host
-    assert stale_files(items, state) == [other_bytes, other_mode, missing]
-    assert stale_files(items, "") == items
