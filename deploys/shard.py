@@ -10,11 +10,11 @@ Hosts of other roles (the front door) are left alone: see deploys/frontdoor.py.
 
 from pyinfra import host, inventory
 
-from ensemble.components.shard import fleet_host, kept_secrets_reader
+from ensemble.components.shard import fleet_host, kept_reader
 from ensemble.inventory import host_from_data
 from ensemble.pyinfra_entry import cli_contexts
 
 if host.data.get("ensemble_role", "shard") == "shard":
     # every inventory host's context, built once (ensemble.contexts), the same as `ensemble deploy`
     fleet_hosts = [host_from_data(h.name, h.data.dict()) for h in inventory]
-    fleet_host(cli_contexts(host.data.get("ensemble_spec"), fleet_hosts, kept_secrets_reader(inventory)))
+    fleet_host(cli_contexts(host.data.get("ensemble_spec"), fleet_hosts, kept_reader(inventory)))

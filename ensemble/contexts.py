@@ -85,8 +85,11 @@ def host_context(env: DeployEnv, store: Secrets, me: Host, hosts: list[Host], *,
     files = host_files(spec, store, me, shards, frontdoor, env=env, keyring=keyring if me.role == "shard" else None,
                        spec_shards=spec_shards)
     packages = shard_packages(spec) if me.role == "shard" else frontdoor_packages(spec)
+    # a shard needs the front door's name (and its own), the front door every shard's: adding a shard
+    # changes nothing on the running ones
+    peers = [h for h in hosts if h.role == "frontdoor" or h.name == me.name] if me.role == "shard" else hosts
     return DeployContext(spec=spec, host=me, files=files, host_secrets=kept_secrets(store, me), packages=packages,
-                         http_proxy=env.http_proxy, npm_only=env.npm_only, peers=env.peers_of(hosts))
+                         http_proxy=env.http_proxy, npm_only=env.npm_only, peers=env.peers_of(peers))
 
 
 def fleet_contexts(env: DeployEnv, store: Secrets, hosts: list[Host], *, keyring: bytes | None = None,

@@ -27,8 +27,16 @@ from typing import Any
 from ensemble.contexts import fleet_contexts
 from ensemble.errors import EnsembleError
 from ensemble.inventory import targets_for
+from ensemble.kept import (
+    KEPT_COMMAND,
+    KeptState,
+    fleet_size,
+    parse_kept,
+    refuse_shards_beyond,
+    require_all_read,
+    size_notes,
+)
 from ensemble.keyring import jitsi_keyring
-from ensemble.paths import FLEET_SIZE_FILE, SECRETS_FILE
 from ensemble.providers.base import Host, Provider
 from ensemble.secrets import merge_secrets
 from ensemble.spec import FleetSpec
@@ -67,74 +75,14 @@ class FleetResult:
 
 # named, not imported: the worker process imports the components (and pyinfra), this process does not
 FLEET_HOST_DEPLOY = "ensemble.components.shard:fleet_host"
-SIZE_MARK = "#ensemble-fleet-size"
-KEPT_COMMAND = f"cat {SECRETS_FILE} 2>/dev/null; echo; echo '{SIZE_MARK}'; cat {FLEET_SIZE_FILE} 2>/dev/null; true"
-
-
-@dataclass(frozen=True)
-class KeptState:
-    """What the hosts keep between runs: each host's secrets file text, the front door's size record."""
-
-    secrets: dict[str, str]  # host name -> text of its secrets file ("" when none)
-    recorded: dict | None = None  # {"shards": N, "spec_shards": M} from the front door, if any
-
-
-def parse_kept(outputs: dict[str, str | None], hosts: list[Host]) -> KeptState:
-    """Split KEPT_COMMAND's outputs; an unreachable host (None) is an error naming it (nothing deployed:
-    generating new secrets for a host that has some would lock it out)."""
-    unreachable = sorted(name for name, text in outputs.items() if text is None)
-    if unreachable:
-        raise EnsembleError(f"cannot read what {', '.join(unreachable)} keep(s) over SSH (host down or "
-                            "unreachable); nothing deployed")
-    secrets, recorded = {}, None
-    doors = {h.name for h in hosts if h.role == "frontdoor"}
-    for name, text in outputs.items():
-        kept, _, size = (text or "").partition(SIZE_MARK)
-        secrets[name] = kept.strip()
-        if name in doors and size.strip():
-            try:
-                data = json.loads(size)
-                if isinstance(data.get("shards"), int) and isinstance(data.get("spec_shards"), int):
-                    recorded = data
-            except (ValueError, AttributeError):
-                recorded = None  # unreadable: the spec decides
-    return KeptState(secrets=secrets, recorded=recorded)
-
-
 def read_kept(hosts: list[Host]) -> KeptState:
-    """Read every host's kept secrets (and the front door's size record) over SSH."""
+    """Read every host's kept secrets (and the front door's size record) over SSH; unreachable hosts
+    are listed in `unreachable` (see kept.require_all_read)."""
     from ensemble.runner import run_command
 
     if not hosts:
         return KeptState(secrets={})
     return parse_kept(run_command(targets_for(hosts), KEPT_COMMAND, progress=lambda _line: None), hosts)
-
-
-def fleet_size(spec: FleetSpec, recorded: dict | None) -> int:
-    """How many shards the fleet has: what `fleet scale` recorded while the spec still says what it
-    said then; the spec's `fleet.shards` otherwise (never recorded, or the spec was edited since).
-
-    Example::
-
-        fleet_size(spec_with_2, {"shards": 3, "spec_shards": 2})     # 3
-        fleet_size(spec_with_4, {"shards": 3, "spec_shards": 2})     # 4 (the spec changed: it wins)
-    """
-    if recorded and recorded.get("spec_shards") == spec.fleet.shards:
-        return int(recorded["shards"])
-    return spec.fleet.shards
-
-
-def size_notes(spec: FleetSpec, size: int, hosts: list[Host]) -> list[str]:
-    """What the user should know when the fleet's size is not the spec's, or hosts lie outside it."""
-    notes = []
-    if size != spec.fleet.shards:
-        notes.append(f"the fleet has {size} shard(s) (`ensemble fleet scale`), the spec says {spec.fleet.shards}: "
-                     f"deploy keeps {size}; edit fleet.shards, or scale, to change it")
-    outside = sorted(h.name for h in hosts if h.role == "shard" and (h.shard or 0) > size)
-    if outside:
-        notes.append(f"outside the fleet's {size} shard(s), left alone: {', '.join(outside)} "
-                     f"(`ensemble fleet scale {size}` drains and removes them)")
-    return notes
 
 
 # ---- actions ----
@@ -165,20 +113,28 @@ def deploy_fleet(spec: FleetSpec, *, provider: Provider | None = None, dry: bool
     provider = provider or get_provider(spec)
     result = FleetResult(dry=dry)
     existing = list(provider.list_hosts(spec)) if hosts is None else list(hosts)
-    kept = read_kept(existing)
+    kept = read_kept(existing)  # a stopped host is read again once ensure_hosts has started it
     size = size if size is not None else fleet_size(spec, kept.recorded)
+    refuse_shards_beyond(spec, size, existing)
     target = spec.with_shards(size)
-    result.notes = size_notes(spec, size, existing)
+    result.notes = size_notes(spec, size)
     names = {h.name for h in existing}
     result.created = [n for n in wanted_names(target) if n not in names]
-    if result.created and not dry:
-        progress(f"creating {len(result.created)} host(s): {', '.join(result.created)}")
-        existing = provider.ensure_hosts(target, progress=progress)
-    fleet = [h for h in existing if h.role == "frontdoor" or (h.shard or 0) <= size]
     if only is not None:
-        unknown = sorted(set(only) - {h.name for h in fleet})
+        unknown = sorted(set(only) - names)
         if unknown:
             raise EnsembleError(f"no such host in fleet {spec.fleet.name!r}: {', '.join(unknown)}")
+    elif (result.created or kept.unreachable) and not dry:
+        if result.created:
+            progress(f"creating {len(result.created)} host(s): {', '.join(result.created)}")
+        existing = provider.ensure_hosts(target, progress=progress)  # also starts stopped hosts
+    if kept.unreachable and not dry and only is None:
+        # hosts that were stopped are running now; the others still unreachable stop the deploy below
+        again = read_kept([h for h in existing if h.name in kept.unreachable])
+        kept = KeptState(secrets={**kept.secrets, **again.secrets}, recorded=kept.recorded,
+                         unreachable=again.unreachable)
+    require_all_read(kept)
+    fleet = list(existing)
     if fleet:
         env = provider.deploy_environment(target)
         keyring = jitsi_keyring(env.spec)

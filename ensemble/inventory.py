@@ -67,6 +67,7 @@ def host_data(host: Host) -> dict[str, Any]:
         "ensemble_shard": host.shard,
         "ensemble_public_ipv4": host.public_ipv4 or host.address,
         "ensemble_private_ipv4": host.private_ipv4 or host.address,
+        "ensemble_ipv6": host.ipv6,
     }
 
 
@@ -94,7 +95,7 @@ def host_from_data(name: str, data: dict[str, Any]) -> Host:
                 address=address, ssh_user=data.get("ssh_user", "root"), ssh_port=data.get("ssh_port", 22),
                 ssh_key=data.get("ssh_key"), known_hosts=data.get("ssh_known_hosts_file"),
                 public_ipv4=data.get("ensemble_public_ipv4") or address,
-                private_ipv4=data.get("ensemble_private_ipv4") or address)
+                private_ipv4=data.get("ensemble_private_ipv4") or address, ipv6=data.get("ensemble_ipv6"))
 
 
 def inventory_of(spec: FleetSpec, provider: Provider | None = None) -> dict[str, Any]:

@@ -86,6 +86,7 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 
 MAX_SHARDS = 1000  # the front door's maps and the refresh are measured up to this (docs/frontdoor.md)
 FrontdoorView = Callable[[Host], dict]  # the front door's last refresh state (frontdoor.control.read_state)
+ShardReader = Callable[[Host], Any]  # a shard's census + stats over SSH (frontdoor.drain.ssh_reader)
 ReadyWait = Callable[[Host, list[str]], dict[str, tuple[str, str]]]  # shards the front door does not read ready
 
 
@@ -115,21 +116,32 @@ def _frontdoor(hosts: list[Host]) -> Host | None:
     return next((h for h in hosts if h.role == "frontdoor"), None)
 
 
-def never_routed(doomed: list[Host], door: Host | None, view: FrontdoorView, progress: Progress) -> list[Host]:
-    """The shards the front door never read as healthy, so never sent a room to: safe to remove at once.
-
-    No front door: none could be routed. An unreadable front door: none is assumed safe (all drain).
+def removable_at_once(doomed: list[Host], door: Host | None, view: FrontdoorView, read_shard: ShardReader,
+                      progress: Progress) -> list[Host]:
+    """The shards safe to remove without a drain: the front door never read them as healthy (so never
+    sent a room there) and the shard itself holds no meeting (its census is empty, or it cannot be
+    reached at all: it never got a room). Without the front door's view (no front door, its state
+    missing or unreadable) nothing is assumed: every shard is drained.
     """
-    if door is None:
-        return list(doomed)
-    from ensemble.frontdoor.control import ever_read
+    from ensemble.frontdoor.control import ever_read, knows_shards
+    from ensemble.frontdoor.drain import is_empty
 
-    try:
-        state = view(door)
-    except EnsembleError as exc:
-        _say(progress, f"cannot read the front door's view ({exc}): every shard to remove is drained first")
+    state: dict = {}
+    if door is not None:
+        try:
+            state = view(door)
+        except EnsembleError as exc:
+            _say(progress, f"cannot read the front door's view ({exc}): every shard to remove is drained first")
+    if not knows_shards(state):
         return []
-    return [h for h in doomed if not ever_read(state, h.name)]
+    free = []
+    for host in doomed:
+        if ever_read(state, host.name):
+            continue
+        reading = read_shard(host)
+        if not reading.ok or is_empty(reading):
+            free.append(host)
+    return free
 
 
 def _default_view(door: Host) -> dict:
@@ -138,18 +150,30 @@ def _default_view(door: Host) -> dict:
     return read_state(door)
 
 
+READY_WAIT_SECONDS = 180  # jicofo and the bridge restarted on a real shard can take a minute to be healthy
+
+
 def _default_ready_wait(spec: FleetSpec, progress: Progress) -> ReadyWait:
     from ensemble.frontdoor.control import wait_until_ready
 
-    attempts = spec.frontdoor.ready_after + 3  # a shard that failed since it was ready needs ready_after reads
-    return lambda door, names: wait_until_ready(door, names, attempts=attempts, interval=2.0, progress=progress)
+    # each attempt runs one refresh; a shard that failed since it was ready needs ready_after good reads
+    interval = 3.0
+    attempts = max(spec.frontdoor.ready_after + 3, int(READY_WAIT_SECONDS / interval))
+    return lambda door, names: wait_until_ready(door, names, attempts=attempts, interval=interval, progress=progress)
+
+
+def _default_reader(host: Host):
+    from ensemble.frontdoor.drain import ssh_reader
+
+    return ssh_reader(host)
 
 
 def _deploy_or_fail(spec: FleetSpec, provider: Provider, hosts: list[Host], count: int, what: str,
-                    progress: Progress) -> None:
+                    progress: Progress, only: list[str] | None = None) -> None:
     from ensemble.fleet import deploy_fleet
 
-    result = deploy_fleet(spec, provider=provider, hosts=hosts, size=count, progress=progress or (lambda _l: None))
+    result = deploy_fleet(spec, provider=provider, hosts=hosts, size=count, only=only,
+                          progress=progress or (lambda _l: None))
     failed = {n: r.error or "an operation failed" for n, r in result.results.items() if not r.ok}
     if failed:
         detail = "; ".join(f"{n}: {why}" for n, why in sorted(failed.items()))
@@ -159,16 +183,17 @@ def _deploy_or_fail(spec: FleetSpec, provider: Provider, hosts: list[Host], coun
 def scale_fleet(spec: FleetSpec, count: int, *, force: bool = False, timeout: int = 3600,
                 provider: Provider | None = None, progress: Progress = None,
                 drain_and_wait: DrainHook | None = None, deploy: bool = True,
-                frontdoor_view: FrontdoorView | None = None, ready_wait: ReadyWait | None = None) -> ScaleResult:
+                frontdoor_view: FrontdoorView | None = None, ready_wait: ReadyWait | None = None,
+                read_shard: ShardReader | None = None) -> ScaleResult:
     """Grow or shrink the fleet to `count` shards, all the way: the fleet is in service at the end.
 
-    Up: create the missing shards (next numbers), deploy the whole fleet (new shards' secrets are
-    generated like the first ones; the front door learns the new shards), refresh the front door and
-    wait until it reads the new shards as ready. Down: shards the front door never routed a room to
-    go at once; the others are drained and waited for until empty (an unreachable one is reported
-    and waited for, with the reason; --force cuts instead); then destroyed, and the front door is
-    redeployed and refreshed without them. The count is recorded on the front door, so later
-    `deploy` and `plan` keep it (see fleet.fleet_size).
+    The count is recorded on the front door first (kept.fleet_size: later `deploy` and `plan` keep
+    it). Up: create the missing shards (next numbers), deploy them and the front door (new shards'
+    secrets generated like the first ones; running shards are not touched), then wait until the front
+    door reads every shard as ready. Down: shards the front door never routed a room to, and that
+    hold none, go at once; the others are drained and waited for until empty (an unreachable one is
+    reported and waited for, with the reason; --force cuts instead); then destroyed, and the front
+    door is redeployed without them. Re-running the same command after an interruption converges.
 
     Example::
 
@@ -180,13 +205,21 @@ def scale_fleet(spec: FleetSpec, count: int, *, force: bool = False, timeout: in
     provider = provider or provider_for(spec)
     before = provider.list_hosts(spec)
     door = _frontdoor(before)
+    if door is not None:
+        from ensemble.frontdoor.control import write_size_record
+
+        write_size_record(door, count, spec.fleet.shards)
     doomed = shards_to_remove(before, count)
     result = ScaleResult()
     if doomed:
-        free = list(doomed) if force else never_routed(doomed, door, frontdoor_view or _default_view, progress)
-        if free and not force:
-            _say(progress, f"{', '.join(h.name for h in free)}: the front door never routed a room there; "
-                           "removing at once")
+        if force:
+            free = list(doomed)
+        else:
+            free = removable_at_once(doomed, door, frontdoor_view or _default_view, read_shard or _default_reader,
+                                     progress)
+            if free:
+                _say(progress, f"{', '.join(h.name for h in free)}: the front door never routed a room there and "
+                               "it holds none; removing at once")
         busy = [h for h in doomed if h not in free]
         if busy:
             names = ", ".join(h.name for h in busy)
@@ -200,17 +233,33 @@ def scale_fleet(spec: FleetSpec, count: int, *, force: bool = False, timeout: in
     hosts = provider.ensure_hosts(target, progress=progress)
     result.created = sorted(h.name for h in hosts if h.name not in names_before)
     if deploy:
-        _say(progress, f"deploying the fleet at {count} shard(s)")
-        _deploy_or_fail(spec, provider, hosts, count, "scale", progress)
         door = _frontdoor(hosts)
+        shards = [h for h in hosts if h.role == "shard"]
+        # new shards (and any left undeployed by an interrupted run: above the count the front door
+        # had) and the front door; running shards are not redeployed under their meetings
+        routed = _shards_in_maps(door, frontdoor_view or _default_view) if door is not None else set()
+        fresh = [h.name for h in shards if h.name in result.created or h.name not in routed]
+        only = [*fresh, *([door.name] if door is not None else [])]
+        _say(progress, f"deploying {', '.join(only)} (fleet of {count} shard(s))")
+        _deploy_or_fail(spec, provider, hosts, count, "scale", progress, only=only)
         if door is not None:
             wait = ready_wait or _default_ready_wait(spec, progress)
-            missing = wait(door, result.created)  # also refreshes the maps when nothing was created
+            missing = wait(door, sorted(h.name for h in shards))  # also refreshes the maps
             if missing:
                 detail = "; ".join(f"{n}: {s} ({r})" for n, (s, r) in sorted(missing.items()))
-                raise EnsembleError(f"scale: the front door does not read the new shard(s) as ready: {detail}")
+                raise EnsembleError(f"scale: the front door does not read every shard as ready: {detail}")
     result.hosts = list_fleet(target, provider)
     return result
+
+
+def _shards_in_maps(door: Host, view: FrontdoorView) -> set[str]:
+    """The shards the front door's last refresh knew (an unreadable view: none, so all get deployed)."""
+    from ensemble.frontdoor.control import shard_states
+
+    try:
+        return set(shard_states(view(door)))
+    except EnsembleError:
+        return set()
 
 
 def _default_drain(progress: Progress) -> DrainHook:
@@ -250,9 +299,10 @@ def upgrade_fleet(spec: FleetSpec, timeout: int, *, provider: Provider | None = 
 
         upgrade_fleet(spec, 3600, progress=print)     # [{"shard": "demo-1...", "seconds": 31.5}, ...]
     """
-    from ensemble.fleet import deploy_fleet, fleet_size, read_kept
+    from ensemble.fleet import deploy_fleet, read_kept
     from ensemble.frontdoor.control import refresh_now, shard_states
     from ensemble.frontdoor.drain import rolling_upgrade
+    from ensemble.kept import fleet_size
 
     provider = provider or provider_for(spec)
     hosts = provider.list_hosts(spec)
@@ -274,12 +324,24 @@ def upgrade_fleet(spec: FleetSpec, timeout: int, *, provider: Provider | None = 
                               progress=progress or (lambda _line: None))
         return [f"{name}: {r.error or 'deploy failed'}" for name, r in result.results.items() if not r.ok]
 
+    def may_drain(host: Host) -> list[str]:
+        # never drain the last shard that takes new meetings (a one-shard fleet has no choice: said)
+        states = shard_states(refresh_now(door))
+        others = [n for n, (state, _) in states.items() if state == "ready" and n != host.name]
+        if others or len(shards) == 1:
+            if not others:
+                _say(progress, f"{host.name} is the fleet's only shard: new meetings get 503 until it is back")
+            return []
+        return ["no other shard is ready to take new meetings (front door reads " + "; ".join(
+            f"{n}: {s}" for n, (s, _) in sorted(states.items())) + ")"]
+
     def back_in_service(host: Host) -> list[str]:
         missing = wait(door, [host.name])
         return [f"the front door reads {n} as {s} ({r})" for n, (s, r) in sorted(missing.items())]
 
     return rolling_upgrade(spec, [h for h in shards if (h.shard or 0) <= size], timeout=timeout, redeploy=redeploy,
                            check=lambda host: check_shards(spec, [host]), back_in_service=back_in_service,
+                           may_drain=may_drain,
                            progress=progress)
 
 

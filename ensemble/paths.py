@@ -43,6 +43,6 @@ ENSEMBLE_HOME = "/usr/local/lib/ensemble"  # ensemble's own code, run by the ref
 ENSEMBLE_BIN = "/usr/local/bin/ensemble"
 FRONTDOOR_SPEC = "/etc/ensemble/ensemble.toml"
 FRONTDOOR_STATE = "/var/lib/ensemble/frontdoor/state.json"
-FLEET_SIZE_FILE = "/etc/ensemble/fleet-size.json"  # {"shards": N, "spec_shards": M}: what `fleet scale` decided
+FLEET_SIZE_FILE = "/var/lib/ensemble/fleet-size.json"  # {"shards": N, "spec_shards": M}: what `fleet scale` decided
 ROUTING_PATH = "/var/lib/ensemble/frontdoor/routing.conf"
 ROUTING_SEED = "/etc/ensemble/frontdoor/routing.seed.conf"

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 from ensemble.contexts import DeployContext, fleet_contexts
+from ensemble.kept import fleet_size, parse_kept, refuse_shards_beyond, require_all_read
 from ensemble.providers.base import Host
 from ensemble.secrets import merge_secrets
 
@@ -23,9 +24,11 @@ _CLI_LOCK = threading.Lock()  # gevent's cooperative lock once pyinfra's CLI has
 def cli_contexts(spec_path: str, hosts: list[Host], read_kept: Callable[[str], str | None]) -> dict[str, DeployContext]:
     """Every inventory host's context when the plain `pyinfra` CLI runs deploys/*.py.
 
-    Computed once per process (the CLI executes a deploy file once per host): the spec, the
-    provider's deploy environment, the checked Jitsi keyring, and the secrets every host keeps
-    (`read_kept(host name)` returns /etc/ensemble/secrets.json's text), completed where missing.
+    Computed once per process (the CLI executes a deploy file once per host), as `ensemble deploy`
+    computes them: the spec, the fleet's size (kept.fleet_size over the front door's record; shards
+    beyond it refused), the provider's deploy environment, the checked Jitsi keyring, and the secrets
+    every host keeps (`read_kept(host name)` returns kept.KEPT_COMMAND's output), completed where
+    missing. The inventory must list the whole fleet (every shard and the front door).
 
     Example::
 
@@ -38,11 +41,13 @@ def cli_contexts(spec_path: str, hosts: list[Host], read_kept: Callable[[str], s
             from ensemble.spec import load_spec
 
             declared = load_spec(spec_path)
-            # the inventory lists the hosts that exist: the fleet is as large as its highest shard
-            numbers = [h.shard or 0 for h in hosts if h.role == "shard"]
-            spec = declared.with_shards(max(numbers) if numbers else declared.fleet.shards)
+            kept = parse_kept({h.name: read_kept(h.name) for h in hosts}, hosts)
+            require_all_read(kept)
+            size = fleet_size(declared, kept.recorded)
+            refuse_shards_beyond(declared, size, hosts)
+            spec = declared.with_shards(size)
             env = get_provider(spec).deploy_environment(spec)
-            store, _ = merge_secrets(env.spec, {h.name: read_kept(h.name) for h in hosts}, hosts)
+            store, _ = merge_secrets(env.spec, {h.name: kept.secrets.get(h.name, "") for h in hosts}, hosts)
             _CLI_CONTEXTS[spec_path] = fleet_contexts(env, store, hosts, keyring=jitsi_keyring(env.spec),
                                                       spec_shards=declared.fleet.shards)
     return _CLI_CONTEXTS[spec_path]

@@ -113,6 +113,9 @@ def _check_resolution(v: int):
 
 # ---- the spec ----
 
+MAX_SHARDS = 1000  # the front door's maps and refresh are measured up to this (docs/frontdoor.md)
+
+
 @dataclass(frozen=True)
 class FleetSection:
     name: str = _opt("demo", "fleet name: tags, host names and state folders derive from it",
@@ -120,7 +123,8 @@ class FleetSection:
                      f"must be lower-case a-z0-9-, start with a letter, at most 31 chars, got {v!r}")
     domain: str = _opt("meet.example.org", "public domain of the front door", check=_check_domain)
     shard_name: str = _opt("{name}-{n}.{domain}", "pattern of shard domains", check=_check_shard_name)
-    shards: int = _opt(2, "number of shards", check=_check_positive)
+    shards: int = _opt(2, f"number of shards (1-{MAX_SHARDS})",
+                       check=lambda v: None if 1 <= v <= MAX_SHARDS else f"must be 1-{MAX_SHARDS}, got {v}")
     os: str = _opt(DEFAULT_PROFILE, "OS profile of every host", choices=tuple(PROFILES))
 
 
@@ -371,7 +375,7 @@ def _toml_value(value) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # JSON's string escapes are TOML basic-string escapes
+        return json.dumps(value, ensure_ascii=False)  # JSON's string escapes are TOML basic-string escapes
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML form for {type(value).__name__}")

@@ -16,7 +16,7 @@ LAYERS = [
      "ensemble.frontdoor.control"],
     ["ensemble.components", "ensemble.pyinfra_entry"],
     ["ensemble.contexts"],
-    ["ensemble.render", "ensemble.inventory", "ensemble.keyring", "ensemble.frontdoor.refresh"],
+    ["ensemble.render", "ensemble.inventory", "ensemble.keyring", "ensemble.kept", "ensemble.frontdoor.refresh"],
     ["ensemble.hostfiles", "ensemble.frontdoor.render", "ensemble.frontdoor.occupancy"],
     ["ensemble.providers", "ensemble.secrets", "ensemble.templating", "ensemble.frontdoor.selection",
      "ensemble.frontdoor.rooms", "ensemble.standins"],

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ensemble import lifecycle
+from ensemble.frontdoor.selection import ShardReading
 
 pytest_plugins = ("standins.scaleway_env",)  # the scw fixture
 
@@ -54,17 +55,26 @@ def test_cli_scale_up_down_destroy_leaves_nothing(scw, faults):
     assert again.returncode == 0 and json.loads(again.stdout)["created"] == []
     assert len(scw.api.state.servers) == 6
 
-    # These stand-in servers never ran a front door: it never routed a room to shards 3-5, so they go
-    # at once, without a drain (a drain of shards that may hold meetings: the next test, and the chain
-    # test on real hosts). This machine's own /var/lib is never touched.
+    # The stand-in front door never refreshed (no view of the shards): nothing is assumed, shards 3-5
+    # are drained first; these stand-in servers run no shard, so emptiness can never be confirmed:
+    # nothing is removed and the error says so. The drain flags and the size record land in each
+    # server's own /var/lib (a temporary folder), never this machine's.
     machine_state = Path("/var/lib/ensemble/state.json")
     before = machine_state.stat() if machine_state.exists() else None
-    down = cli(scw, "fleet", "scale", "2", "--hosts-only", "--timeout", "1", "--json")
-    assert down.returncode == 0, down.stderr
-    assert "never routed a room there" in down.stderr and "Traceback" not in down.stderr
-    assert json.loads(down.stdout)["removed"] == [f"demo-{n}.meet.example.org" for n in (5, 4, 3)]
+    refused = cli(scw, "fleet", "scale", "2", "--hosts-only", "--timeout", "1")
+    assert refused.returncode == 1, refused.stderr
+    assert "drain: timeout after 1s" in refused.stderr and "unreadable" in refused.stderr
+    assert "--force" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(scw.api.state.servers) == 6
+    flags = sorted(scw.tmp.glob("sshd/*/var-lib/ensemble/state.json"))
+    assert len(flags) == 3 and all(json.loads(f.read_text())["drain"] is True for f in flags), flags
+    records = sorted(scw.tmp.glob("sshd/*/var-lib/ensemble/fleet-size.json"))
+    assert [json.loads(r.read_text()) for r in records] == [{"shards": 2, "spec_shards": 2}], records
     after = machine_state.stat() if machine_state.exists() else None
     assert (before and (before.st_ino, before.st_mtime_ns)) == (after and (after.st_ino, after.st_mtime_ns))
+    down = cli(scw, "fleet", "scale", "2", "--hosts-only", "--force", "--json")
+    assert down.returncode == 0, down.stderr
+    assert json.loads(down.stdout)["removed"] == [f"demo-{n}.meet.example.org" for n in (5, 4, 3)]
     assert shards(scw.api) == [1, 2]
     assert scw.api.resource_count() == {"servers": 3, "ips": 3, "volumes": 3, "security_groups": 1}
 
@@ -165,6 +175,7 @@ def test_scale_uses_the_drain_hook_when_not_forced(scw):
     # the front door read shards 2 and 3 (they may hold meetings: drained first); never shard 4
     view = {"memory": {"shards": {scw.spec.shard_name(n): {"last_ok": 1.0} for n in (1, 2, 3)}}}
     lifecycle.scale_fleet(scw.spec, 1, provider=provider, deploy=False, frontdoor_view=lambda door: view,
+                          read_shard=lambda host: ShardReading(name=host.name, ok=False, error="unreachable"),
                           drain_and_wait=lambda spec, hosts, timeout: drained.extend(h.shard for h in hosts))
     assert drained == [3, 2] and shards(scw.api) == [1]
     for count in (0, 1001):

@@ -46,7 +46,8 @@ def test_every_key_has_a_doc():
 
 BAD_SPECS = [
     # (toml text, key path named in the error, a word of what is valid)
-    ('[fleet]\nshards = 0\n', "fleet.shards", ">= 1"),
+    ('[fleet]\nshards = 0\n', "fleet.shards", "1-1000"),
+    ('[fleet]\nshards = 100000000\n', "fleet.shards", "1-1000"),
     ('[fleet]\nshards = "two"\n', "fleet.shards", "integer"),
     ('[fleet]\ndomain = "meet..example"\n', "fleet.domain", "DNS name"),
     ('[fleet]\ndomain = "Meet_Example.org"\n', "fleet.domain", "DNS name"),

@@ -21,6 +21,7 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -140,9 +141,13 @@ def base(ctx: DeployContext) -> None:
         # A new or changed source needs its lists now, whatever the cache age (once, not twice).
         server.shell(name="apt update (sources changed)", commands=["apt-get update -qq"],
                      _if=[any_changed(*sources), lambda: not update.did_change()])
-    if paths.DEBCONF_PRESEED in early:
+    if ctx.files_of("apt") and any(f.path == paths.DEBCONF_PRESEED for f in ctx.files):
+        # the answers must be in debconf before Jitsi's packages first install, even if an earlier run
+        # put the file and stopped before this step (DebPackages: the fact apt.packages reads anyway)
+        preseed = early.get(paths.DEBCONF_PRESEED)
+        first_install = "jitsi-meet" not in (host.get_fact(DebPackages) or {})
         server.shell(name="debconf-set-selections", commands=[f"debconf-set-selections {paths.DEBCONF_PRESEED}"],
-                     _if=early[paths.DEBCONF_PRESEED].did_change)
+                     _if=lambda: first_install or bool(preseed and preseed.did_change()))
     apt.packages(name=f"install {len(ctx.packages)} packages", packages=ctx.packages, no_recommends=True)
     late = put_files(ctx.files_of("upgrades", "firewall", "sysctl"))
     systemd.service(name="nftables enabled", service="nftables", enabled=True)

@@ -56,13 +56,13 @@ def fleet_host(contexts: dict[str, DeployContext]) -> None:
         shard(ctx)
 
 
-def kept_secrets_reader(inventory) -> Callable[[str], str | None]:
-    """For deploys/*.py: read a host's /etc/ensemble/secrets.json through a pyinfra fact."""
+def kept_reader(inventory) -> Callable[[str], str | None]:
+    """For deploys/*.py: what a host keeps (secrets, the front door's size record), through a pyinfra fact."""
     from pyinfra.facts.server import Command
 
-    from ensemble.paths import SECRETS_FILE
+    from ensemble.kept import KEPT_COMMAND
 
     def read(name: str) -> str | None:
-        return inventory.get_host(name).get_fact(Command, command=f"cat {SECRETS_FILE} 2>/dev/null || true")
+        return inventory.get_host(name).get_fact(Command, command=KEPT_COMMAND)
 
     return read

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from ensemble.errors import EnsembleError
-from ensemble.paths import FRONTDOOR_STATE
+from ensemble.paths import FLEET_SIZE_FILE, FRONTDOOR_STATE
 from ensemble.providers.base import Host
 
 REFRESH_UNIT = "ensemble-frontdoor-refresh.service"
@@ -43,6 +43,17 @@ def read_state(door: Host) -> dict:
     except ValueError:
         raise EnsembleError(f"front door {door.name}: {FRONTDOOR_STATE} is not JSON") from None
     return state if isinstance(state, dict) else {}
+
+
+def write_size_record(door: Host, shards: int, spec_shards: int) -> None:
+    """Record the fleet's size on the front door now, before hosts are created or destroyed, so an
+    interrupted `fleet scale` (or one with --hosts-only) leaves `deploy` the count the user asked for.
+    The bytes are those deploy renders (hostfiles.fleet_size_record): the next deploy changes nothing."""
+    from ensemble.hostfiles import fleet_size_record
+    from ensemble.ssh import Connection
+
+    with Connection(door) as conn:
+        conn.write_file_atomically(FLEET_SIZE_FILE, fleet_size_record(shards, spec_shards), mode=0o644)
 
 
 def refresh_now(door: Host, retries: int = 2) -> dict:
@@ -73,6 +84,12 @@ def shard_states(state: dict) -> dict[str, tuple[str, str]]:
     shards = state.get("plan", {}).get("shards", []) if isinstance(state.get("plan"), dict) else []
     return {s["name"]: (s.get("state", "?"), s.get("reason", ""))
             for s in shards if isinstance(s, dict) and "name" in s}
+
+
+def knows_shards(state: dict) -> bool:
+    """Whether the state holds the front door's memory of shards (not a missing or reset state)."""
+    memory = state.get("memory") if isinstance(state, dict) else None
+    return isinstance(memory, dict) and bool(memory.get("shards"))
 
 
 def ever_read(state: dict, name: str) -> bool:

@@ -171,6 +171,7 @@ def _say(progress: Progress, line: str) -> None:
 def rolling_upgrade(spec: FleetSpec, hosts: list[Host], *, timeout: int, redeploy: Callable[[Host], list[str]],
                     check: Callable[[Host], list[str]], progress: Progress = None,
                     back_in_service: Callable[[Host], list[str]] | None = None,
+                    may_drain: Callable[[Host], list[str]] | None = None,
                     writer: StateWriter | None = None, reader: ShardReader | None = None,
                     interval: float = 10.0, clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep) -> list[dict]:
@@ -188,6 +189,9 @@ def rolling_upgrade(spec: FleetSpec, hosts: list[Host], *, timeout: int, redeplo
     shards = sorted((h for h in hosts if h.role == "shard"), key=lambda h: h.shard or 0)
     for index, host in enumerate(shards, 1):
         started = clock()
+        refusals = may_drain(host) if may_drain else []
+        if refusals:
+            raise EnsembleError(f"upgrade: not draining {host.name}: {'; '.join(refusals)} (nothing changed on it)")
         _say(progress, f"[{index}/{len(shards)}] {host.name}: draining")
         drain_and_wait(spec, [host], timeout, progress, writer=writer, reader=reader, interval=interval,
                        clock=clock, sleep=sleep)
