@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from ensemble import paths
 from ensemble.profiles import PROSODY_IM_REPO
 from ensemble.providers.base import DeployEnv, Host
-from ensemble.spec import FleetSpec
+from ensemble.spec import FleetSpec, spec_toml
 from ensemble.templating import RenderedFile, render_template
 
 PROSODY_KEYRING = "/usr/share/keyrings/prosody-keyring.gpg"
@@ -195,6 +195,15 @@ def ssh_cidrs(spec: FleetSpec, env: DeployEnv) -> list[str]:
     return list(env.admin_cidrs) if env.admin_cidrs else list(spec.provider.scaleway.ssh_allowed_cidrs)
 
 
+SPEC_HEADER = "Managed by ensemble: the fleet spec as deployed (read by the refresh timer)."
+
+
+def launcher() -> str:
+    """The front door's `ensemble` command: the package deploy unpacked, run by Debian's python3."""
+    return (f'#!/bin/sh\n# Managed by ensemble.\n'
+            f'PYTHONPATH={paths.ENSEMBLE_HOME}/lib exec python3 -m ensemble.cli "$@"\n')
+
+
 def fleet_size_record(shards: int, spec_shards: int) -> str:
     """The front door's record of the fleet's size: the count in force and the spec's count then.
 
@@ -244,7 +253,9 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
         out.append(RenderedFile(paths.SYSCTL_FILE, sysctl_conf(), component="sysctl"))
     else:
         record = fleet_size_record(spec.fleet.shards, spec_shards or spec.fleet.shards)
-        out.append(RenderedFile(paths.FLEET_SIZE_FILE, record, component="secrets"))
+        out += [RenderedFile(paths.FLEET_SIZE_FILE, record, component="secrets"),
+                RenderedFile(paths.FRONTDOOR_SPEC, spec_toml(spec, header=SPEC_HEADER), component="frontdoor-program"),
+                RenderedFile(paths.ENSEMBLE_BIN, launcher(), 0o755, component="frontdoor-program")]
     if spec.tls.mode == "letsencrypt":
         out.append(RenderedFile(paths.CERTBOT_HOOK, certbot_hook(host.name), 0o755, component="tls"))
     return out

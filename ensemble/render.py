@@ -47,8 +47,8 @@ FRONTDOOR_PLACEHOLDER = "198.51.100.1"
 # Secrets go into quoted HOCON, nginx and JSON strings: only characters that need no escaping anywhere.
 SAFE_SECRET = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
-COMPONENTS = ("secrets", "apt", "upgrades", "firewall", "sysctl", "prosody-accounts", "prosody", "jicofo", "jvb", "web",
-              "nginx", "etherpad", "tls", "frontdoor")
+COMPONENTS = ("secrets", "apt", "upgrades", "firewall", "sysctl", "prosody-accounts", "frontdoor-program", "prosody",
+              "jicofo", "jvb", "web", "nginx", "etherpad", "tls", "frontdoor")
 __all__ = ["RenderedFile", "render_template"]
 
 

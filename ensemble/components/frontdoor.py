@@ -26,10 +26,8 @@ from pyinfra.operations import files, server
 
 from ensemble.components.base import DeployContext, base, put_files
 from ensemble.components.tls import acme, tls_files
-from ensemble.paths import ACME_WEBROOT, ENSEMBLE_BIN, ENSEMBLE_HOME, ROUTING_PATH
-from ensemble.paths import FRONTDOOR_SPEC as SPEC_PATH
+from ensemble.paths import ACME_WEBROOT, ENSEMBLE_HOME, ROUTING_PATH
 from ensemble.paths import ROUTING_SEED as SEED_PATH
-from ensemble.spec import FleetSpec, spec_toml
 
 
 def package_archive() -> bytes:
@@ -57,26 +55,16 @@ def package_archive() -> bytes:
     return gzip.compress(raw.getvalue(), mtime=0)
 
 
-def spec_text(spec: FleetSpec) -> str:
-    """The fleet spec as the refresher on the front door reads it: the spec as deployed, every key."""
-    return spec_toml(spec, header="Managed by ensemble: the fleet spec as deployed (read by the refresh timer).")
-
-
-def launcher() -> str:
-    return f'#!/bin/sh\n# Managed by ensemble.\nPYTHONPATH={ENSEMBLE_HOME}/lib exec python3 -m ensemble.cli "$@"\n'
-
-
 @deploy("ensemble on the front door")
-def ensemble_itself(spec: FleetSpec) -> None:
-    """The code the refresh timer runs, and the spec it reads; unpacked only when the archive changed."""
+def ensemble_itself(ctx: DeployContext) -> None:
+    """The code the refresh timer runs (unpacked only when the archive changed), its launcher and the
+    spec it reads (rendered files: ensemble.hostfiles)."""
     archive = files.put(name="ensemble package archive", src=io.BytesIO(package_archive()),
                         dest=f"{ENSEMBLE_HOME}/ensemble.tar.gz", mode="644", create_remote_dir=True)
     server.shell(name="ensemble package unpacked", commands=[
         f"rm -rf {ENSEMBLE_HOME}/lib && mkdir -p {ENSEMBLE_HOME}/lib && tar -xzf {ENSEMBLE_HOME}/ensemble.tar.gz"
         f" -C {ENSEMBLE_HOME}/lib"], _if=archive.did_change)
-    files.put(name="ensemble command", src=io.StringIO(launcher()), dest=ENSEMBLE_BIN, mode="755")
-    files.put(name="fleet spec", src=io.StringIO(spec_text(spec)), dest=SPEC_PATH, mode="644",
-              create_remote_dir=True)
+    put_files(ctx.files_of("frontdoor-program"))
 
 
 @deploy("Front door")
@@ -84,7 +72,7 @@ def frontdoor(ctx: DeployContext) -> None:
     """nginx with the front door's configuration (reloaded only on change) and the refresh timer."""
     base(ctx)
     tls_files(ctx)
-    ensemble_itself(ctx.spec)
+    ensemble_itself(ctx)
     disable_default = files.link(name="nginx default site disabled", path="/etc/nginx/sites-enabled/default",
                                  present=False)
     seed = put_files([f for f in ctx.files_of("frontdoor") if f.path == SEED_PATH])
