@@ -42,6 +42,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, postgres, python, server, systemd
 from pyinfra.operations.util import any_changed
 
+from ensemble import paths
 from ensemble.errors import EnsembleError
 from ensemble.etherpad_source import (
     DownloadError,
@@ -56,9 +57,9 @@ from ensemble.etherpad_source import (
 
 logger = logging.getLogger(__name__)
 
-HOME = "/opt/etherpad"
+HOME = paths.ETHERPAD_HOME
 BUILD = "/opt/etherpad.build"
-DATA = "/var/lib/etherpad"
+DATA = paths.ETHERPAD_STATE_DIR
 MARKER = f"{HOME}/.ensemble-installed"
 REMOTE_TREE = "/var/tmp/ensemble-etherpad-tree.tar.zst"
 REMOTE_RELEASE = "/var/tmp/ensemble-etherpad-release.tar.gz"

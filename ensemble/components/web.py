@@ -14,6 +14,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from ensemble.components.base import DeployContext, put_files
+from ensemble.paths import ACME_WEBROOT
 
 
 def site_link(domain: str) -> tuple[str, str]:
@@ -39,5 +40,5 @@ def enable_site(domain: str) -> list:
 def web(ctx: DeployContext) -> None:
     """config.js (component "web") and the nginx site (component "nginx"), nginx reloaded on change."""
     put_files(ctx.files_of("web"))
-    files.directory(name="ACME webroot", path="/var/www/acme", mode="755")
+    files.directory(name="ACME webroot", path=ACME_WEBROOT, mode="755")
     put_files(ctx.files_of("nginx"), also_changed={"nginx": enable_site(ctx.host.name)})

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files as package_files
 from pathlib import Path
 
+from ensemble import paths
 from ensemble.frontdoor.rooms import MAX_RAW_LENGTH, RAW_ROOM_PATTERN
 from ensemble.frontdoor.selection import RoutingPlan, ShardDecision
 from ensemble.paths import ACME_WEBROOT, TLS_DIR
@@ -66,14 +67,14 @@ class FrontdoorLayout:
     site_path: str = "/etc/nginx/conf.d/ensemble-frontdoor.conf"
     pcre_jit_path: str = PCRE_JIT_PATH
     proxy_params_path: str = "/etc/nginx/ensemble-frontdoor-proxy.conf"
-    routing_path: str = "/var/lib/ensemble/frontdoor/routing.conf"
-    seed_path: str = "/etc/ensemble/frontdoor/routing.seed.conf"
-    state_path: str = "/var/lib/ensemble/frontdoor/state.json"
+    routing_path: str = paths.ROUTING_PATH
+    seed_path: str = paths.ROUTING_SEED
+    state_path: str = paths.FRONTDOOR_STATE
     webroot: str = "/usr/share/ensemble/frontdoor"
     routes_log: str = "/var/log/nginx/ensemble-routes.log"
-    spec_path: str = "/etc/ensemble/ensemble.toml"
-    secrets_path: str = "/etc/ensemble/secrets.json"
-    ensemble_bin: str = "/usr/local/bin/ensemble"
+    spec_path: str = paths.FRONTDOOR_SPEC
+    secrets_path: str = paths.SECRETS_FILE
+    ensemble_bin: str = paths.ENSEMBLE_BIN
     listen: tuple[str, ...] = ("443 ssl http2", "[::]:443 ssl http2")
     tls: bool = True
     tls_dir: str = TLS_DIR  # <tls_dir>/<domain>/{fullchain,privkey}.pem, from the TLS deploy
