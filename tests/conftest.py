@@ -140,6 +140,25 @@ def local_spec(fleet: str, shards: int = 1, os_profile: str = "debian-bookworm",
     return spec_from_dict(data, source=f"<test fleet {fleet}>")
 
 
+def ensemble_json(*args: str, timeout: float = 1200) -> tuple[int, dict, str]:
+    """Run the real `ensemble` CLI with --json, as a user does; (exit code, parsed stdout, stderr).
+
+    Example::
+
+        code, out, err = ensemble_json("deploy", "--config", str(config))
+    """
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "ensemble.cli", *args, "--json"], cwd=Path(__file__).parent.parent,
+                          capture_output=True, text=True, timeout=timeout)
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        data = {}
+    return proc.returncode, data, proc.stderr
+
+
 def ssh_client(host):
     """A paramiko client connected to `host` with its key and STRICT checking of its pinned host key
     (ensemble.ssh.Connection; an unknown or changed key is an EnsembleError naming the host).

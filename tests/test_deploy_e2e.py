@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_STATE_DIR, ssh_run
+from conftest import ensemble_json as ensemble
 
 REPO = Path(__file__).resolve().parent.parent
 FLEET = "t-e2e"
@@ -52,17 +53,6 @@ acme_ca_bundle = "{ca_bundle}"
 [etherpad]
 source_url = "npm:ep_etherpad-lite@1.8.14"
 """
-
-
-def ensemble(*args: str, timeout: float = 1200) -> tuple[int, dict, str]:
-    """Run the real CLI; return (exit code, parsed --json output, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "ensemble.cli", *args, "--json"], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
-    try:
-        data = json.loads(proc.stdout)
-    except ValueError:
-        data = {}
-    return proc.returncode, data, proc.stderr
 
 
 @pytest.fixture(scope="module")

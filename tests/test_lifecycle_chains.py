@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_STATE_DIR, ssh_run
+from conftest import ensemble_json as ensemble
 from standins.xmpp_participant import Participant
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,17 +55,6 @@ etherpad = false
 [frontdoor]
 refresh_interval = 5
 """
-
-
-def ensemble(*args: str, timeout: float = 1200) -> tuple[int, dict, str]:
-    """Run the real CLI with --json; (exit code, parsed stdout, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "ensemble.cli", *args, "--json"], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
-    try:
-        data = json.loads(proc.stdout)
-    except ValueError:
-        data = {}
-    return proc.returncode, data, proc.stderr
 
 
 class Background:
