@@ -29,15 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ensemble.components.base import (  # noqa: E402
-    JITSI_KEYRING,
-    JITSI_SOURCE,
-    apt_direct_conf,
-    jitsi_source,
-    nftables_conf,
-)
-from ensemble.components.shard import debconf_preseed, shard_packages  # noqa: E402
-from ensemble.fleet import deploy_environment, deploy_fleet, jitsi_keyring  # noqa: E402
+from ensemble.contexts import shard_packages  # noqa: E402
+from ensemble.fleet import deploy_fleet  # noqa: E402
+from ensemble.hostfiles import apt_direct_conf, debconf_preseed, jitsi_source, nftables_conf  # noqa: E402
+from ensemble.keyring import jitsi_keyring  # noqa: E402
+from ensemble.paths import JITSI_KEYRING, JITSI_SOURCE  # noqa: E402
 from ensemble.providers.local import LocalProvider  # noqa: E402
 from ensemble.render import shard_files  # noqa: E402
 from ensemble.secrets import complete_secrets  # noqa: E402
@@ -55,9 +51,11 @@ def bench_spec():
     }, source="<bench/deploy.py>")
 
 
-def timed_deploy(spec, provider, hosts, quiet=True) -> tuple[float, dict]:
+def timed_deploy(spec, provider, fleet, hosts, quiet=True) -> tuple[float, dict]:
+    """Deploy `hosts` only (deploy_fleet's `only`), rendered with the whole `fleet` (as `ensemble deploy` does)."""
     started = time.monotonic()
-    result = deploy_fleet(spec, provider=provider, hosts=hosts, progress=(lambda _l: None) if quiet else print)
+    result = deploy_fleet(spec, provider=provider, hosts=fleet, only=[h.name for h in hosts],
+                          progress=(lambda _l: None) if quiet else print)
     seconds = time.monotonic() - started
     if not result.ok:
         raise SystemExit(f"deploy failed: {json.dumps(result.as_dict(), indent=1)[:3000]}")
@@ -121,12 +119,12 @@ def main() -> None:
         hosts = provider.ensure_hosts(spec)
         created = time.monotonic() - t0
         shards = {h.shard: h for h in hosts if h.role == "shard"}
-        env = deploy_environment(spec, provider)
-        warm, _ = timed_deploy(spec, provider, [shards[6]])
-        one, _ = timed_deploy(spec, provider, [shards[1]])
-        one_again, one_results = timed_deploy(spec, provider, [shards[1]])
-        three, _ = timed_deploy(spec, provider, [shards[2], shards[3], shards[4]])
-        three_again, three_results = timed_deploy(spec, provider, [shards[2], shards[3], shards[4]])
+        env = provider.deploy_environment(spec)
+        warm, _ = timed_deploy(spec, provider, hosts, [shards[6]])
+        one, _ = timed_deploy(spec, provider, hosts, [shards[1]])
+        one_again, one_results = timed_deploy(spec, provider, hosts, [shards[1]])
+        three, _ = timed_deploy(spec, provider, hosts, [shards[2], shards[3], shards[4]])
+        three_again, three_results = timed_deploy(spec, provider, hosts, [shards[2], shards[3], shards[4]])
         script = shell_script(spec, env, shards[5], jitsi_keyring(env.spec))
         shell = run_shell(shards[5], script)
         figures = {

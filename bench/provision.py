@@ -1,11 +1,12 @@
 """Benchmark: provisioning 10 hosts vs 1 through the Scaleway provider, against the STAND-IN API.
 
 Every API call takes `--latency` seconds (1 s by default, about a slow real API), servers boot in
-0.3 s, and each answers SSH from a real sshd on 127.0.10.x (as in the tests), so the time covers
+0.3 s, and each answers SSH from a real sshd on 127.0.11.x (the tests use 127.0.10.x: a test run at
+the same time would answer on the same addresses with other host keys), so the time covers
 the whole create: IPs, server, volume tags, user data, power on, running, SSH, key pinning.
 Creation is parallel, so 10 hosts should take at most 1.5x the time of one.
 
-Run as root (sshd on port 22 of 127.0.10.x):
+Run as root (sshd on port 22 of 127.0.11.x):
 
     .venv/bin/python bench/provision.py            # prints both times and the ratio
 """
@@ -28,10 +29,13 @@ from standins.scaleway_env import ACCESS_KEY, PROJECT_ID, SECRET_KEY, SshdFarm, 
 from ensemble.providers.scaleway import ScalewayProvider  # noqa: E402
 from ensemble.spec import load_spec  # noqa: E402
 
+ADDRESS_PREFIX = "127.0.11."  # not the tests' 127.0.10. (see above)
+
 
 def provision(count: int, latency: float, tmp: Path) -> float:
     """Seconds to bring `count` throwaway shards up (then they are destroyed, untimed)."""
-    api = ScalewayStandIn(secret_key=SECRET_KEY, project_id=PROJECT_ID, latency=latency, page_size=50).start()
+    api = ScalewayStandIn(secret_key=SECRET_KEY, project_id=PROJECT_ID, latency=latency, page_size=50,
+                          address_prefix=ADDRESS_PREFIX).start()
     farm = SshdFarm(tmp / f"sshd-{count}")
     api.on_running, api.on_gone = farm.start, farm.stop
     os.environ.update({"SCW_ACCESS_KEY": ACCESS_KEY, "SCW_SECRET_KEY": SECRET_KEY, "SCW_API_URL": api.url,
