@@ -76,13 +76,20 @@ class FleetResult:
 # named, not imported: the worker process imports the components (and pyinfra), this process does not
 FLEET_HOST_DEPLOY = "ensemble.components.shard:fleet_host"
 def read_kept(hosts: list[Host]) -> KeptState:
-    """Read every host's kept secrets (and the front door's size record) over SSH; unreachable hosts
-    are listed in `unreachable` (see kept.require_all_read)."""
-    from ensemble.runner import run_command
+    """Read every host's kept secrets (and the front door's size record) over SSH, in parallel, from
+    this process (ensemble.ssh: no pyinfra worker to start); unreachable hosts are listed in
+    `unreachable` (see kept.require_all_read).
+    """
+    from ensemble.ssh import fan_out
 
-    if not hosts:
-        return KeptState(secrets={})
-    return parse_kept(run_command(targets_for(hosts), KEPT_COMMAND, progress=lambda _line: None), hosts)
+    def read(conn) -> str:
+        code, out, err = conn.run(KEPT_COMMAND, timeout=60)
+        if code != 0:
+            raise EnsembleError(f"{conn.host.name}: reading what it keeps failed: {err.strip()[-200:]}")
+        return out
+
+    results = fan_out(hosts, read)
+    return parse_kept({name: r.value if r.ok else None for name, r in results.items()}, hosts)
 
 
 # ---- actions ----
