@@ -45,6 +45,7 @@ class DeployContext:
     http_proxy: str = ""  # proxy the host uses for npm (local provider), "" = direct
     npm_only: bool = False  # the host reaches the npm registry only (no GitHub release tarballs)
     peers: dict[str, str] = field(default_factory=dict)  # fleet host name -> address, where no DNS has them
+    upgrade_packages: bool = False  # `ensemble upgrade`: the newest packages (the shard is drained)
 
     def files_of(self, *components: str) -> list[RenderedFile]:
         return [f for f in self.files if f.component in components]
@@ -71,7 +72,8 @@ def frontdoor_packages(spec: FleetSpec) -> list[str]:
 
 
 def host_context(env: DeployEnv, store: Secrets, me: Host, hosts: list[Host], *,
-                 keyring: bytes | None = None, spec_shards: int | None = None) -> DeployContext:
+                 keyring: bytes | None = None, spec_shards: int | None = None,
+                 upgrade_packages: bool = False) -> DeployContext:
     """The context of one host, rendered with the whole fleet `hosts` (pure).
 
     Example::
@@ -89,11 +91,13 @@ def host_context(env: DeployEnv, store: Secrets, me: Host, hosts: list[Host], *,
     # changes nothing on the running ones
     peers = [h for h in hosts if h.role == "frontdoor" or h.name == me.name] if me.role == "shard" else hosts
     return DeployContext(spec=spec, host=me, files=files, host_secrets=kept_secrets(store, me), packages=packages,
-                         http_proxy=env.http_proxy, npm_only=env.npm_only, peers=env.peers_of(peers))
+                         http_proxy=env.http_proxy, npm_only=env.npm_only, peers=env.peers_of(peers),
+                         upgrade_packages=upgrade_packages)
 
 
 def fleet_contexts(env: DeployEnv, store: Secrets, hosts: list[Host], *, keyring: bytes | None = None,
-                   only: list[str] | None = None, spec_shards: int | None = None) -> dict[str, DeployContext]:
+                   only: list[str] | None = None, spec_shards: int | None = None,
+                   upgrade_packages: bool = False) -> dict[str, DeployContext]:
     """{host name: context} for the hosts named in `only` (default: all), each rendered with all `hosts`.
 
     Example::
@@ -101,5 +105,6 @@ def fleet_contexts(env: DeployEnv, store: Secrets, hosts: list[Host], *, keyring
         fleet_contexts(env, store, hosts, keyring=key, only=["demo-2.meet.example.org"])
     """
     wanted = set(only) if only is not None else {h.name for h in hosts}
-    return {h.name: host_context(env, store, h, hosts, keyring=keyring, spec_shards=spec_shards)
+    return {h.name: host_context(env, store, h, hosts, keyring=keyring, spec_shards=spec_shards,
+                                 upgrade_packages=upgrade_packages)
             for h in hosts if h.name in wanted}

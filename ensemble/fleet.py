@@ -100,13 +100,14 @@ def wanted_names(spec: FleetSpec) -> list[str]:
 
 def deploy_fleet(spec: FleetSpec, *, provider: Provider | None = None, dry: bool = False, progress=print,
                  hosts: list[Host] | None = None, only: list[str] | None = None,
-                 size: int | None = None) -> FleetResult:
+                 size: int | None = None, upgrade_packages: bool = False) -> FleetResult:
     """Create missing hosts (not when dry), then deploy (or dry-run) the hosts in parallel.
 
     Every host is rendered with the whole fleet's facts; `only` limits which hosts are deployed
     (e.g. one shard during a rolling upgrade). `hosts`: the fleet's hosts when the caller just
     listed them. `size`: the shard count `fleet scale` decided (recorded on the front door);
-    default: `fleet_size`.
+    default: `fleet_size`. `upgrade_packages`: take the newest packages (`ensemble upgrade`, on a
+    drained shard); a plain deploy never upgrades a package under live meetings.
 
     Example::
 
@@ -146,7 +147,8 @@ def deploy_fleet(spec: FleetSpec, *, provider: Provider | None = None, dry: bool
         env = provider.deploy_environment(target)
         keyring = jitsi_keyring(env.spec)
         store, _ = merge_secrets(env.spec, {h.name: kept.secrets.get(h.name, "") for h in fleet}, fleet)
-        contexts = fleet_contexts(env, store, fleet, keyring=keyring, only=only, spec_shards=spec.fleet.shards)
+        contexts = fleet_contexts(env, store, fleet, keyring=keyring, only=only, spec_shards=spec.fleet.shards,
+                                  upgrade_packages=upgrade_packages)
         targets = targets_for([h for h in fleet if h.name in contexts])
         result.results = run_deploy(targets, FLEET_HOST_DEPLOY, {"contexts": contexts}, dry=dry, progress=progress)
     result.seconds = time.monotonic() - started

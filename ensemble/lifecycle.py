@@ -321,7 +321,7 @@ def upgrade_fleet(spec: FleetSpec, timeout: int, *, provider: Provider | None = 
 
     def redeploy(host: Host) -> list[str]:
         result = deploy_fleet(spec, provider=provider, hosts=hosts, only=[host.name], size=size,
-                              progress=progress or (lambda _line: None))
+                              upgrade_packages=True, progress=progress or (lambda _line: None))
         return [f"{name}: {r.error or 'deploy failed'}" for name, r in result.results.items() if not r.ok]
 
     def may_drain(host: Host) -> list[str]:

@@ -136,7 +136,8 @@ def base(ctx: DeployContext) -> None:
                     content=peers_lines(ctx.peers))
     early = put_files(ctx.files_of("secrets", "apt"))  # before the install: sources, keyrings, debconf
     sources = [op for path, op in early.items() if path in SOURCES]
-    update = apt.update(name="apt update", cache_time=APT_CACHE_SECONDS)
+    # an upgrade reads fresh package lists; a deploy trusts lists younger than an hour
+    update = apt.update(name="apt update", cache_time=None if ctx.upgrade_packages else APT_CACHE_SECONDS)
     if sources:
         # A new or changed source needs its lists now, whatever the cache age (once, not twice).
         server.shell(name="apt update (sources changed)", commands=["apt-get update -qq"],
@@ -148,7 +149,10 @@ def base(ctx: DeployContext) -> None:
         first_install = "jitsi-meet" not in (host.get_fact(DebPackages) or {})
         server.shell(name="debconf-set-selections", commands=[f"debconf-set-selections {paths.DEBCONF_PRESEED}"],
                      _if=lambda: first_install or bool(preseed and preseed.did_change()))
-    apt.packages(name=f"install {len(ctx.packages)} packages", packages=ctx.packages, no_recommends=True)
+    # `ensemble upgrade` (upgrade_packages) takes the newest packages on a drained shard; a plain
+    # deploy installs what is missing and never upgrades under live meetings
+    apt.packages(name=f"{'upgrade' if ctx.upgrade_packages else 'install'} {len(ctx.packages)} packages",
+                 packages=ctx.packages, no_recommends=True, latest=ctx.upgrade_packages)
     late = put_files(ctx.files_of("upgrades", "firewall", "sysctl"))
     systemd.service(name="nftables enabled", service="nftables", enabled=True)
     if paths.NFTABLES_CONF in late:
