@@ -17,7 +17,7 @@ import click
 
 from ensemble import __version__
 from ensemble.errors import EnsembleError, UsageError
-from ensemble.spec import FleetSpec, default_spec, load_spec
+from ensemble.spec import MAX_SHARDS, FleetSpec, default_spec, load_spec
 
 
 def _fail(exc: BaseException, code: int) -> None:
@@ -270,7 +270,7 @@ def frontdoor() -> None:
 @config_option
 @click.option("--secrets", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Secrets file holding fleet.occupancy_token. Default: /etc/ensemble/secrets.json.")
-@click.option("--shards", type=click.IntRange(1, 1000), default=None,
+@click.option("--shards", type=click.IntRange(1, MAX_SHARDS), default=None,
               help="The fleet's shard count when `fleet scale` changed it (default: the spec's).")
 @json_option
 @handle_errors

@@ -25,7 +25,7 @@ from typing import Any
 from ensemble.errors import EnsembleError, UsageError
 from ensemble.inventory import inventory_of, pyinfra_groups  # noqa: F401 (re-exported)
 from ensemble.providers.base import Host, Provider
-from ensemble.spec import FleetSpec
+from ensemble.spec import MAX_SHARDS, FleetSpec
 
 Progress = Callable[[str], None] | None
 # drain_and_wait(spec, hosts, timeout): stop sending rooms to these shards and return once they are
@@ -84,7 +84,6 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 
 # ---- scale ----
 
-MAX_SHARDS = 1000  # the front door's maps and the refresh are measured up to this (docs/frontdoor.md)
 FrontdoorView = Callable[[Host], dict]  # the front door's last refresh state (frontdoor.control.read_state)
 ShardReader = Callable[[Host], Any]  # a shard's census + stats over SSH (frontdoor.drain.ssh_reader)
 ReadyWait = Callable[[Host, list[str]], dict[str, tuple[str, str]]]  # shards the front door does not read ready
