@@ -38,10 +38,6 @@ from ensemble.secrets import FLEET_KEY, FLEET_SECRETS, SHARD_SECRETS, Secrets
 from ensemble.spec import FleetSpec
 from ensemble.templating import RenderedFile, render_template
 
-# Re-exported for older imports: the one definition is ensemble.paths.
-TLS_DIR = paths.TLS_DIR
-ACME_WEBROOT = paths.ACME_WEBROOT
-STATE_FILE = paths.STATE_FILE
 JVB_BREWERY = "JvbBrewery"
 FRONTDOOR_PLACEHOLDER = "198.51.100.1"
 # Secrets go into quoted HOCON, nginx and JSON strings: only characters that need no escaping anywhere.
