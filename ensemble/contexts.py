@@ -59,6 +59,8 @@ def shard_packages(spec: FleetSpec) -> list[str]:
         shard_packages(spec)[-1]     # "jitsi-meet" (or "jitsi-meet=<version>" when pinned)
     """
     packages = [*BASE_PACKAGES, "nginx", "prosody"]
+    if spec.turn.enabled:
+        packages += ["libnginx-mod-stream", "coturn"]  # the 443 multiplexer and the relay
     if spec.tls.mode == "letsencrypt":
         packages.append("certbot")
     version = spec.jitsi_version

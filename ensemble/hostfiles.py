@@ -22,6 +22,7 @@ from ensemble.profiles import PROSODY_IM_REPO
 from ensemble.providers.base import DeployEnv, Host
 from ensemble.spec import FleetSpec, spec_toml
 from ensemble.templating import RenderedFile, render_template
+from ensemble.turn import turn_context
 
 PROSODY_KEYRING = "/usr/share/keyrings/prosody-keyring.gpg"
 PROSODY_SOURCE = "/etc/apt/sources.list.d/prosody.sources"
@@ -180,14 +181,31 @@ def debconf_preseed(domain: str) -> str:
     ))
 
 
-def certbot_hook(domain: str) -> str:
-    """certbot's deploy hook (templates/tls/reload-nginx.sh.j2): nginx reloads after a renewal.
+def certbot_hook(domain: str, turn: dict | None = None) -> str:
+    """certbot's deploy hook (templates/tls/reload-nginx.sh.j2): nginx reloads after a renewal, and the
+    shard's TURN relay gets the renewed certificate (`turn`: ensemble.turn.turn_context, shards only).
 
     Example::
 
         certbot_hook("a.test").startswith("#!/bin/sh")    # True
     """
-    return render_template("tls/reload-nginx.sh.j2", {"domain": domain, "tls": {"cert": cert_paths(domain)[0]}})
+    return render_template("tls/reload-nginx.sh.j2", {"domain": domain, "tls": {"cert": cert_paths(domain)[0]},
+                                                      "turn": turn})
+
+
+def firewall_ports(spec: FleetSpec, shard: bool) -> dict[str, list]:
+    """nftables_conf's port arguments for a host: on shards with `[turn]`, the relay's STUN/TURN port
+    (UDP and TCP) and its relayed media range besides web and the bridge (TURN over TLS shares 443);
+    {} (the defaults) otherwise.
+
+    Example::
+
+        firewall_ports(spec, shard=True)   # {"tcp_ports": [80, 443, 3478], "udp_ports": [10000, 3478, "49152-49999"]}
+    """
+    if not (shard and spec.turn.enabled):
+        return {}
+    t = spec.turn
+    return {"tcp_ports": [80, 443, t.port], "udp_ports": [10000, t.port, f"{t.relay_min_port}-{t.relay_max_port}"]}
 
 
 def ssh_cidrs(spec: FleetSpec, env: DeployEnv) -> list[str]:
@@ -247,7 +265,8 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
                                 component="prosody-accounts"))
     out += [
         RenderedFile(paths.AUTO_UPGRADES, auto_upgrades_conf(), component="upgrades"),
-        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env)), 0o755, component="firewall"),
+        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env), **firewall_ports(spec, shard)),
+                     0o755, component="firewall"),
     ]
     if shard:
         out.append(RenderedFile(paths.SYSCTL_FILE, sysctl_conf(), component="sysctl"))
@@ -257,5 +276,6 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
                 RenderedFile(paths.FRONTDOOR_SPEC, spec_toml(spec, header=SPEC_HEADER), component="frontdoor-program"),
                 RenderedFile(paths.ENSEMBLE_BIN, launcher(), 0o755, component="frontdoor-program")]
     if spec.tls.mode == "letsencrypt":
-        out.append(RenderedFile(paths.CERTBOT_HOOK, certbot_hook(host.name), 0o755, component="tls"))
+        turn = turn_context(spec, host.name) if shard else None
+        out.append(RenderedFile(paths.CERTBOT_HOOK, certbot_hook(host.name, turn), 0o755, component="tls"))
     return out

@@ -38,6 +38,15 @@ PROSODY_HTTP_PORT = 5280  # prosody's HTTP (census, BOSH, websocket) on loopback
 JVB_PRIVATE_PORT = 8080  # jitsi-videobridge's private REST (colibri stats, drain) on loopback
 JICOFO_REST_PORT = 8888  # jicofo's REST (health, conference requests) on loopback
 
+# ---- TURN relay (coturn) on shards ----
+COTURN_CONF = "/etc/turnserver.conf"  # Debian's coturn reads it (0640 root:turnserver: holds the secret)
+COTURN_CERT_DIR = "/etc/coturn/certs"  # copies of the shard's certificate coturn (user turnserver) can read
+NGINX_STREAM_CONF = "/etc/nginx/modules-enabled/60-ensemble-turn.conf"  # main-context include: the 443 multiplexer
+TURN_TLS_PUBLIC_PORT = 443  # TURN over TLS shares the web site's port: locked-down networks reach only 443
+WEB_TLS_PORT = 4444  # the web site's TLS listener on loopback, behind the multiplexer (PROXY protocol)
+TURN_TLS_STRIP_PORT = 4445  # loopback hop that drops the PROXY header before coturn's TLS listener
+COTURN_TLS_PORT = 5349  # coturn's own TLS listener (not opened in the firewall: reached through 443)
+
 # ---- front door ----
 ENSEMBLE_HOME = "/usr/local/lib/ensemble"  # ensemble's own code, run by the refresh timer
 ENSEMBLE_BIN = "/usr/local/bin/ensemble"
