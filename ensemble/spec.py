@@ -238,6 +238,8 @@ class TurnSection:
     total_quota: int = _opt(1200, "allocations at once on one shard's relay", check=_check_positive)
     max_bps: int = _opt(1000000, "bytes per second one relayed session may use (0 = no cap)",
                         check=lambda v: None if v >= 0 else f"must be >= 0, got {v}")
+    tls_name_in_dns: bool = _opt(False, "DNS has turn-<shard> pointing at each shard: the letsencrypt "
+                                 "certificate then covers it (browsers reach TURN/TLS on 443 by that name)")
     allowed_peer_ips: list[str] = _opt([], "private peers the relay may reach despite the deny list (CIDRs; "
                                        "e.g. a test peer on a local bridge); empty in production",
                                        check=_check_peer_cidrs)
@@ -362,6 +364,9 @@ def _check_cross_fields(spec: FleetSpec) -> None:
         raise SpecError("turn.relay_min_port", f"must be <= turn.relay_max_port ({t.relay_max_port})")
     if t.relay_min_port <= 10000 <= t.relay_max_port or t.relay_min_port <= t.port <= t.relay_max_port:
         raise SpecError("turn.relay_min_port", "the relay range must not hold the bridge's 10000 or turn.port")
+    if t.enabled and any(len("turn-" + name.split(".", 1)[0]) > 63 for name in spec.shard_names()):
+        raise SpecError("fleet.shard_name", "gives a first label too long for the relay's TLS name "
+                        "turn-<shard> (at most 58 characters before the first dot with [turn] on)")
     if spec.tls.mode == "provided":
         for key in ("cert_path", "key_path"):
             if not getattr(spec.tls, key):

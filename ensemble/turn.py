@@ -66,6 +66,27 @@ def coturn_cert_copy_command(domain: str) -> str:
             f" && install -m 0640 -g turnserver {chain} {cert} && install -m 0640 -g turnserver {key} {pkey}")
 
 
+def turn_tls_name(domain: str) -> str:
+    """The name browsers reach the relay's TLS side by on 443: nginx sends this SNI to coturn and every
+    other name to the web site (jitsi's handbook: a second DNS name, "turn-" + the site's name).
+
+    Example::
+
+        turn_tls_name("demo-1.meet.example.org")     # "turn-demo-1.meet.example.org"
+    """
+    return f"turn-{domain}"
+
+
+def certificate_names(spec: FleetSpec, domain: str) -> list[str]:
+    """Every name a shard's certificate covers: its domain, and the relay's TLS name when `[turn]` is on.
+
+    Example::
+
+        certificate_names(spec, "a.test")     # ["a.test", "turn-a.test"]
+    """
+    return [domain, turn_tls_name(domain)] if spec.turn.enabled else [domain]
+
+
 def turn_context(spec: FleetSpec, domain: str) -> dict:
     """What the coturn, nginx, prosody, config.js and hook templates know of the relay.
 
@@ -84,4 +105,5 @@ def turn_context(spec: FleetSpec, domain: str) -> dict:
         "tls_public_port": paths.TURN_TLS_PUBLIC_PORT, "web_port": paths.WEB_TLS_PORT,
         "strip_port": paths.TURN_TLS_STRIP_PORT, "tls_port": paths.COTURN_TLS_PORT,
         "cert": cert, "key": key, "copy_command": coturn_cert_copy_command(domain),
+        "tls_name": turn_tls_name(domain),
     }

@@ -13,7 +13,7 @@ import pytest
 
 from ensemble import paths
 from ensemble.contexts import fleet_contexts
-from ensemble.hostfiles import nftables_conf
+from ensemble.hostfiles import firewall_ports, nftables_conf
 from ensemble.providers.base import DeployEnv, Host
 from ensemble.render import fleet_files, render_fleet_to
 from ensemble.secrets import complete_secrets
@@ -48,7 +48,7 @@ def test_provider_settings_reach_the_rendered_files():
     env = DeployEnv(spec=spec, admin_cidrs=["10.9.8.0/24"], apt_direct=["10.9.8.1"], hosts_file=True)
     files = fleet_files(spec, store, env=env)[spec.shard_name(1)]
     by_path = {f.path: f for f in files}
-    assert by_path[paths.NFTABLES_CONF].content == nftables_conf(["10.9.8.0/24"])
+    assert by_path[paths.NFTABLES_CONF].content == nftables_conf(["10.9.8.0/24"], **firewall_ports(spec, True))
     assert "Proxy::10.9.8.1" in by_path[paths.APT_DIRECT_FILE].content
 
 
