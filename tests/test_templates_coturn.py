@@ -350,8 +350,10 @@ def test_the_site_name_reaches_the_site_and_the_relay_name_reaches_coturn(multip
         assert _exchange(m["port"], name, alpn, page).startswith(b"HTTP/1.1 200"), (name, alpn)
     # a browser's h2: the site answers with HTTP/2's SETTINGS frame (type 4)
     assert _exchange(m["port"], None, ["h2", "http/1.1"], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")[3:4] == b"\x04"
-    for name in (f"turn-{m['domain']}", None):  # the relay's name, or no name and no ALPN (turnutils by address)
-        assert _exchange(m["port"], name, None, b"binding") == b"relay", name
+    # the relay's name; no name and no ALPN (a browser's TURN client given an address); no name and
+    # RFC 7443's "stun.turn" among other protocols (coturn's turnutils_uclient offers http/1.1 too)
+    for name, alpn in ((f"turn-{m['domain']}", None), (None, None), (None, ["http/1.1", "stun.turn"])):
+        assert _exchange(m["port"], name, alpn, b"binding") == b"relay", (name, alpn)
     # the loopback hop dropped the PROXY header: coturn's side sees a bare TLS ClientHello
     assert m["relay"].first_bytes and all(b[:1] == b"\x16" for b in m["relay"].first_bytes)
 

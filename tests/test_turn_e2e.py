@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -108,8 +109,11 @@ def uclient(fleet, *args: str) -> tuple[int, str]:
 
 
 def relayed(output: str) -> bool:
-    """uclient's summary says the 10 messages went through the relay and came back from the peer."""
-    return "tot_recv_msgs=10" in output and "Total lost packets 0 " in output
+    """uclient's summary says every message (10, or 20 with TCP's second channel) went through the
+    relay and came back from the peer."""
+    totals = re.findall(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
+    return bool(totals) and int(totals[-1][0]) >= 10 and totals[-1][0] == totals[-1][1] \
+        and "Total lost packets 0 " in output
 
 
 def test_deploy_installs_the_relay(fleet):
