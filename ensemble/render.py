@@ -181,7 +181,9 @@ def shard_context(spec: FleetSpec, n: int, secrets: Secrets, host: Host | None =
                 "key": f"{paths.TLS_DIR}/{domain}/privkey.pem", "webroot": paths.ACME_WEBROOT},
         "ports": {"prosody_http": paths.PROSODY_HTTP_PORT, "jvb_private": paths.JVB_PRIVATE_PORT,
                   "jicofo_rest": paths.JICOFO_REST_PORT},
-        "turn": turn_context(spec, domain),
+        # relayed media leaves from the host's own address (coturn would otherwise relay from the
+        # address a client reached it on: 127.0.0.1 behind the 443 multiplexer)
+        "turn": {**turn_context(spec, domain), "relay_ips": [local, *([host.ipv6] if host.ipv6 else [])]},
         "brewery_jid": f"{JVB_BREWERY}@internal.auth.{domain}",
         "state_file": paths.STATE_FILE,
     }

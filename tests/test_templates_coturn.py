@@ -96,6 +96,8 @@ def test_coturn_config_only_ephemeral_credentials_and_peer_restrictions():
                 if line.startswith(("allowed-peer-ip", "user=", "lt-cred-mech", "allow-loopback"))]
     # behind 1:1 NAT (placeholder hosts: public 203.0.113.1, private 192.0.2.1) the public address is announced
     assert "external-ip=203.0.113.1/192.0.2.1" in lines
+    # relays from the host's own address, not the loopback address TLS arrives on through nginx
+    assert "relay-ip=192.0.2.1" in lines and not [line for line in lines if line.startswith("no-tlsv1")]
 
 
 def test_allowed_peers_are_explicit_ranges_and_whole_families_are_refused():
