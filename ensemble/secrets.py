@@ -66,8 +66,11 @@ def merge_secrets(spec: FleetSpec, remote: dict[str, str | None], hosts: list[Ho
         try:
             data = json.loads(text) if text else {}
         except ValueError:
-            data = {}
-        kept[name] = data if isinstance(data, dict) else {}
+            data = None
+        if not isinstance(data, dict):
+            # never regenerate over a damaged file: its host's services still use the old secrets
+            raise UsageError(f"{name}: its kept secrets are corrupt or truncated (not a JSON object); nothing deployed")
+        kept[name] = data
     store: Secrets = {}
     for name, data in kept.items():
         if isinstance(data.get(name), dict):
