@@ -30,6 +30,18 @@ ACCOUNTS_DIGEST = "/etc/ensemble/prosody-accounts.sha256"
 BEFORE_INSTALL = ("secrets", "apt")
 
 
+def public_ports(role: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(TCP, UDP) ports a host of this role opens to everyone (SSH is open to the admin CIDRs only):
+    the firewall opens these and nothing else, README's "Security" section lists them.
+
+    Example::
+
+        public_ports("shard")        # ((80, 443), (10000,))
+        public_ports("frontdoor")    # ((80, 443), ()): no bridge behind it, no media port
+    """
+    return (80, 443), ((paths.JVB_MEDIA_PORT,) if role == "shard" else ())
+
+
 def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (paths.JVB_MEDIA_PORT,),
                   tcp_ports: Iterable[int] = (80, 443)) -> str:
     """The host firewall: drop inbound except established, loopback, ICMP, web, JVB media (shards; the
@@ -234,7 +246,7 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
         # ["/etc/ensemble/secrets.json"]
     """
     shard = host.role == "shard"
-    media_ports = (paths.JVB_MEDIA_PORT,) if shard else ()  # the front door runs no bridge
+    tcp, udp = public_ports(host.role)
     out = [RenderedFile(paths.SECRETS_FILE, secrets_json(host_secrets), 0o600, component="secrets")]
     if env.apt_direct:
         out.append(RenderedFile(paths.APT_DIRECT_FILE, apt_direct_conf(env.apt_direct), component="apt"))
@@ -250,7 +262,7 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
                                 component="prosody-accounts"))
     out += [
         RenderedFile(paths.AUTO_UPGRADES, auto_upgrades_conf(), component="upgrades"),
-        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env), udp_ports=media_ports), 0o755,
+        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env), udp_ports=udp, tcp_ports=tcp), 0o755,
                      component="firewall"),
     ]
     if shard:
