@@ -171,6 +171,29 @@ def test_an_anonymous_user_cannot_join_the_brewery_but_the_bridge_is_in_it(fleet
     assert stats["standin_xmpp"]["connected"], stats["standin_xmpp"]
 
 
+def test_control_without_the_filter_the_impostor_would_join(fleet):
+    """The attack above is real: with the brewery's filter taken out of the same file, the same
+    anonymous user joins. The file is then put back byte for byte (the last test's redeploy sees no change)."""
+    shard = fleet["shard"]
+    vhost = f"/etc/prosody/conf.avail/{shard.name}.cfg.lua"
+    wait_ready = ("for i in $(seq 60); do curl -fs -o /dev/null http://127.0.0.1:8888/about/health && "
+                  f"curl -fs http://127.0.0.1:{paths.JVB_PRIVATE_PORT}/colibri/stats | grep -q "
+                  "'\"connected\": true' && exit 0; sleep 1; done; exit 1")
+    code, _, err = ssh_run(shard, f"cp -p {vhost} /root/vhost.saved && sed -i '/\"muc_filter_access\";/d' {vhost} "
+                                  f"&& systemctl restart prosody && {wait_ready}")
+    assert code == 0, err
+    try:
+        impostor = BreweryImpostor(f"https://{shard.name}", "x", address=shard.address, verify=False,
+                                   transport="websocket", timeout=20, brewery=f"jvbbrewery@internal.auth.{shard.name}")
+        impostor.join()
+        assert impostor.joined and len(impostor.occupants) >= 2  # in the brewery, beside the real bridge
+        impostor.leave()
+    finally:
+        code, _, err = ssh_run(shard, f"cp -p /root/vhost.saved {vhost} && rm /root/vhost.saved && "
+                                      f"systemctl restart prosody && {wait_ready}")
+        assert code == 0, err
+
+
 # ---------------------------------------------------------------- the shard's site
 
 def test_etherpad_statistics_and_admin_are_not_public(fleet):
