@@ -23,8 +23,21 @@ from ensemble.spec import MAX_SHARDS, FleetSpec, default_spec, load_spec
 def _fail(exc: BaseException, code: int) -> None:
     if os.environ.get("ENSEMBLE_DEBUG"):
         raise exc
-    click.echo(f"ensemble: error: {exc}", err=True)
+    click.echo(f"ensemble: error: {one_line(str(exc))}", err=True)
     sys.exit(code)
+
+
+def one_line(message: str, limit: int = 1000) -> str:
+    """An error message as one printable line: control characters escaped, length bounded.
+
+    A hostile argument or key name echoed in an error cannot add lines or drive the terminal.
+
+    Example::
+
+        one_line("fleet drain: no shard 'x\\ny'")   # "fleet drain: no shard 'x\\ny'" (escaped)
+    """
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 def handle_errors(fn):
