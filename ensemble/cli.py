@@ -124,9 +124,11 @@ def main() -> None:
 def render(config: Path | None, out: Path, secrets: Path | None) -> None:
     """Write every file of every host, exactly as deploy writes them (review with diff -r)."""
     spec = get_spec(config)
+    from ensemble.outtree import OwnedTree
     from ensemble.render import render_fleet_to
     from ensemble.secrets import load_or_create_secrets, secrets_path_for
 
+    OwnedTree.check(out, "--out")  # a folder render may not write into is refused before any secret is made
     store = load_or_create_secrets(secrets or secrets_path_for(spec), spec)
     written = render_fleet_to(spec, store, out)
     click.echo(f"rendered {len(written)} files for {spec.fleet.shards} shard(s) and the front door into {out}")
