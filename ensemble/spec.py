@@ -445,6 +445,38 @@ def load_spec(path: str | Path) -> FleetSpec:
     return spec_from_dict(data, source=str(p))
 
 
+def spec_files(spec: FleetSpec) -> list[tuple[str, str]]:
+    """(key, path) of every file on the deploying machine that this spec makes ensemble read.
+
+    Example::
+
+        spec_files(spec)   # [("tls.cert_path", "/etc/ssl/meet.pem"), ("tls.key_path", ...)]
+    """
+    found = []
+    if spec.tls.mode == "provided":
+        found += [("tls.cert_path", spec.tls.cert_path), ("tls.key_path", spec.tls.key_path)]
+    if spec.tls.acme_ca_bundle:
+        found.append(("tls.acme_ca_bundle", spec.tls.acme_ca_bundle))
+    if spec.provider.kind == "scaleway":
+        found += [("provider.scaleway.ssh_public_key", spec.provider.scaleway.ssh_public_key),
+                  ("provider.scaleway.ssh_private_key", spec.provider.scaleway.ssh_private_key)]
+    return found
+
+
+def check_spec_files(spec: FleetSpec) -> None:
+    """Every file the spec names is a readable regular UTF-8 file of at most 1 MiB (a PEM file holds
+    a PEM block); UsageError naming the key otherwise. Run before any host is created.
+
+    Example::
+
+        check_spec_files(load_spec("ensemble.toml"))    # tls.cert_path: cannot read /x.pem: no such file
+    """
+    for key, path in spec_files(spec):
+        text = read_user_text(Path(path).expanduser(), key)
+        if key.startswith("tls.") and "-----BEGIN " not in text:
+            raise SpecError(key, f"{path} is not a PEM file (no -----BEGIN line)")
+
+
 def default_spec() -> FleetSpec:
     """The embedded default: a 2-shard fleet on the local provider (ensemble/default.toml)."""
     from importlib.resources import files
