@@ -375,7 +375,7 @@ def parse_duration(text: str, key: str = "--older-than") -> int:
 
         parse_duration("2h")    # 7200
     """
-    match = _DURATION.fullmatch(text.strip())
+    match = _DURATION.fullmatch(text)
     if not match:
         raise UsageError(f"{key}: not a duration like 90s, 30m, 2h or 7d: {text!r}")
     seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]

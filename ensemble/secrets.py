@@ -105,8 +105,11 @@ def load_or_create_secrets(path: Path, spec: FleetSpec) -> Secrets:
         if not isinstance(store, dict) or not all(isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
                                                   for v in store.values()):
             raise UsageError(f"--secrets: {path} must map host names to objects of string secrets")
-    if complete_secrets(store, spec) or not path.exists():
-        write_private(path, json.dumps(store, indent=2, sort_keys=True) + "\n")
+    if complete_secrets(store, spec) or not exists:
+        try:
+            write_private(path, json.dumps(store, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise UsageError(f"--secrets: cannot write {path}: {exc.strerror}") from None
     return store
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import string
 import tomllib
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
@@ -129,9 +130,11 @@ def _is_ip(v: str) -> bool:
 def _check_shard_name(v: str):
     if "{n}" not in v:
         return "must contain {n} (the shard number), e.g. '{name}-{n}.{domain}'"
-    try:
-        v.format(name="x", n=1, domain="example.org")
-    except (KeyError, IndexError, ValueError, AttributeError):
+    try:  # only the bare fields: "{domain.__class__}" or "{n:>99999}" would reach str.format otherwise
+        fields_used = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
+    except ValueError:
+        return "may only use {name}, {n} and {domain}"
+    if any(f not in ("name", "n", "domain") or spec or conv for f, spec, conv in fields_used):
         return "may only use {name}, {n} and {domain}"
     return None
 
