@@ -47,6 +47,8 @@ def read_user_file(path: Path | str, what: str, *, limit: int = MAX_USER_FILE_BY
         raise UsageError(f"{what}: the path contains a NUL byte")
     try:
         fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise UsageError(f"{what}: no such file: {p}") from None
     except OSError as exc:
         reason = _REASONS.get(exc.errno or 0, exc.strerror or "cannot open")
         raise UsageError(f"{what}: cannot read {p}: {reason}") from None
