@@ -68,6 +68,14 @@ def _opt(default, text: str, check=None, choices=None, bounds=None, max_items: i
 # ---- checks: return an error message, or None when valid ----
 
 
+def _check_positive(v: int):
+    return None if v >= 1 else f"must be >= 1, got {v}"
+
+
+def _check_port(v: int):
+    return None if 1 <= v <= 65535 else f"must be a port 1-65535, got {v}"
+
+
 def _check_domain(v: str):
     return None if is_domain(v) else f"not a valid DNS name: {v!r} (lower-case labels a-z0-9-, with a dot)"
 
@@ -81,10 +89,14 @@ def _pattern(regex: re.Pattern, what: str, empty_ok: bool = False):
     return check
 
 
-def _check_cidrs(v: list[str]):
+def _check_ssh_cidrs(v: list[str]):
     if not v:
         return ("must list at least one CIDR: an empty list would lock everyone out of SSH, ensemble "
                 "included (to limit it, list your admin network, e.g. 203.0.113.0/24)")
+    return _check_cidrs(v)
+
+
+def _check_cidrs(v: list[str]):
     for item in v:
         problem = strict_cidr_problem(item)
         if problem:
@@ -224,7 +236,7 @@ class ScalewayProviderSection:
     ssh_private_key: str = _opt("~/.ssh/id_ed25519", "the matching private key ensemble connects with "
                                 "(absolute or ~/ path)", check=_check_local_file)
     ssh_allowed_cidrs: list[str] = _opt(["0.0.0.0/0", "::/0"], "who may reach port 22: 1-64 CIDRs as nftables "
-                                        "takes them (no %zone, no host bits set)", check=_check_cidrs)
+                                        "takes them (no %zone, no host bits set)", check=_check_ssh_cidrs)
     api_timeout: int = _opt(30, "seconds before an API call is abandoned", bounds=(1, 3600))
     ssh_timeout: int = _opt(600, "seconds to wait for SSH on a new server", bounds=(1, 86400))
 
