@@ -26,9 +26,10 @@ _FORBIDDEN_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs")
 
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # RFC 3986 characters that are harmless in every file a URL lands in (deb822 sources, .npmrc,
-# nginx, JSON): no spaces, quotes, backslashes, brackets (except an IPv6 host), ';' or '#'.
+# nginx, JSON, a shell): no spaces, quotes, backslashes, brackets (except an IPv6 host), ';', '#',
+# '$', '!', '*' or parentheses; '&' only in the query.
 _URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)"
-                  r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[A-Za-z0-9._~%/+:@=,!$&()*-]*)?"
+                  r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[A-Za-z0-9._~%/+:@=,-]*)?"
                   r"(?:\?(?P<query>[A-Za-z0-9._~%/+:@=,&-]*))?")
 # Debian policy 5.6.12: [epoch:]upstream_version[-debian_revision]; the upstream part starts
 # with a digit; a hyphen only when a revision follows (the revision is after the last hyphen).

@@ -39,7 +39,8 @@ from ensemble.userfiles import parse_toml, read_user_text
 
 _FLEET_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 _ZONE = re.compile(r"[a-z]{2}-[a-z]{3}-[0-9]")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# RFC 5322's dot-atom local part (not starting with '-': certbot must not read it as an option).
+_EMAIL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~][A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{0,63}@(?P<domain>[A-Za-z0-9.-]+)")
 _LANGS = ("fr", "en", "de", "es", "it", "nl", "pt", "pl")
 
 INT_BOUNDS = (0, 2**31 - 1)  # an int field that declares no bounds: what every consumer (int32) accepts
@@ -119,7 +120,10 @@ def _check_sha256(v: str):
 def _check_email(v: str):
     if v == "":
         return None
-    return None if len(v) <= 254 and _EMAIL.fullmatch(v) else f"not an e-mail address: {v!r}"
+    match = _EMAIL.fullmatch(v)
+    if len(v) <= 254 and match and is_domain(match["domain"].lower()):
+        return None
+    return f"not an e-mail address like ops@example.org: {v!r}"
 
 
 def _check_stun(v: list[str]):

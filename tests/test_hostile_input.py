@@ -530,3 +530,15 @@ def test_process_render_into_a_planted_symlink(tmp_path):
     assert_refused(proc.returncode, proc.stderr, "--out", "not written by ensemble render")
     assert sorted(p.name for p in victim.iterdir()) == ["precious"]
     assert not (tmp_path / ".ensemble").exists()
+
+
+@pytest.mark.parametrize("email", ["-oProxyCommand=x@example.org", "ops@example", "ops@exa mple.org", "a\"b@x.org",
+                                   "ops@-example.org", "<ops@example.org>"])
+def test_emails_certbot_would_misread_are_refused(tmp_path, email):
+    render_refused(tmp_path, toml_section("tls.email", toml_str(email)), "tls.email", "e-mail")
+
+
+@pytest.mark.parametrize("url", ["https://repo.test/$(id)", "https://repo.test/a'b", "https://repo.test/a*",
+                                 "https://repo.test/a\\b", "https://repo.test/a;b", "https://repo.test/a b"])
+def test_urls_that_a_config_or_shell_would_misread_are_refused(tmp_path, url):
+    render_refused(tmp_path, toml_section("etherpad.npm_registry", toml_str(url)), "etherpad.npm_registry", "URL")
