@@ -542,3 +542,16 @@ def test_emails_certbot_would_misread_are_refused(tmp_path, email):
                                  "https://repo.test/a\\b", "https://repo.test/a;b", "https://repo.test/a b"])
 def test_urls_that_a_config_or_shell_would_misread_are_refused(tmp_path, url):
     render_refused(tmp_path, toml_section("etherpad.npm_registry", toml_str(url)), "etherpad.npm_registry", "URL")
+
+
+def test_an_interrupted_render_converges_when_run_again(workdir):
+    from ensemble.outtree import OwnedTree
+
+    tree = OwnedTree.open(workdir / "out", "--out")  # killed after its first file: no finish()
+    tree.announce(["demo-1.meet.example.org/etc/half-written.conf"])
+    tree.write("demo-1.meet.example.org/etc/half-written.conf", b"partial", 0o600, top_mode=0o700)
+    tree.close()
+    assert _render(workdir)[0] == 0
+    assert not (workdir / "out/demo-1.meet.example.org/etc/half-written.conf").exists()
+    assert _render(workdir, "fresh")[0] == 0
+    assert _tree(workdir / "out") == _tree(workdir / "fresh")
