@@ -31,14 +31,37 @@ ACCOUNTS_DIGEST = "/etc/ensemble/prosody-accounts.sha256"
 BEFORE_INSTALL = ("secrets", "apt")
 
 
-def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (10000,),
+def public_ports(role: str, spec: FleetSpec | None = None) -> tuple[tuple[int | str, ...], tuple[int | str, ...]]:
+    """(TCP, UDP) ports a host of this role opens to everyone (SSH is open to the admin CIDRs only):
+    the firewall opens these and nothing else, README's "Security" section lists them. With the spec's
+    `[turn]` on, shards also open the relay's STUN/TURN port (UDP and TCP) and its relayed media range
+    ("first-last"); TURN over TLS shares 443.
+
+    Example::
+
+        public_ports("shard")        # ((80, 443), (10000,))
+        public_ports("shard", spec)  # ((80, 443, 3478), (10000, 3478, "49152-49999")) with [turn] on
+        public_ports("frontdoor")    # ((80, 443), ()): no bridge behind it, no media port
+    """
+    tcp: tuple[int | str, ...] = (80, 443)
+    udp: tuple[int | str, ...] = (paths.JVB_MEDIA_PORT,) if role == "shard" else ()
+    if role == "shard" and spec is not None and spec.turn.enabled:
+        t = spec.turn
+        tcp += (t.port,)
+        udp += (t.port, f"{t.relay_min_port}-{t.relay_max_port}")
+    return tcp, udp
+
+
+def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (paths.JVB_MEDIA_PORT,),
                   tcp_ports: Iterable[int] = (80, 443)) -> str:
-    """The host firewall: drop inbound except established, loopback, ICMP, web, JVB media, SSH from CIDRs.
+    """The host firewall: drop inbound except established, loopback, ICMP, web, JVB media (shards; the
+    front door passes no UDP port: nothing of it listens there), SSH from CIDRs.
 
     Example::
 
         "tcp dport 22" in nftables_conf(["10.0.0.0/8"])    # True
     """
+    udp = tuple(udp_ports)
     v4 = [c for c in ssh_cidrs if ipaddress.ip_network(c, strict=False).version == 4]
     v6 = [c for c in ssh_cidrs if ipaddress.ip_network(c, strict=False).version == 6]
     ssh = []
@@ -58,7 +81,7 @@ def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (10000,),
         '        iifname "lo" accept',
         "        meta l4proto { icmp, icmpv6 } accept",
         f"        tcp dport {{ {', '.join(map(str, tcp_ports))} }} accept",
-        f"        udp dport {{ {', '.join(map(str, udp_ports))} }} accept",
+        *([f"        udp dport {{ {', '.join(map(str, udp))} }} accept"] if udp else []),
         *ssh,
         "    }",
         "    chain forward {",
@@ -193,21 +216,6 @@ def certbot_hook(domain: str, turn: dict | None = None) -> str:
                                                       "turn": turn})
 
 
-def firewall_ports(spec: FleetSpec, shard: bool) -> dict[str, list]:
-    """nftables_conf's port arguments for a host: on shards with `[turn]`, the relay's STUN/TURN port
-    (UDP and TCP) and its relayed media range besides web and the bridge (TURN over TLS shares 443);
-    {} (the defaults) otherwise.
-
-    Example::
-
-        firewall_ports(spec, shard=True)   # {"tcp_ports": [80, 443, 3478], "udp_ports": [10000, 3478, "49152-49999"]}
-    """
-    if not (shard and spec.turn.enabled):
-        return {}
-    t = spec.turn
-    return {"tcp_ports": [80, 443, t.port], "udp_ports": [10000, t.port, f"{t.relay_min_port}-{t.relay_max_port}"]}
-
-
 def ssh_cidrs(spec: FleetSpec, env: DeployEnv) -> list[str]:
     """Who may reach port 22: the provider's admin network (local: the bridge) or the spec's CIDRs."""
     return list(env.admin_cidrs) if env.admin_cidrs else list(spec.provider.scaleway.ssh_allowed_cidrs)
@@ -250,6 +258,7 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
         # ["/etc/ensemble/secrets.json"]
     """
     shard = host.role == "shard"
+    tcp, udp = public_ports(host.role, spec)
     out = [RenderedFile(paths.SECRETS_FILE, secrets_json(host_secrets), 0o600, component="secrets")]
     if env.apt_direct:
         out.append(RenderedFile(paths.APT_DIRECT_FILE, apt_direct_conf(env.apt_direct), component="apt"))
@@ -265,8 +274,8 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
                                 component="prosody-accounts"))
     out += [
         RenderedFile(paths.AUTO_UPGRADES, auto_upgrades_conf(), component="upgrades"),
-        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env), **firewall_ports(spec, shard)),
-                     0o755, component="firewall"),
+        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env), udp_ports=udp, tcp_ports=tcp), 0o755,
+                     component="firewall"),
     ]
     if shard:
         out.append(RenderedFile(paths.SYSCTL_FILE, sysctl_conf(), component="sysctl"))
