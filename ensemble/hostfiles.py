@@ -216,6 +216,21 @@ def certbot_hook(domain: str, turn: dict | None = None) -> str:
                                                       "turn": turn})
 
 
+def coturn_start_guard() -> str:
+    """A systemd drop-in: coturn starts only once its configuration requires credentials.
+
+    Debian's package starts coturn at install with its default configuration (no authentication:
+    an open relay) until the deploy puts ensemble's; this file is put before the install, so that
+    never happens. Example::
+
+        "ExecStartPre=" in coturn_start_guard()    # True
+    """
+    return ("# Managed by ensemble: coturn runs only with a configuration that requires credentials\n"
+            "# (never the package's default one, between the install and ensemble's configuration).\n"
+            "[Service]\n"
+            f"ExecStartPre=/bin/grep -qx use-auth-secret {paths.COTURN_CONF}\n")
+
+
 def ssh_cidrs(spec: FleetSpec, env: DeployEnv) -> list[str]:
     """Who may reach port 22: the provider's admin network (local: the bridge) or the spec's CIDRs."""
     return list(env.admin_cidrs) if env.admin_cidrs else list(spec.provider.scaleway.ssh_allowed_cidrs)
@@ -270,6 +285,8 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
         if spec.profile.prosody_source == "prosody.im":
             out.append(RenderedFile(PROSODY_SOURCE, prosody_im_source(spec.profile.codename), component="apt"))
         out.append(RenderedFile(paths.DEBCONF_PRESEED, debconf_preseed(host.name), 0o600, component="apt"))
+        if spec.turn.enabled:  # before the install too: the package would start an open relay
+            out.append(RenderedFile(paths.COTURN_START_GUARD, coturn_start_guard(), component="apt"))
         out.append(RenderedFile(ACCOUNTS_DIGEST, accounts_digest(host_secrets[host.name]), 0o600,
                                 component="prosody-accounts"))
     out += [

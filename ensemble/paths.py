@@ -41,6 +41,7 @@ JVB_MEDIA_PORT = 10000  # jitsi-videobridge's UDP media port, public on shards o
 
 # ---- TURN relay (coturn) on shards ----
 COTURN_CONF = "/etc/turnserver.conf"  # Debian's coturn reads it (0640 root:turnserver: holds the secret)
+COTURN_START_GUARD = "/etc/systemd/system/coturn.service.d/10-ensemble.conf"  # put before the package install
 COTURN_CERT_DIR = "/etc/coturn/certs"  # copies of the shard's certificate coturn (user turnserver) can read
 NGINX_STREAM_CONF = "/etc/nginx/modules-enabled/60-ensemble-turn.conf"  # main-context include: the 443 multiplexer
 TURN_TLS_PUBLIC_PORT = 443  # TURN over TLS shares the web site's port: locked-down networks reach only 443

@@ -185,6 +185,9 @@ def test_firewall_opens_exactly_the_relay_ports_and_the_hook_renews_coturn():
         if shutil.which("nft") else None
     if run is not None:
         assert run.returncode == 0, run.stderr
+    guard = files[paths.COTURN_START_GUARD]
+    assert guard.component == "apt"  # put before the install: Debian's default configuration never runs
+    assert "ExecStartPre=/bin/grep -qx use-auth-secret /etc/turnserver.conf" in guard.content
     hook = files[paths.CERTBOT_HOOK].content
     copy = f"install -m 0640 -g turnserver /etc/ensemble/tls/{d}/fullchain.pem /etc/coturn/certs/{d}.fullchain.pem"
     assert copy in hook
@@ -348,13 +351,14 @@ def _exchange(port: int, server_name: str | None, alpn: list[str] | None, data: 
 def test_the_site_name_reaches_the_site_and_the_relay_name_reaches_coturn(multiplexer):
     m = multiplexer
     page = f"GET / HTTP/1.1\r\nHost: {m['domain']}\r\nConnection: close\r\n\r\n".encode()
-    for name, alpn in ((m["domain"], ["http/1.1"]), (m["domain"], None), (None, ["http/1.1"])):
+    for name, alpn in ((m["domain"], ["http/1.1"]), (m["domain"], None), (None, ["http/1.1"]), (None, None)):
         assert _exchange(m["port"], name, alpn, page).startswith(b"HTTP/1.1 200"), (name, alpn)
     # a browser's h2: the site answers with HTTP/2's SETTINGS frame (type 4)
     assert _exchange(m["port"], None, ["h2", "http/1.1"], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")[3:4] == b"\x04"
-    # the relay's name; no name and no ALPN (a browser's TURN client given an address); no name and
-    # RFC 7443's "stun.turn" among other protocols (coturn's turnutils_uclient offers http/1.1 too)
-    for name, alpn in ((f"turn-{m['domain']}", None), (None, None), (None, ["http/1.1", "stun.turn"])):
+    # the relay's name (what prosody announces); no name and RFC 7443's "stun.turn" among other
+    # protocols (coturn's turnutils_uclient offers http/1.1 too)
+    for name, alpn in ((f"turn-{m['domain']}", None), (f"turn-{m['domain']}", ["http/1.1"]),
+                       (None, ["http/1.1", "stun.turn"])):
         assert _exchange(m["port"], name, alpn, b"binding") == b"relay", (name, alpn)
     # the loopback hop dropped the PROXY header: coturn's side sees a bare TLS ClientHello
     assert m["relay"].first_bytes and all(b[:1] == b"\x16" for b in m["relay"].first_bytes)
