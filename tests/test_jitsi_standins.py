@@ -244,7 +244,8 @@ def test_files_units_and_debconf_templates(repo, tmp_path):
     jicofo = extract(deb_of(repo, "jicofo"), tmp_path / "jicofo")
     unit = (jicofo / "usr/lib/systemd/system/jicofo.service").read_text()
     assert "User=jicofo" in unit and "/usr/share/jicofo/standin-jicofo.py jicofo" in unit
-    assert "if [ ! -e /etc/jitsi/jicofo/jicofo.conf ]" in (jicofo / "DEBIAN/postinst").read_text()
+    postinst = (jicofo / "DEBIAN/postinst").read_text()
+    assert "hocon -f \"$HOCON_CONFIG\" set jicofo.xmpp.client.client-proxy" in postinst and "chown -R jicofo:jitsi" in postinst
     assert "jicofo/jicofo-authpassword" in (jicofo / "DEBIAN/templates").read_text()
 
     web = deb_paths(deb_of(repo, "jitsi-meet-web"))
