@@ -62,7 +62,7 @@ PLUGIN_DIR = "/usr/share/jitsi-meet/prosody-plugins"
 # Names prosody 0.12+ ships itself (bosh, websocket, smacks, external_services, ...) are left out on
 # purpose: a placeholder in plugin_paths would shadow the real module.
 PLACEHOLDER_PLUGINS = (
-    "av_moderation", "av_moderation_component", "client_proxy", "conference_duration",
+    "av_moderation", "av_moderation_component", "client_proxy",
     "conference_duration_component", "end_conference", "features_identity", "filter_iq_jibri", "filter_iq_rayo",
     "fmuc", "jibri_session", "jiconop", "jitsi_permissions", "jitsi_session", "limits_exception",
     "measure_message_count", "muc_allowners", "muc_auth_ban", "muc_breakout_rooms", "muc_domain_mapper",
@@ -143,7 +143,8 @@ def _web_files() -> dict[str, str]:
 
 def _prosody_files() -> dict[str, str]:
     out = {f"{PLUGIN_DIR}/mod_{n}.lua": _placeholder_plugin(n) for n in PLACEHOLDER_PLUGINS}
-    for own in ("mod_muc_census.lua", "mod_auth_jitsi-anonymous.lua", "mod_roster_command.lua"):
+    for own in ("mod_muc_census.lua", "mod_conference_duration.lua", "mod_auth_jitsi-anonymous.lua",
+                "mod_roster_command.lua"):
         out[f"{PLUGIN_DIR}/{own}"] = f"data:prosody-plugins/{own}"
     out["/usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example"] = "data:prosody/prosody.cfg.lua-jvb.example"
     return out
