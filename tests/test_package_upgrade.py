@@ -17,6 +17,7 @@ stand-in repository: the release is bumped by re-pointing the links, the URL sta
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -88,19 +89,28 @@ def jitsi_versions(shard) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in out.splitlines())
 
 
+def failure(err: str) -> str:
+    """The lines of a failed run that say what failed, then its end."""
+    said = [line for line in err.splitlines() if "FAILED" in line or "rror" in line]
+    return "\n".join(said[:20]) + "\n...\n" + err[-1500:]
+
+
 def deploy_changes(config: Path) -> dict[str, list[str]]:
     code, out, err = ensemble("deploy", "--config", str(config))
-    assert code == 0, err[-3000:]
+    assert code == 0, failure(err)
     return {name: h["changes"] for name, h in out["hosts"].items() if h["changed"]}
 
 
 @pytest.fixture(scope="module")
 def fleet(local_provider, tmp_path_factory):
-    """(config, spec, shard host, served folder, {revision: repo}) after the first deploy of release 1."""
+    """(config, spec, shard host, served folder, {revision: repo}) after the first deploy of release 1.
+
+    The served folder's parent holds the repositories' cache (and signing key)."""
     from ensemble.spec import load_spec
 
-    repos = {n: build_standin_repo(revision=n) for n in (1, 2, 3)}
     work = tmp_path_factory.mktemp("upgrade")
+    # a cache of its own (and so a signing key of its own): builds by other test runs prune the shared one
+    repos = {n: build_standin_repo(work / "cache", revision=n) for n in (1, 2, 3)}
     served = work / "served"
     served.mkdir()
     point_at(served, repos[1].path)
@@ -114,7 +124,7 @@ def fleet(local_provider, tmp_path_factory):
     spec = load_spec(config)
     try:
         code, out, err = ensemble("deploy", "--config", str(config))
-        assert code == 0, err[-3000:]
+        assert code == 0, failure(err)
         (shard,) = [h for h in local_provider.list_hosts(spec) if h.role == "shard"]
         yield config, spec, shard, served, repos
     finally:
@@ -160,7 +170,7 @@ def test_ensemble_upgrade_then_deploy_restarts_nothing(fleet):
     before = owned_files_state(shard, paths)
     point_at(served, repos[3].path)
     code, out, err = ensemble("upgrade", "--config", str(config), "--timeout", "120")
-    assert code == 0, err[-3000:]
+    assert code == 0, failure(err)
     assert jitsi_versions(shard) == repos[3].versions
     assert owned_files_state(shard, paths) == before
     upgraded = service_states(shard)
@@ -176,3 +186,32 @@ def test_upstream_edits_found_what_they_look_for(fleet):
     assert code == 0, err
     props, trusted = out.split("::\n")
     assert "BRIDGE_MUC=" not in props and json.loads(trusted) == []
+
+
+def test_apt_picks_the_pinned_legacy_set_on_a_real_host(fleet, local_provider):
+    """The preferences file a legacy profile renders, on a real host with a repository that carries the
+    legacy set beside newer versions: apt chooses jitsi-meet 2.0.8719-1 and exactly the versions it
+    depends on (simulated: the host keeps its packages)."""
+    from ensemble.hostfiles import jitsi_preferences, shard_pins
+    from ensemble.spec import spec_from_dict
+
+    _config, spec, shard, served, _repos = fleet
+    legacy = build_standin_repo(served.parent / "cache", legacy=True)  # the fleet's key
+    url = local_provider.serve_directory(spec, "t-up-legacy", legacy.path).rstrip("/")
+    pins = dict(shard_pins(spec_from_dict({"fleet": {"os": "debian-buster"}})))
+    prefs = jitsi_preferences(pins.items())
+    apt = ("-o Dir::Etc::SourceList=/tmp/legacy/sources.list -o Dir::Etc::SourceParts=/tmp/legacy/parts "
+           "-o Dir::State::Lists=/tmp/legacy/lists -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= "
+           "-o Dir::Etc::PreferencesParts=/tmp/legacy/prefs")
+    code, out, err = ssh_run(shard, f"""set -e
+        rm -rf /tmp/legacy && mkdir -p /tmp/legacy/parts /tmp/legacy/lists/partial /tmp/legacy/prefs
+        echo 'deb [signed-by=/usr/share/keyrings/jitsi-keyring.gpg] {url} stable/' > /tmp/legacy/sources.list
+        cat > /tmp/legacy/prefs/ensemble-jitsi.pref <<'PREF'
+{prefs}PREF
+        apt-get {apt} update -qq
+        apt-cache {apt} policy jicofo | sed -n 2,3p
+        apt-get {apt} -s -q install jitsi-meet""", timeout=300)
+    assert code == 0, out[-3000:] + err[-2000:]
+    assert "Candidate: 1.0-1038-1" in out, out[:500]
+    chosen = dict(re.findall(r"^Inst (\S+) (?:\[[^]]*\] )?\((\S+)", out, re.M))
+    assert chosen == pins, out[-3000:]
