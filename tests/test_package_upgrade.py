@@ -17,7 +17,9 @@ stand-in repository: the release is bumped by re-pointing the links, the URL sta
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -56,7 +58,13 @@ etherpad = false
 
 
 def point_at(served: Path, repo_path: Path) -> None:
-    """Serve `repo_path`'s release from `served` (the URL the hosts know stays the same)."""
+    """Serve `repo_path`'s release from `served` (the URL the hosts know stays the same).
+
+    The suite's files are touched: the releases are built within seconds of each other, and the file
+    server answers apt's If-Modified-Since by mtime (whole seconds), so the bump must look newer.
+    """
+    for index in (repo_path / SUITE).iterdir():
+        os.utime(index)
     for name in (KEY_FILE, SUITE.rstrip("/")):
         link = served / name
         link.unlink(missing_ok=True)
@@ -72,6 +80,19 @@ def service_states(shard) -> dict[str, tuple[str, str]]:
     states = dict(zip(SERVICES, (tuple(line.split()) for line in out.splitlines()), strict=True))
     assert all(pid != "0" for pid, _ in states.values()), states  # all running
     return states
+
+
+def bridge_logins(shard) -> int:
+    """How many times the (stand-in) bridge has logged in to prosody."""
+    _, out, _ = ssh_run(shard, "grep -c 'XMPP: logged in' /var/log/jitsi/jvb.log || true")
+    return int(out.strip() or 0)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(2)
 
 
 def owned_files_state(shard, paths: list[str]) -> str:
@@ -143,6 +164,8 @@ def test_upgrade_then_deploy_restarts_nothing_and_changes_nothing(fleet):
     assert jitsi_versions(shard)["jitsi-meet"] == repos[1].versions["jitsi-meet"]
     paths = shard_owned_paths(spec, shard)
     deployed = owned_files_state(shard, paths)
+    before = service_states(shard)
+    logins = bridge_logins(shard)
 
     # an operator (or unattended-upgrades) upgrades the host to the next release
     point_at(served, repos[2].path)
@@ -153,10 +176,14 @@ def test_upgrade_then_deploy_restarts_nothing_and_changes_nothing(fleet):
     # every postinst ran its edits; on ensemble's files they were no-ops
     assert owned_files_state(shard, paths) == deployed
     upgraded = service_states(shard)
+    # the packages' scripts really ran: they restarted their services (as upstream's do)
+    assert upgraded["jicofo"] != before["jicofo"] and upgraded["jitsi-videobridge2"] != before["jitsi-videobridge2"]
 
     assert deploy_changes(config) == {}
     assert service_states(shard) == upgraded
     assert deploy_changes(config) == {}
+    # the restarted bridge logs in again with ensemble's password (the postinst re-registered nothing)
+    wait_for(lambda: bridge_logins(shard) > logins, 60, "the bridge to log in again after the upgrade")
 
     # the services still log in with ensemble's passwords after the package scripts ran
     code, out, err = ssh_run(shard, "for i in $(seq 60); do curl -fsS -o /dev/null http://127.0.0.1:8888/about/health "
@@ -171,7 +198,7 @@ def test_ensemble_upgrade_then_deploy_restarts_nothing(fleet):
     point_at(served, repos[3].path)
     code, out, err = ensemble("upgrade", "--config", str(config), "--timeout", "120")
     assert code == 0, failure(err)
-    assert jitsi_versions(shard) == repos[3].versions
+    assert jitsi_versions(shard) == repos[3].versions, failure(err)
     assert owned_files_state(shard, paths) == before
     upgraded = service_states(shard)
     assert deploy_changes(config) == {}
