@@ -191,3 +191,91 @@ def test_ipv6_hosts_get_two_routed_ips_and_lose_both(scw, tmp_path):
     assert sorted(ip["type"] for ip in scw.api.state.ips.values()) == ["routed_ipv4"] * 2 + ["routed_ipv6"] * 2
     provider.destroy_all(spec)
     assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_cloud_init_carries_the_host_key_made_here_and_no_other_type():
+    import yaml
+
+    from ensemble.cloudinit import user_data
+    from ensemble.providers.hostkeys import generate_host_key
+
+    key = generate_host_key()
+    assert key.private not in repr(key) and key.public.startswith("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5")
+    doc = yaml.safe_load(user_data("ssh-ed25519 AAAA ops: #x", "demo-1.meet.example.org", key.public, key.private))
+    assert doc["ssh_keys"] == {"ed25519_private": key.private, "ed25519_public": key.public}
+    assert doc["ssh_genkeytypes"] == [] and doc["ssh_deletekeys"] is True
+    assert "ssh_keys" not in yaml.safe_load(user_data("ssh-ed25519 AAAA ops", "demo-1.meet.example.org"))
+
+
+def test_host_keys_are_made_before_creation_and_every_runner_pins_them_from_the_api(scw, monkeypatch):
+    spec = scw.spec.with_shards(1)
+    hosts = scw.provider().ensure_hosts(spec)
+    for host in hosts:  # the key the server's sshd shows is the one made here and tagged at creation
+        shown = (scw.farm.root / host.address / "host_key.pub").read_text().split()
+        assert shown[:2] == ["ssh-ed25519", host.labels["ensemble-hostkey"]]
+    assert all(b"PRIVATE KEY" not in data and b"ssh_keys" not in data for data in scw.api.state.user_data.values()), \
+        "the private host key stays in the API after the host answered with it"
+    state = scw.tmp / "state"
+    assert not [p for p in state.rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
+
+    # A fresh runner (another machine, a CI job) pins from the API before its first connection: a man in the
+    # middle answering for a shard with another key is refused, never trusted on first use.
+    monkeypatch.setenv("XDG_STATE_HOME", str(scw.tmp / "fresh"))
+    shard = next(h for h in hosts if h.role == "shard")
+    scw.farm.rekey(shard.address)
+    with pytest.raises(EnsembleError, match=f"{shard.name}.*host key changed"):
+        scw.provider().ensure_hosts(spec)
+    known = (scw.tmp / "fresh/ensemble/demo/known_hosts").read_text().splitlines()
+    assert sorted(known) == sorted(f"{h.address} ssh-ed25519 {h.labels['ensemble-hostkey']}" for h in hosts)
+    scw.provider().destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_a_server_whose_run_died_before_booting_it_is_made_again(scw):
+    spec = scw.spec.with_shards(1)
+    # the run dies right after creating the shard's server: its user data (with the host key) never set
+    scw.api.inject("PATCH", r"/user_data/cloud-init$", status=400, nth=2,
+                   body={"type": "invalid_arguments", "message": "injected failure"})
+    with pytest.raises(EnsembleError):
+        scw.provider().ensure_hosts(spec)
+    stopped = [s["id"] for s in scw.api.state.servers.values() if s["state"] == "stopped"]
+    assert len(stopped) == 1
+    hosts = scw.provider().ensure_hosts(spec)
+    assert len(hosts) == 2 and stopped[0] not in {h.provider_id for h in hosts}
+    assert scw.api.resource_count() == {"servers": 2, "ips": 2, "volumes": 2, "security_groups": 1}
+    scw.provider().destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_two_runs_creating_the_same_fleet_at_once_leave_one_of_each_host(scw):
+    import threading
+
+    spec = scw.spec.with_shards(2)
+    # Both runs list (nothing there) before either creates: each POST waits, so both create every host.
+    scw.api.inject("POST", r"/servers$", status=0, delay=0.5, times=None)
+    scw.api.inject("POST", r"/security_groups$", status=0, delay=0.5, times=None)
+    results: dict[str, object] = {}
+
+    def run(name: str) -> None:
+        try:
+            results[name] = [h.provider_id for h in scw.provider().ensure_hosts(spec)]
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results[name] = exc
+
+    runs = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(120)
+    posts = sum(1 for m, p, s in scw.api.requests if m == "POST" and p.endswith("/servers") and s == 201)
+    assert posts == 6, "the race did not happen: both runs should have created every host"
+    assert not isinstance(results["a"], Exception), results["a"]
+    assert results["a"] == results["b"], "both runs must end on the same hosts"
+    counts = scw.api.resource_count()
+    assert counts["servers"] == counts["ips"] == counts["volumes"] == 3, counts
+    assert sorted(s["name"] for s in scw.api.state.servers.values()) == sorted(
+        [spec.fleet.domain] + [spec.shard_name(n) for n in (1, 2)])
+    again = scw.provider().ensure_hosts(spec)  # a later run sees one of each and creates nothing
+    assert [h.provider_id for h in again] == results["a"]
+    scw.provider().destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)

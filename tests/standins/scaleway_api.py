@@ -365,7 +365,9 @@ class ScalewayStandIn:
                 self.state.user_data[(server["id"], parts[2])] = body
                 return 204, None
             if method == "GET":
-                return 200, self.state.user_data.get((server["id"], parts[2]), b"")
+                if (server["id"], parts[2]) not in self.state.user_data:
+                    raise ApiError(404, "not_found", f"user data {parts[2]} not found")
+                return 200, self.state.user_data[(server["id"], parts[2])]
         raise ApiError(404, "not_found", f"no route {method} servers/{'/'.join(parts)}")
 
     def _security_groups(self, method: str, parts: list[str], query: dict, body: Any, zone: str):

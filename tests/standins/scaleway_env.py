@@ -53,7 +53,13 @@ class SshdFarm:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "authorized_keys").write_text(authorized)
         host_key = folder / "host_key"
-        if not host_key.exists():
+        given = ((config or {}).get("ssh_keys") or {}).get("ed25519_private")
+        if given:  # as cloud-init's ssh module does: the user data's host key, the image's deleted
+            host_key.unlink(missing_ok=True)
+            host_key.touch(mode=0o600)
+            host_key.write_text(given)
+            (folder / "host_key.pub").write_text(config["ssh_keys"]["ed25519_public"] + "\n")
+        elif not host_key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
         self._run(address, folder)
 
