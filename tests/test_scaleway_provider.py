@@ -109,16 +109,58 @@ def test_failed_create_keeps_and_reports_made_hosts_rerun_completes(scw):
     assert scw.api.resource_count() == zero(scw.api)
 
 
-def test_quota_error_is_one_line_naming_the_resource(scw):
+def test_quota_error_is_one_line_naming_the_quota_and_how_to_raise_it(scw):
     scw.api.quotas["servers"] = 1
     provider = scw.provider()
-    with pytest.raises(EnsembleError, match="quota exceeded.*instances_servers") as info:
+    with pytest.raises(EnsembleError) as info:
         provider.ensure_hosts(scw.spec.with_shards(1))
-    assert "\n" not in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and "run the same command again" not in message
+    assert "1 of 2 host(s) not created" in message and "created and kept (tagged)" in message
+    assert "quota reached: instances_servers (limit 1, in use 1)" in message
+    assert "Organization > Quotas" in message and "fleet.shards" in message
     posts = [r for r in scw.api.requests if r[0] == "POST" and r[1].endswith("/servers")]
     assert len(posts) == 2  # no retry of a quota error: one per host
+    assert len(scw.api.state.ips) == 1  # the host that could not be made left no IP behind
     provider.destroy(scw.spec, provider.list_hosts(scw.spec))
     assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_permission_denied_points_at_the_api_key_and_its_iam_policy(scw):
+    from standins.scaleway_env import PROJECT_ID
+
+    scw.api.inject("POST", r"/ips$", status=403, times=None, body={
+        "type": "permissions_denied", "message": "insufficient permissions",
+        "details": [{"resource": "instance_ip", "action": "create"}]})
+    with pytest.raises(UsageError) as info:
+        scw.provider().ensure_hosts(scw.spec.with_shards(1))
+    message = str(info.value)
+    assert message.startswith("SCW_ACCESS_KEY: Scaleway denied this API key the right to create")
+    assert "(denied: create instance_ip)" in message and "InstancesFullAccess" in message
+    assert f"project {PROJECT_ID}" in message and "IAM > Policies" in message and "\n" not in message
+    assert len([r for r in scw.api.requests if r[1].endswith("/ips") and r[2] == 403]) == 2  # not retried
+    assert scw.api.resource_count()["servers"] == 0
+
+
+def test_ssh_timeout_names_each_host_once(scw, tmp_path):
+    from standins.scaleway_env import write_spec
+
+    from ensemble.spec import load_spec
+
+    path = write_spec(tmp_path / "t.toml", tmp_path, shards=1)
+    path.write_text(path.read_text().replace("ssh_timeout = 30", "ssh_timeout = 2"))
+    spec = load_spec(path)
+    scw.api.on_running = None  # the servers run, but nothing answers SSH
+    with pytest.raises(EnsembleError) as info:
+        scw.provider(spec).ensure_hosts(spec)
+    message = str(info.value)
+    parts = message.removeprefix("not ready: ").split("; ")
+    assert [p.split(": ")[0] for p in parts] == [spec.fleet.domain, spec.shard_name(1)], message
+    for part in parts:  # each names its host once and its address once
+        name, _, why = part.partition(": ")
+        assert name not in why and why.count("127.0.10.") == 1, message
+        assert why.startswith("SSH on 127.0.10.") and "not ready after 2s (last try: " in why, message
+    scw.provider(spec).destroy_all(spec)
 
 
 def test_unknown_image_names_label_zone_and_type(scw, tmp_path):

@@ -43,7 +43,7 @@ from ensemble.errors import EnsembleError, UsageError
 from ensemble.providers import hostkeys
 from ensemble.providers.base import DeployEnv, Host, Progress
 from ensemble.providers.retry import RetryPolicy
-from ensemble.providers.scalewayclient import Api, ProviderError, load_client
+from ensemble.providers.scalewayclient import Api, ProviderError, QuotaExceeded, load_client, quota_advice
 from ensemble.providers.scalewaytags import (
     HOSTKEY_TAG,
     SMOKE_TAG,
@@ -65,6 +65,17 @@ from ensemble.providers.scalewaytags import (
 from ensemble.spec import FleetSpec
 
 __all__ = ["ProviderError", "ScalewayProvider"]
+
+
+def _named(name: str, error: BaseException) -> str:
+    """One failure as "<name>: <why>", without saying the name twice when the error already starts with it.
+
+    Example::
+
+        _named("demo-1", SSHError("demo-1", "SSH ... not ready"))   # "demo-1: SSH ... not ready"
+    """
+    text = str(error)
+    return text if text.startswith(f"{name}:") else f"{name}: {text}"
 
 
 class ScalewayProvider:
@@ -209,7 +220,7 @@ class ScalewayProvider:
         if len(failed) == 1 and isinstance(failed[0][1], EnsembleError):
             raise failed[0][1]
         if failed:
-            raise ProviderError(f"{what}: " + "; ".join(f"{item.name}: {r}" for item, r in failed))
+            raise ProviderError(f"{what}: " + "; ".join(_named(item.name, r) for item, r in failed))
 
     def _raise_partial(self, wanted: list[WantedHost], results: list[tuple]) -> None:
         failed = {w: r for w, r in results if isinstance(r, BaseException)}
@@ -217,11 +228,19 @@ class ScalewayProvider:
             return
         made = [w.name for w in wanted if w not in failed]
         first = next(iter(failed.values()))
-        if len(failed) == len(wanted) and isinstance(first, EnsembleError):
-            raise first
-        lines = "; ".join(f"{w.name}: {r}" for w, r in failed.items())
         kept = f"created and kept (tagged): {', '.join(made)}; " if made else ""
-        raise ProviderError(f"{len(failed)} of {len(wanted)} host(s) failed ({lines}); {kept}"
+        quotas = sorted({q for r in failed.values() if isinstance(r, QuotaExceeded) for q in r.quotas})
+        if quotas and all(isinstance(r, QuotaExceeded) for r in failed.values()):  # again would fail the same way
+            names = ", ".join(w.name for w in failed)
+            raise ProviderError(f"{len(failed)} of {len(wanted)} host(s) not created ({names}): {kept}"
+                                f"{quota_advice(quotas)}")
+        if len(failed) == len(wanted) and isinstance(first, EnsembleError) and (
+                len(failed) == 1 or all(isinstance(r, UsageError) for r in failed.values())):
+            raise first  # one host, or a setting every host trips on (credentials, permissions): said once
+        lines = "; ".join(_named(w.name, r) for w, r in failed.items() if not isinstance(r, QuotaExceeded))
+        quota = f"; {', '.join(w.name for w, r in failed.items() if isinstance(r, QuotaExceeded))}: " \
+            f"{quota_advice(quotas)}" if quotas else ""
+        raise ProviderError(f"{len(failed)} of {len(wanted)} host(s) failed ({lines}{quota}); {kept}"
                             "run the same command again to complete the fleet")
 
     def resolve_image(self, spec: FleetSpec, commercial_type: str) -> str:
