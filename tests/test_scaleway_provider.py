@@ -321,3 +321,45 @@ def test_two_runs_creating_the_same_fleet_at_once_leave_one_of_each_host(scw):
     assert [h.provider_id for h in again] == results["a"]
     scw.provider().destroy_all(spec)
     assert scw.api.resource_count() == zero(scw.api)
+
+
+def _untagged_volumes(api) -> list[str]:
+    return [v["id"] for v in api.state.volumes.values() if not any(t.startswith("ensemble-fleet=") for t in v["tags"])]
+
+
+def test_a_volume_that_cannot_be_tagged_goes_with_its_server(scw):
+    spec = scw.spec.with_shards(2)
+    scw.api.inject("PATCH", r"/block/v1/zones/[^/]+/volumes/", status=400, nth=2,
+                   body={"type": "invalid_arguments", "message": "injected failure"})
+    with pytest.raises(EnsembleError, match=r"1 of 3 host\(s\) failed.*tag volume 0 of .*injected failure"):
+        scw.provider().ensure_hosts(spec)
+    assert scw.api.resource_count() == {"servers": 2, "ips": 2, "volumes": 2, "security_groups": 1}
+    assert _untagged_volumes(scw.api) == []
+    hosts = scw.provider().ensure_hosts(spec)
+    assert len(hosts) == 3 and _untagged_volumes(scw.api) == []
+    scw.provider().destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_untagged_volumes_are_tagged_again_and_destroy_finds_them_even_when_cut_short(scw):
+    spec = scw.spec.with_shards(1)
+    provider = scw.provider()
+    provider.ensure_hosts(spec)
+    with scw.api.lock:  # a run died between creating the servers and tagging their volumes
+        for volume in scw.api.state.volumes.values():
+            volume["tags"] = []
+    provider.ensure_hosts(spec)  # the next run tags them
+    assert _untagged_volumes(scw.api) == []
+    with scw.api.lock:
+        for volume in scw.api.state.volumes.values():
+            volume["tags"] = []
+    # destroy is cut short after the servers went, before their volumes were deleted
+    scw.api.inject("DELETE", r"/block/v1/zones/[^/]+/volumes/", status=400, times=None,
+                   body={"type": "invalid_arguments", "message": "injected failure"})
+    with pytest.raises(EnsembleError):
+        provider.destroy_all(spec)
+    assert scw.api.resource_count()["servers"] == 0 and scw.api.resource_count()["volumes"] == 2
+    assert _untagged_volumes(scw.api) == []  # tagged before their servers went: found again below
+    scw.api.faults.clear()
+    provider.destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)

@@ -141,6 +141,8 @@ class ScalewayProvider:
         self.progress = progress
         public_key = read_public_key(self.settings.ssh_public_key, "provider.scaleway.ssh_public_key")
         existing = self._drop_unbootable(spec, self.list_hosts(spec))
+        if existing:
+            self._tag_untagged_volumes(spec)
         wanted = self.wanted_hosts(spec, existing)
         if wanted:
             self._say(f"creating {len(wanted)} host(s): {', '.join(w.name for w in wanted)}")
@@ -310,11 +312,37 @@ class ScalewayProvider:
             self._destroy_one(self._host(server, spec))
             return first.id
         self._made.add(server.id)
-        for index, volume in (server.volumes or {}).items():
-            self.api.call(f"tag volume {index} of {want.name}", lambda v=volume: self.api.block.update_volume(
-                zone=self.zone, volume_id=v.id, tags=tags))
+        try:  # the server template cannot tag its volume: tagged right away, or the host is undone
+            self._tag_volumes(want.name, server, tags)
+        except EnsembleError as exc:
+            try:  # its volume goes with it (found through the server)
+                self._destroy_one(self._host(server, spec), tag_volumes=False)
+            except EnsembleError as undo:
+                raise ProviderError(f"{exc}; undoing the half-made server failed too ({_named(want.name, undo)}); "
+                                    "`ensemble fleet destroy` removes it") from None
+            raise
         self._boot(server.id, want.name, public_key, host_key)
         return server.id
+
+    def _tag_volumes(self, name: str, server, tags: list[str], tagged: set[str] | None = None) -> None:
+        """Give the server's volumes the host's tags (all but the host key), so that whatever happens to the
+        server later (a failed create, a destroy cut short) destroy and janitor find them by tag. Volumes in
+        `tagged` (ids) already carry them."""
+        tags = [t for t in tags if not t.startswith(f"{HOSTKEY_TAG}=")]
+        for index, volume in (server.volumes or {}).items():
+            if tagged is None or volume.id not in tagged:
+                self.api.call(f"tag volume {index} of {name}", lambda v=volume: self.api.block.update_volume(
+                    zone=self.zone, volume_id=v.id, tags=tags))
+
+    def _tag_untagged_volumes(self, spec: FleetSpec) -> None:
+        """Volumes of the fleet's servers that lack the fleet's tag (a run died between creating a server and
+        tagging its volume) get the host's tags now."""
+        servers = self._servers([fleet_tag(spec.fleet.name)])
+        volumes = self.api.call("list volumes", lambda: self.api.block.list_volumes_all(
+            zone=self.zone, tags=[fleet_tag(spec.fleet.name)], include_deleted=False))
+        tagged = {v.id for v in volumes if fleet_tag(spec.fleet.name) in (v.tags or [])}
+        for server in servers:
+            self._tag_volumes(server.name, server, list(server.tags or []), tagged)
 
     def _first_in_place(self, spec: FleetSpec, want: WantedHost):
         """The first created server holding this host's place (role, shard), as the API lists it now."""
@@ -376,7 +404,7 @@ class ScalewayProvider:
         if not self._servers([fleet_tag(spec.fleet.name)]):
             self.sweep([fleet_tag(spec.fleet.name)], with_groups=True)
 
-    def _destroy_one(self, host: Host) -> None:
+    def _destroy_one(self, host: Host, tag_volumes: bool = True) -> None:
         found = self.api.get_or_none(f"get server {host.name}", lambda: self.api.instance.get_server(
             zone=self.zone, server_id=host.provider_id))
         if found is None:
@@ -384,6 +412,9 @@ class ScalewayProvider:
         server = found.server
         ip_ids = [ip.id for ip in server.public_ips or []]
         volume_ids = [v.id for v in (server.volumes or {}).values()]
+        if tag_volumes and any(t.startswith("ensemble-fleet=") for t in server.tags or []):
+            # tagged before the server goes: if deleting a volume fails below, destroy/janitor still find it
+            self._tag_volumes(host.name, server, list(server.tags or []), self._tagged_volumes(volume_ids))
         self._say(f"{host.name}: terminating")
         if server.state == "stopped":
             self.api.call(f"delete server {host.name}", lambda: self.api.instance.delete_server(
@@ -397,6 +428,16 @@ class ScalewayProvider:
             self._delete_volume(volume_id)
         hostkeys.forget(host)
         self._say(f"{host.name}: destroyed with {len(ip_ids)} IP(s) and {len(volume_ids)} volume(s)")
+
+    def _tagged_volumes(self, volume_ids: list[str]) -> set[str]:
+        """Which of these volumes already carry a fleet tag."""
+        tagged = set()
+        for volume_id in volume_ids:
+            volume = self.api.get_or_none(f"get volume {volume_id}", lambda v=volume_id: self.api.block.get_volume(
+                zone=self.zone, volume_id=v))
+            if volume is not None and any(t.startswith("ensemble-fleet=") for t in volume.tags or []):
+                tagged.add(volume_id)
+        return tagged
 
     def _wait_gone(self, host: Host) -> None:
         deadline = time.monotonic() + self.settings.ssh_timeout
