@@ -240,3 +240,16 @@ def test_smoke_with_the_local_provider_reaches_and_destroys_its_hosts():
     assert result.ok and result.destroyed, result.failures
     assert ("shard", 0) in reached
     assert LocalProvider().list_hosts(lifecycle.throwaway_spec(spec, "a1")) == []
+
+
+def test_janitor_tags_must_all_match_though_the_block_api_lists_any(scw):
+    old = _iso(timedelta(hours=3))
+    with scw.api.lock:
+        for ident, tags in (("0f0f0f0f-0000-4000-8000-000000000001", ["ensemble-smoke"]),
+                            ("0f0f0f0f-0000-4000-8000-000000000002", ["ensemble-smoke", "ci-run-1"])):
+            scw.api.state.volumes[ident] = {
+                "id": ident, "name": "leaked", "type": "sbs_5k", "size": 10_000_000_000, "status": "available",
+                "tags": ["ensemble", *tags, f"ensemble-created={old}"], "zone": "fr-par-1",
+                "project_id": scw.api.project_id, "created_at": old, "references": []}
+    listed = lifecycle.janitor(scw.spec, "2h", ("ci-run-1",), dry_run=True, provider=scw.provider())
+    assert listed == ["volume 0f0f0f0f-0000-4000-8000-000000000002"]
