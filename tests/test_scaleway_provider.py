@@ -363,3 +363,20 @@ def test_untagged_volumes_are_tagged_again_and_destroy_finds_them_even_when_cut_
     scw.api.faults.clear()
     provider.destroy_all(spec)
     assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_the_private_host_key_is_never_logged_even_at_debug(scw, caplog):
+    import logging
+
+    spec = scw.spec.with_shards(1)
+    sdk_log = logging.getLogger("scaleway")
+    try:
+        with caplog.at_level(logging.DEBUG):  # a verbose setup: every logger at DEBUG, the SDK's included
+            sdk_log.setLevel(logging.DEBUG)
+            provider = scw.provider()
+            provider.ensure_hosts(spec)
+    finally:
+        sdk_log.setLevel(logging.NOTSET)
+    assert "PRIVATE KEY" not in caplog.text
+    provider.destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)

@@ -177,6 +177,10 @@ class Api:
         self.instance = InstanceUtilsV1API(client)
         self.marketplace = MarketplaceV2API(client)
         self.block = BlockV1API(client)
+        # The SDK logs whole request and response bodies at DEBUG ("scaleway" logger): user data carries a new
+        # host's private SSH key, so that logger never goes below INFO, whatever the root logger says.
+        sdk_log = logging.getLogger("scaleway")
+        sdk_log.setLevel(max(sdk_log.getEffectiveLevel(), logging.INFO))
 
     @property
     def project(self) -> str:
