@@ -313,10 +313,14 @@ def test_two_runs_creating_the_same_fleet_at_once_leave_one_of_each_host(scw):
     assert posts == 6, "the race did not happen: both runs should have created every host"
     assert not isinstance(results["a"], Exception), results["a"]
     assert results["a"] == results["b"], "both runs must end on the same hosts"
-    counts = scw.api.resource_count()
-    assert counts["servers"] == counts["ips"] == counts["volumes"] == 3, counts
+    groups = sum(1 for m, p, s in scw.api.requests if m == "POST" and p.endswith("/security_groups") and s == 201)
+    assert groups == 2, "both runs should have created the security group"
+    assert scw.api.resource_count() == {"servers": 3, "ips": 3, "volumes": 3, "security_groups": 1}
     assert sorted(s["name"] for s in scw.api.state.servers.values()) == sorted(
         [spec.fleet.domain] + [spec.shard_name(n) for n in (1, 2)])
+    known = (scw.tmp / "state/ensemble/demo/known_hosts").read_text().splitlines()
+    addresses = {ip["address"] for ip in scw.api.state.ips.values()}
+    assert len(known) == 3 and {line.split()[0] for line in known} == addresses  # the duplicates' keys are gone
     again = scw.provider().ensure_hosts(spec)  # a later run sees one of each and creates nothing
     assert [h.provider_id for h in again] == results["a"]
     scw.provider().destroy_all(spec)
