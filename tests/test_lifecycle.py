@@ -82,7 +82,9 @@ def test_cli_scale_up_down_destroy_leaves_nothing(scw, faults):
     assert [(r["role"], r["shard"]) for r in listed] == [("frontdoor", None), ("shard", 1), ("shard", 2)]
     inventory = json.loads(cli(scw, "inventory", "--json").stdout)
     data = inventory["hosts"]["demo-1.meet.example.org"]
-    assert data["ssh_hostname"].startswith("127.0.10.") and data["ssh_strict_host_key_checking"] == "yes"
+    from standins.scaleway_env import ADDRESS_PREFIX
+
+    assert data["ssh_hostname"].startswith(ADDRESS_PREFIX) and data["ssh_strict_host_key_checking"] == "yes"
     assert inventory["groups"]["frontdoor"] == ["meet.example.org"]
 
     no = cli(scw, "fleet", "destroy", stdin="n\n")

@@ -57,6 +57,7 @@ from ensemble.providers.scalewaytags import (
     image_kind,
     now_iso,
     old_enough,
+    parse_time,
     security_group_name,
     slot_tags,
     tag_values,
@@ -153,7 +154,7 @@ class ScalewayProvider:
             if any(isinstance(r, BaseException) for _, r in created):
                 self._settle(spec, {r for _, r in created if isinstance(r, str)}, public_key)
                 self._raise_partial(wanted, created)
-        restarted = [h for h in existing if h.labels.get("state") == "stopped"]
+        restarted = [h for h in existing if h.labels.get("state") == "stopped" and not self._young(h)]
         for host in restarted:  # stopped: by an operator, or a run died between user data and power on
             self._power_on(host.provider_id, host.name)
         hosts = self._keep_first(spec, self.list_hosts(spec), mine=set())
@@ -161,12 +162,19 @@ class ScalewayProvider:
         # a run that created a duplicate at the same moment may only see it now: the later one goes
         return self._keep_first(spec, self.list_hosts(spec), mine=self._made)
 
+    def _young(self, host: Host) -> bool:
+        """Created less than ssh_timeout ago: a stopped one may be another run's, about to boot it (left alone:
+        powering it on before its user data is set would boot it without its host key)."""
+        created = parse_time(host.labels.get("created"))
+        return created is not None and (datetime.now(UTC) - created).total_seconds() < self.settings.ssh_timeout
+
     def _drop_unbootable(self, spec: FleetSpec, hosts: list[Host]) -> list[Host]:
         """A stopped server without cloud-init user data never booted (its run died right after creating it):
         its host key was only in that run's memory, so it is deleted and made again. Others are kept."""
         kept = []
         for host in hosts:
-            if host.labels.get("state") == "stopped" and host.labels.get(HOSTKEY_TAG) and not self._user_data(host):
+            if host.labels.get("state") == "stopped" and host.labels.get(HOSTKEY_TAG) and not self._young(host) \
+                    and not self._user_data(host):
                 self._say(f"{host.name}: created by a run that died before booting it; making it again")
                 self._destroy_one(host)
                 continue
