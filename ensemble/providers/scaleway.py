@@ -542,7 +542,7 @@ class ScalewayProvider:
             plan.append((f"server {server.name}", lambda h=host: self._destroy_one(h)))
             for ip in server.public_ips or []:
                 ip_ids.add(ip.id)
-                plan.append((f"ip {ip.address} (of {server.name})", lambda i=ip.id: self._delete_ips([i])))
+                plan.append((f"ip {ip.address or ip.id} (of {server.name})", lambda i=ip.id: self._delete_ips([i])))
             for volume in (server.volumes or {}).values():
                 volume_ids.add(volume.id)
                 plan.append((f"volume {volume.id} (of {server.name})", lambda v=volume.id: self._delete_volume(v)))
