@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from ensemble.errors import EnsembleError, UsageError
@@ -385,4 +387,32 @@ def test_the_private_host_key_is_never_logged_even_at_debug(scw, caplog):
         sdk_log.setLevel(logging.NOTSET)
     assert "PRIVATE KEY" not in caplog.text
     provider.destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_a_young_stopped_server_is_left_to_the_run_that_creates_it(scw, tmp_path):
+    import time
+
+    from standins.scaleway_env import write_spec
+
+    from ensemble.spec import load_spec
+
+    path = write_spec(tmp_path / "t.toml", tmp_path, shards=1)
+    path.write_text(path.read_text().replace("ssh_timeout = 30", "ssh_timeout = 8"))
+    spec = load_spec(path)
+    # another run created the shard's server and has not set its user data yet (here: it never will)
+    scw.api.inject("PATCH", r"/user_data/cloud-init$", status=400, nth=2,
+                   body={"type": "invalid_arguments", "message": "injected failure"})
+    with pytest.raises(EnsembleError):
+        scw.provider(spec).ensure_hosts(spec)
+    stopped = next(s["id"] for s in scw.api.state.servers.values() if s["state"] == "stopped")
+    with pytest.raises(EnsembleError, match="still stopped after 8s"):  # waited for, never touched
+        scw.provider(spec).ensure_hosts(spec)
+    assert scw.api.state.servers[stopped]["state"] == "stopped"
+    assert not [r for r in scw.api.requests if r[1].endswith(f"/servers/{stopped}/action")]
+    created = datetime.fromisoformat(scw.api.state.servers[stopped]["creation_date"])
+    time.sleep(max(0.0, 8.5 - (datetime.now(UTC) - created).total_seconds()))
+    hosts = scw.provider(spec).ensure_hosts(spec)  # older than ssh_timeout: that run is gone; made again
+    assert len(hosts) == 2 and stopped not in scw.api.state.servers
+    scw.provider(spec).destroy_all(spec)
     assert scw.api.resource_count() == zero(scw.api)
