@@ -52,13 +52,12 @@ def read_public_key(path: str, key_name: str) -> str:
     from pathlib import Path
 
     from ensemble.errors import UsageError
+    from ensemble.userfiles import read_user_text
 
     p = Path(path).expanduser()
-    try:
-        text = p.read_text(encoding="utf-8").strip()
-    except OSError:
-        raise UsageError(f"{key_name}: cannot read the SSH public key {p} (create one with ssh-keygen -t ed25519)"
-                         ) from None
+    if not p.exists():
+        raise UsageError(f"{key_name}: no SSH public key {p} (create one with ssh-keygen -t ed25519)")
+    text = read_user_text(p, key_name, limit=16384).strip()
     if not text.startswith(("ssh-ed25519 ", "ssh-rsa ", "ecdsa-sha2-", "sk-")) or "\n" in text:
         raise UsageError(f"{key_name}: {p} is not a one-line OpenSSH public key (e.g. ssh-ed25519 AAAA... ops)")
     return text

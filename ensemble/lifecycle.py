@@ -364,7 +364,9 @@ def destroy_fleet(spec: FleetSpec, *, yes: bool = False, confirm: Callable[[str]
 
 # ---- janitor ----
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION = re.compile(r"([0-9]{1,9})([smhd])")
+MAX_DURATION = 3650 * 86400  # ten years: older than that means "everything", and datetime stays in range
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9=_.:/+@-]{0,127}")  # what Scaleway tags look like, no ',' or spaces
 
 
 def parse_duration(text: str, key: str = "--older-than") -> int:
@@ -374,10 +376,13 @@ def parse_duration(text: str, key: str = "--older-than") -> int:
 
         parse_duration("2h")    # 7200
     """
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text)
     if not match:
         raise UsageError(f"{key}: not a duration like 90s, 30m, 2h or 7d: {text!r}")
-    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if seconds > MAX_DURATION:
+        raise UsageError(f"{key}: at most 3650d, got {text!r}")
+    return seconds
 
 
 def janitor(spec: FleetSpec, older_than: str = "2h", tags: tuple[str, ...] = (), *, dry_run: bool = False,
@@ -398,8 +403,8 @@ def janitor(spec: FleetSpec, older_than: str = "2h", tags: tuple[str, ...] = (),
     """
     seconds = parse_duration(older_than)
     for tag in tags:
-        if not tag or "," in tag:
-            raise UsageError(f"--tag: not a single tag: {tag!r}")
+        if not _TAG.fullmatch(tag):
+            raise UsageError(f"--tag: not a single tag (1-128 of A-Za-z0-9=_.:/+@-, no spaces or commas): {tag!r}")
     if asked_at is not None:  # the same cutoff as the question's, however long the answer took
         seconds += max(0.0, time.time() - asked_at)
     provider = provider or provider_for(spec)
