@@ -242,6 +242,9 @@ class FrontdoorSection:
     grace_period: int = _opt(120, "seconds an unreadable shard keeps its pins", check=_check_positive)
     ready_after: int = _opt(3, "successful reads before a shard takes new rooms again",
                             check=_check_positive)
+    new_rooms_per_minute: int = _opt(60, "new meetings one client (an IPv4 address, an IPv6 /64) may open per "
+                                     "minute at the front door (bursts of as many allowed); more get 429",
+                                     check=lambda v: None if 1 <= v <= 60000 else f"must be 1-60000, got {v}")
 
 
 @dataclass(frozen=True)

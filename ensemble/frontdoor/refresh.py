@@ -14,7 +14,9 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import math
 import os
 import subprocess
 import time
@@ -86,23 +88,45 @@ def selection_params(spec: FleetSpec) -> SelectionParams:
 
 # ---------------------------------------------------------------- facts: files
 
-def parse_routes(text: str) -> list[tuple[float, str, str]]:
-    """Lines "<msec> <room key> <shard>" of the routes log -> (time, key, shard); junk lines skipped.
+def client_group(address: str) -> str:
+    """Who a route counts against: an IPv4 address, or the /64 of an IPv6 address (one subscriber's
+    network); "" when it is not an address.
 
     Example::
 
-        parse_routes("1700000000.123 myroom demo-1.meet.example.org\\n")
-        # [(1700000000.123, "myroom", "demo-1.meet.example.org")]
+        client_group("2001:db8:1:2::7"), client_group("192.0.2.1")   # ("2001:db8:1:2::/64", "192.0.2.1")
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def parse_routes(text: str) -> list[tuple[float, str, str, str]]:
+    """Lines "<msec> <room key> <shard> [<client address>]" of the routes log -> (time, key, shard,
+    client group); junk lines skipped.
+
+    Example::
+
+        parse_routes("1700000000.123 myroom demo-1.meet.example.org 192.0.2.1\n")
+        # [(1700000000.123, "myroom", "demo-1.meet.example.org", "192.0.2.1")]
     """
     routes = []
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) != 3 or room_key(parts[1]) != parts[1] or parts[2] == "-":
+        if len(parts) not in (3, 4) or room_key(parts[1]) != parts[1] or parts[2] == "-":
             continue
         try:
-            routes.append((float(parts[0]), parts[1], parts[2]))
+            at = float(parts[0])
         except ValueError:
             continue
+        if math.isfinite(at):
+            routes.append((at, parts[1], parts[2], client_group(parts[3]) if len(parts) == 4 else ""))
     return routes
 
 
@@ -140,7 +164,7 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-def read_new_routes(log_path: Path, position: dict) -> tuple[list[tuple[float, str, str]], dict]:
+def read_new_routes(log_path: Path, position: dict) -> tuple[list[tuple[float, str, str, str]], dict]:
     """Routes logged since the saved position {"inode", "offset"}; a rotated log is read from its start."""
     try:
         stat = log_path.stat()
@@ -230,7 +254,8 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
     log = Path(layout.routes_log)
     _run(nginx.reopen)  # the route log is buffered: flush it right before reading it
     routed, position = read_new_routes(log, state.get("routes_log", {}))
-    plan, memory = select(readings, memory, now, selection_params(spec), routed)
+    params = selection_params(spec)
+    plan, memory = select(readings, memory, now, params, routed)
     routing_path = Path(layout.routing_path)
     in_service = state.get("in_service") if isinstance(state.get("in_service"), str) else None
     changed = reloaded = False
@@ -246,7 +271,7 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
             late, position = read_new_routes(log, position)
             late = [route for route in late if route[1] not in plan.pins]
             if late:
-                plan, memory = pin_routed(plan, memory, late)
+                plan, memory = pin_routed(plan, memory, late, params)
                 text = routing_conf(plan, spec, layout)
                 if install_maps(routing_path, text, nginx, in_service)[1]:
                     in_service = maps_digest(text)

@@ -55,6 +55,8 @@ LANDING_TEXT = {
 ERROR_TEXT = {
     400: ("Nom de réunion invalide", "Invalid meeting name: use letters, digits and dashes."),
     503: ("Aucun serveur disponible pour le moment", "No server is available right now; please retry in a minute."),
+    429: ("Trop de nouvelles réunions depuis votre adresse", "Too many new meetings from your address: please "
+          "retry in a minute."),
 }
 
 
@@ -141,6 +143,7 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "listen": list(layout.listen),
         "http_listen": list(layout.http_listen),
         "tls12_ciphers": ":".join(TLS12_CIPHERS),
+        "new_rooms_per_minute": spec.frontdoor.new_rooms_per_minute,
         "tls": layout.tls,
         "cert": f"{layout.tls_dir}/{domain}/fullchain.pem",
         "key": f"{layout.tls_dir}/{domain}/privkey.pem",
