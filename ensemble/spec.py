@@ -244,7 +244,7 @@ class FrontdoorSection:
                             check=_check_positive)
     new_rooms_per_minute: int = _opt(60, "new meetings one client (an IPv4 address, an IPv6 /64) may open per "
                                      "minute at the front door (bursts of as many allowed); more get 429",
-                                     check=lambda v: None if 1 <= v <= 60000 else f"must be 1-60000, got {v}")
+                                     check=lambda v: None if 1 <= v <= 1_000_000 else f"must be 1-1000000, got {v}")
 
 
 @dataclass(frozen=True)
