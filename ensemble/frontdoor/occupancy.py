@@ -1,7 +1,10 @@
 """Reading shards: census, JVB stats, health and drain state, over each shard's private location.
 
 Every shard's nginx answers ``/_ensemble/{census,stats,health,state}`` only to the front door's
-address and only with ``Authorization: Bearer <fleet occupancy token>``. Reads run in parallel,
+address and only with a tag of the fleet's occupancy token (`occupancy_authorization`): the token
+itself never leaves the front door, so whoever answers for a shard's name (certificates are not
+verified in self-signed and staging TLS modes) gets a tag good for one path of one shard for a few
+minutes, which the real shard accepts only from the front door's address. Reads run in parallel,
 each with a timeout; a shard that does not answer all four gives ``ShardReading(ok=False)``.
 The parsing functions are pure (facts); `read_shard`/`read_all` do the I/O.
 
@@ -13,6 +16,8 @@ Example::
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import ssl
@@ -26,6 +31,23 @@ from ensemble.frontdoor.rooms import key_from_census
 from ensemble.frontdoor.selection import LiveRoom, ShardReading
 
 ENDPOINTS = ("census", "stats", "health", "state")
+TAG_LIFETIME = 300  # seconds a tag stays valid: covers clock skew between the front door and a shard
+
+
+def occupancy_authorization(token: str, path: str, host: str, now: float | None = None,
+                            lifetime: int = TAG_LIFETIME) -> str:
+    """The Authorization header for one read: ``Ensemble <tag>,<expires>`` where tag is the unpadded
+    base64url MD5 of ``"<expires><path><host> <token>"``, what nginx's secure_link module checks on
+    the shard (templates/nginx/site.conf.j2, /_ensemble/auth: it compares digests, never the token).
+
+    Example::
+
+        occupancy_authorization("t", "/_ensemble/census", "demo-1.meet.example.org", now=0)
+        # "Ensemble <22 characters>,300"
+    """
+    expires = int(time.time() if now is None else now) + lifetime
+    digest = hashlib.md5(f"{expires}{path}{host.lower()} {token}".encode(), usedforsecurity=False).digest()
+    return f"Ensemble {base64.urlsafe_b64encode(digest).decode().rstrip('=')},{expires}"
 
 
 @dataclass(frozen=True)
@@ -215,10 +237,11 @@ def fetch(source: OccupancySource, shard: str, endpoint: str, deadline: float | 
     """GET <base>/_ensemble/<endpoint> with the token; (status, body at most MAX_BODY bytes).
     Network errors raise OSError; an answer too big or slower than `deadline` raises ValueError."""
     deadline = time.monotonic() + source.timeout if deadline is None else deadline
-    url = f"{source.base_url(shard)}/_ensemble/{endpoint}"
+    path = f"/_ensemble/{endpoint}"
+    url = f"{source.base_url(shard)}{path}"
     # Host names the shard even when the URL is an override (a stand-in or an address)
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {source.token}", "Host": shard,
-                                                   "User-Agent": "ensemble-frontdoor"})
+    request = urllib.request.Request(url, headers={"Authorization": occupancy_authorization(source.token, path, shard),
+                                                   "Host": shard, "User-Agent": "ensemble-frontdoor"})
     context = _context(source) if url.startswith("https:") else None
     timeout = max(0.1, min(source.timeout, deadline - time.monotonic()))  # per socket operation
     try:
