@@ -23,7 +23,15 @@ from standins.shard_occupancy import FrontdoorUnderTest, OccupancyStandin, Shard
 from test_frontdoor_routing import TOKEN, make_spec
 
 from ensemble.frontdoor.refresh import client_group, parse_routes
-from ensemble.frontdoor.selection import LiveRoom, Memory, SelectionParams, ShardReading, bound_unconfirmed, select
+from ensemble.frontdoor.selection import (
+    LiveRoom,
+    Memory,
+    SelectionParams,
+    ShardReading,
+    bound_unconfirmed,
+    memory_from_json,
+    select,
+)
 
 P = SelectionParams(capacity=200, grace_period=60, ready_after=3, recent_ttl=60)
 NAMES = ["s1", "s2", "s3", "s4"]
@@ -88,6 +96,10 @@ def test_bound_unconfirmed_counts_clients_and_caps_shards():
     assert bound_unconfirmed(unknown, P, {"s2": 200}, 2.0)[1] == {"s2": 6.0}
     assert client_group("2001:db8:1:2:aaaa::1") == client_group("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert client_group("::ffff:192.0.2.7") == "192.0.2.7" and client_group("junk") == ""
+    # a state file written before clients were recorded still reads
+    assert memory_from_json({"recent": {"a": ["s1", 5.0]}}).recent == {"a": ("s1", 5.0, "")}
+    assert parse_routes("1.5 a s1 2001:db8::1\n2.5 b s2\n") == [(1.5, "a", "s1", "2001:db8::/64"),
+                                                                   (2.5, "b", "s2", "")]
 
 
 def test_real_meetings_still_balance_after_an_attack():
