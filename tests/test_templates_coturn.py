@@ -367,7 +367,10 @@ def test_the_site_name_reaches_the_site_and_the_relay_name_reaches_coturn(multip
 @pytest.mark.needs_tool(NGINX, "openssl")
 def test_the_site_still_sees_the_clients_address_through_the_multiplexer(multiplexer):
     m = multiplexer
-    ask = (f"GET /_ensemble/census HTTP/1.1\r\nHost: {m['domain']}\r\nAuthorization: Bearer {m['token']}\r\n"
+    from ensemble.frontdoor.occupancy import occupancy_authorization
+
+    auth = occupancy_authorization(m["token"], "/_ensemble/census", m["domain"])  # the front door's own header
+    ask = (f"GET /_ensemble/census HTTP/1.1\r\nHost: {m['domain']}\r\nAuthorization: {auth}\r\n"
            "Connection: close\r\n\r\n").encode()
     # the front door's address is allowed; another address is not, although nginx's hop comes from loopback
     assert _exchange(m["port"], m["domain"], ["http/1.1"], ask, source="127.0.0.3").startswith(b"HTTP/1.1 200")
