@@ -23,7 +23,7 @@ from pathlib import Path
 from ensemble.errors import EnsembleError
 from ensemble.frontdoor.occupancy import OccupancySource, read_all
 from ensemble.frontdoor.render import FrontdoorLayout, routing_conf
-from ensemble.frontdoor.rooms import room_key
+from ensemble.frontdoor.rooms import is_room_key
 from ensemble.frontdoor.selection import (
     Memory,
     RoutingPlan,
@@ -96,7 +96,7 @@ def parse_routes(text: str) -> list[tuple[float, str, str]]:
     routes = []
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) != 3 or room_key(parts[1]) != parts[1] or parts[2] == "-":
+        if len(parts) != 3 or not is_room_key(parts[1]) or parts[2] == "-":
             continue
         try:
             routes.append((float(parts[0]), parts[1], parts[2]))
