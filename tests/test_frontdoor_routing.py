@@ -211,3 +211,31 @@ def test_refresh_reloads_only_on_change(fleet):
     assert door.refresh().reloaded
     unchanged = door.refresh()
     assert not unchanged.changed and not unchanged.reloaded
+
+
+def test_live_accented_rooms_are_pinned_whatever_their_spelling(fleet):
+    """The census reports nodes as jitsi-meet joined them (r%c3%a9union...): every live room is pinned, and
+    every spelling of its name reaches it; map keys that nginx would read as keywords or escapes stay literal."""
+    spec, standin, _, door, client = fleet
+    names = spec.shard_names()
+    team = "r%c3%a9union%20d%c3%a9quipe"
+    live = {team: 3, "%c3%a9quipe": 2, "%f0%9f%8e%89f%c3%aate": 2, "default": 1, "include": 1, "hostnames": 1,
+            "volatile": 1, "test": 1, "nuit": 1, "room": 1, "~": 0}
+    # put each room on a shard split_clients would NOT choose, so only a pin can send it there
+    bounds = split_bounds(door.refresh().plan.split)
+    placed: dict[str, str] = {}
+    for key in live:
+        placed[key] = next(n for n in names if n != split_choice(key, bounds))
+    for shard in names:
+        standin.set_rooms(shard, {k: n for k, n in live.items() if placed[k] == shard and n})
+    result = door.refresh()
+    assert {key for key in live if live[key]} <= set(result.plan.pins)
+    spellings = ["R%C3%A9union%20d'%C3%A9quipe", "r%c3%a9union%20d'%c3%a9quipe", "RE%CC%81UNION%20D'E%CC%81QUIPE",
+                 "R%C3%89union%20d'%C3%89quipe", "r%C3%A9union%20D%C3%A9quipe"]
+    assert {shard_of(client, s) for s in spellings} == {placed[team]}
+    assert {shard_of(client, s) for s in ("%C3%89quipe", "%c3%a9quipe", "E%CC%81QUIPE")} == {placed["%c3%a9quipe"]}
+    assert shard_of(client, "%F0%9F%8E%89F%C3%8ATE") == placed["%f0%9f%8e%89f%c3%aate"]
+    for key in ("default", "include", "hostnames", "volatile", "test", "nuit", "room"):
+        assert shard_of(client, key.capitalize()) == placed[key], key
+    # a room that is not live still follows the split (the keyword entries did not become the default)
+    assert shard_of(client, "SomeOtherRoom") == split_choice("someotherroom", split_bounds(result.plan.split))
