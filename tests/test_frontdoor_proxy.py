@@ -109,3 +109,19 @@ def test_production_layout_passes_nginx_t(tmp_path, mode):
     assert "pcre_jit on;" in Path(layout.pcre_jit_path).read_text()
     check = subprocess.run(nginx.command("-t"), capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+def test_config_js_follows_its_room_argument(proxy_fleet):
+    """Apps load /config.js?room=<key> without a Referer: it comes from the room's shard (proxy mode)."""
+    spec, standin, door, client = proxy_fleet
+    names = spec.shard_names()
+    standin.set_rooms(names[3], {"r%c3%a9union": 2, "bravoroom": 1})
+    door.refresh()
+    assert served_by(client, "/config.js?room=r%c3%a9union") == names[3]
+    assert served_by(client, "/config.js?room=bravoroom") == names[3]
+    assert served_by(client, "/config.js", {"Referer": f"http://{spec.fleet.domain}/BravoRoom"}) == names[3]
+    referer = f"http://{spec.fleet.domain}/R%C3%A9union?ensemble_room=r%c3%a9union"
+    assert served_by(client, "/config.js", {"Referer": referer}) == names[3]
+    assert served_by(client, "/libs/app.bundle.min.js", {"Referer": referer}) == names[3]
+    assert served_by(client, "/conference-request/v1?room=r%c3%a9union") == names[3]
+    assert client.get("/config.js?room=R%C3%A9union")[0] == 400

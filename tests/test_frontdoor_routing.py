@@ -239,3 +239,13 @@ def test_live_accented_rooms_are_pinned_whatever_their_spelling(fleet):
         assert shard_of(client, key.capitalize()) == placed[key], key
     # a room that is not live still follows the split (the keyword entries did not become the default)
     assert shard_of(client, "SomeOtherRoom") == split_choice("someotherroom", split_bounds(result.plan.split))
+
+
+def test_config_js_redirects_to_its_rooms_shard(fleet):
+    spec, standin, _, door, client = fleet
+    names = spec.shard_names()
+    standin.set_rooms(names[1], {"%c3%a9quipe": 2})
+    door.refresh()
+    status, location = client.get("/config.js?room=%c3%a9quipe")
+    assert status == 302 and re.fullmatch(rf"http://{re.escape(names[1])}:\d+/config\.js\?room=%c3%a9quipe", location)
+    assert client.get("/config.js")[0] == 400 and client.get("/config.js?room=%C3%89quipe")[0] == 400
