@@ -48,8 +48,10 @@ function canonicalised(segment) {
                        replace: url => { target = url; } };
     vm.runInNewContext(roomJs, { window: { location } });
     if (target === '/') { return ''; }
-    const match = /[?&]ensemble_room=([^&#]*)/.exec(target);
-    return match ? match[1] : 'REFUSED ' + target;
+    const match = /^\/([^?\/]*)\?(?:.*&)?ensemble_room=([^&#]*)$/.exec(target);
+    if (!match) { return 'REFUSED ' + target; }
+    if (/[:@!$&'()*+,;=]/.test(match[1])) { return 'NOT CLEANED ' + target; }
+    return match[2];
 }
 const out = segments.map(s => { let u; try { u = upstream(s); } catch (e) { u = 'THROWS'; }
                                  return [u, canonicalised(s)]; });

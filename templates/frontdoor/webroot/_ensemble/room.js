@@ -3,14 +3,14 @@
 // The key is the MUC node jitsi-meet will join for this page, computed here by the same browser
 // engine that will run jitsi-meet, with jitsi-meet's rules (react/features/base/util/uri.ts:
 // the path's last segment without the characters it excludes, then getBackendSafeRoomName).
-// The page comes back once, same path, with ?ensemble_room=<key>: the front door routes by it.
+// The page comes back once with ?ensemble_room=<key>, which the front door routes by, and without the
+// characters jitsi-meet drops anyway (same room; upstream's nginx refuses room paths with a quote).
 "use strict";
 (function () {
   var EXCLUDED = /[:?#[\]@!$&'()*+,;=></"]/g;
   var KEY = /^(?!~)(?:[a-z0-9._~!()*-]|%[0-9a-f]{2}){1,1023}$/;
 
-  function roomKey(segment) {
-    var name = segment.replace(EXCLUDED, "");
+  function roomKey(name) {
     try {
       name = decodeURIComponent(name);
     } catch (e) {
@@ -20,7 +20,8 @@
   }
 
   var path = window.location.pathname;
-  var key = roomKey(path.slice(path.lastIndexOf("/") + 1));
+  var segment = path.slice(path.lastIndexOf("/") + 1).replace(EXCLUDED, "");
+  var key = segment === "" ? "" : roomKey(segment);
   if (key === "") {
     window.location.replace("/");  // nothing left of the name: jitsi-meet would show its welcome page
     return;
@@ -33,5 +34,6 @@
     return arg !== "" && arg.indexOf("ensemble_room=") !== 0;
   });
   args.push("ensemble_room=" + key);
-  window.location.replace(path + "?" + args.join("&") + window.location.hash);
+  window.location.replace(path.slice(0, path.lastIndexOf("/") + 1) + segment + "?" + args.join("&") +
+    window.location.hash);
 })();

@@ -1,0 +1,101 @@
+"""Accented room names on real hosts: participants typing "Réunion d'équipe" in different spellings through
+the front door all land on one shard, which prosody's census counts, and the front door pins the room under
+the node the census reports even when the split would send the name elsewhere (its shard is drained).
+
+Participants are real Jitsi Meet participants (signalling only, tests/standins/xmpp_participant.py): they open
+the room's page at the front door as a browser does (the canonicalising page included), then the conference
+request and XMPP at the URLs of the config.js they get.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import ssh_run
+from standins.xmpp_participant import Participant
+
+from ensemble.frontdoor.drain import set_drain
+
+FLEET = "t-ro-rooms"
+NODE = "r%c3%a9union%20d%c3%a9quipe"
+SPELLINGS = ["RÉUNION D'ÉQUIPE", "Re\u0301union d'E\u0301QUIPE", "r%c3%a9union d'%C3%89quipe"]
+
+pytestmark = [pytest.mark.realhost, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def fleet(local_fleet_factory, local_provider):
+    from ensemble.fleet import deploy_fleet, summary_table
+
+    spec, hosts = local_fleet_factory(FLEET, shards=2, tls={"mode": "self-signed"}, jitsi={"etherpad": False},
+                                      frontdoor={"refresh_interval": 5})
+    started = time.monotonic()
+    result = deploy_fleet(spec, provider=local_provider, hosts=hosts, progress=lambda _line: None)
+    print(f"\n[rooms e2e] deploy of {len(hosts)} hosts: {time.monotonic() - started:.1f} s")
+    assert result.ok, summary_table(result)
+    shards = {h.name: h for h in hosts if h.role == "shard"}
+    door = next(h for h in hosts if h.role == "frontdoor")
+    for shard in shards.values():
+        code, out, err = ssh_run(shard, "for i in $(seq 90); do curl -fs -o /dev/null "
+                                        "http://127.0.0.1:8888/about/health && exit 0; sleep 1; done; exit 1")
+        assert code == 0, f"{shard.name}: jicofo never became healthy: {out}{err}"
+    return spec, shards, door
+
+
+def census(shard) -> dict[str, int]:
+    code, out, err = ssh_run(shard, f"curl -fsS -H 'Host: {shard.name}' http://127.0.0.1:5280/room-census")
+    assert code == 0, err
+    return {r["room_name"].split("@")[0]: int(r["participants"]) for r in json.loads(out).get("room_census", [])}
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
+        time.sleep(1)
+
+
+def routing_maps(door) -> str:
+    code, out, err = ssh_run(door, "cat /var/lib/ensemble/frontdoor/routing.conf")
+    assert code == 0, err
+    return out
+
+
+def test_every_spelling_lands_on_the_rooms_shard_and_the_census_counts_them(fleet):
+    spec, shards, door = fleet
+    resolve = {spec.fleet.domain: door.address, **{name: h.address for name, h in shards.items()}}
+
+    def participant(room: str) -> Participant:
+        return Participant(f"https://{spec.fleet.domain}", room, resolve=resolve, verify=False).join()
+
+    joined = [participant("Réunion d'équipe")]
+    try:
+        first = joined[0]
+        home = next(name for name in shards if f"://{name}/" in first.page_url)
+        other = next(name for name in shards if name != home)
+        assert first.room_jid == f"{NODE}@conference.{home}", first.room_jid
+        wait_for(lambda: census(shards[home]) == {NODE: 1}, 20, "the census to count the first participant")
+        # the room's shard takes no new rooms; only the census pin can still send the room there
+        set_drain(shards[home], True)
+        wait_for(lambda: f"# {home} draining" in routing_maps(door) and f'"\\\\{NODE}" {home};' in routing_maps(door),
+                 60, "the front door to drain the shard and pin the room under its census node")
+        assert f"# {other} ready" in routing_maps(door)
+        for typed in SPELLINGS:
+            p = participant(typed)
+            joined.append(p)
+            assert f"://{home}/" in p.page_url and p.room_jid == first.room_jid, (typed, p.page_url, p.room_jid)
+        first.wait_for_participants(len(joined), timeout=20)
+        assert census(shards[home]) == {NODE: len(joined)}
+        assert census(shards[other]) == {}
+        # a new room goes to the other shard meanwhile (the drain is in force)
+        with participant("Planning") as newcomer:
+            assert f"://{other}/" in newcomer.page_url
+    finally:
+        for p in joined:
+            p.leave()
+        set_drain(shards[home], False) if "home" in locals() else None
