@@ -41,6 +41,8 @@ def fleet(local_fleet_factory, local_provider):
         code, out, err = ssh_run(shard, "for i in $(seq 90); do curl -fs -o /dev/null "
                                         "http://127.0.0.1:8888/about/health && exit 0; sleep 1; done; exit 1")
         assert code == 0, f"{shard.name}: jicofo never became healthy: {out}{err}"
+    wait_for(lambda: all(f"# {name} ready " in routing_maps(door) for name in shards), 120,
+             "the front door to read every shard as ready")
     return spec, shards, door
 
 
