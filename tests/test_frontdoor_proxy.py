@@ -125,3 +125,15 @@ def test_config_js_follows_its_room_argument(proxy_fleet):
     assert served_by(client, "/libs/app.bundle.min.js", {"Referer": referer}) == names[3]
     assert served_by(client, "/conference-request/v1?room=r%c3%a9union") == names[3]
     assert client.get("/config.js?room=R%C3%A9union")[0] == 400
+
+
+def test_etherpad_goes_to_the_shard_named_in_its_path(proxy_fleet):
+    """A pad's own requests (relative URLs, socket.io) carry no room: config.js names the shard in the path."""
+    spec, _, _, client = proxy_fleet
+    names = spec.shard_names()
+    for name in names:
+        status, body = client.get(f"/_shard/{name}/etherpad/p/abc%20d?showChat=false")
+        assert status == 200 and f"shard={name} page=/etherpad/p/abc d" in body, body
+        assert served_by(client, f"/_shard/{name}/etherpad/socket.io/?EIO=4") == name
+    for bad in ("/_shard/127.0.0.1/etherpad/p/x", "/_shard/evil.example/etherpad/p/x", "/_shard/fdt-1/etherpad/"):
+        assert client.get(bad)[0] in (400, 404, 503), bad

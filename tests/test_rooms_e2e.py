@@ -1,6 +1,9 @@
-"""Accented room names on real hosts: participants typing "Réunion d'équipe" in different spellings through
-the front door all land on one shard, which prosody's census counts, and the front door pins the room under
-the node the census reports even when the split would send the name elsewhere (its shard is drained).
+"""Accented room names on real hosts, in redirect and in proxy mode.
+
+Participants typing "Réunion d'équipe" in different spellings through the front door all land on one shard,
+which prosody's census counts, and the front door pins the room under the node the census reports even when
+the split would send the name elsewhere (its shard is drained). In proxy mode the participants contact the
+front door's address only (shard names do not even resolve for them).
 
 Participants are real Jitsi Meet participants (signalling only, tests/standins/xmpp_participant.py): they open
 the room's page at the front door as a browser does (the canonicalising page included), then the conference
@@ -18,19 +21,20 @@ from standins.xmpp_participant import Participant
 
 from ensemble.frontdoor.drain import set_drain
 
-FLEET = "t-ro-rooms"
+FLEETS = {"redirect": "t-ro-rooms", "proxy": "t-ro-proxy"}
 NODE = "r%c3%a9union%20d%c3%a9quipe"
 SPELLINGS = ["RÉUNION D'ÉQUIPE", "Re\u0301union d'E\u0301QUIPE", "r%c3%a9union d'%C3%89quipe"]
 
 pytestmark = [pytest.mark.realhost, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def fleet(local_fleet_factory, local_provider):
+@pytest.fixture(scope="module", params=["redirect", "proxy"])
+def fleet(request, local_fleet_factory, local_provider):
     from ensemble.fleet import deploy_fleet, summary_table
 
-    spec, hosts = local_fleet_factory(FLEET, shards=2, tls={"mode": "self-signed"}, jitsi={"etherpad": False},
-                                      frontdoor={"refresh_interval": 5})
+    mode = request.param
+    spec, hosts = local_fleet_factory(FLEETS[mode], shards=2, tls={"mode": "self-signed"},
+                                      jitsi={"etherpad": False}, frontdoor={"refresh_interval": 5, "mode": mode})
     started = time.monotonic()
     result = deploy_fleet(spec, provider=local_provider, hosts=hosts, progress=lambda _line: None)
     print(f"\n[rooms e2e] deploy of {len(hosts)} hosts: {time.monotonic() - started:.1f} s")
@@ -43,7 +47,8 @@ def fleet(local_fleet_factory, local_provider):
         assert code == 0, f"{shard.name}: jicofo never became healthy: {out}{err}"
     wait_for(lambda: all(f"# {name} ready " in routing_maps(door) for name in shards), 120,
              "the front door to read every shard as ready")
-    return spec, shards, door
+    yield spec, shards, door
+    local_provider.destroy_all(spec)  # one fleet at a time on the shared machine
 
 
 def census(shard) -> dict[str, int]:
@@ -70,15 +75,28 @@ def routing_maps(door) -> str:
 
 def test_every_spelling_lands_on_the_rooms_shard_and_the_census_counts_them(fleet):
     spec, shards, door = fleet
-    resolve = {spec.fleet.domain: door.address, **{name: h.address for name, h in shards.items()}}
+    proxy = spec.frontdoor.mode == "proxy"
+    front = spec.fleet.domain
+    resolve = {front: door.address}
+    if not proxy:  # redirect mode: the browser goes on to the shard's own name
+        resolve.update({name: h.address for name, h in shards.items()})
+
+    def shard_of(p: Participant) -> str:
+        shard = p.room_jid.split("@conference.", 1)[1]
+        if proxy:  # the page, config.js, conference request and XMPP all at the front door's address
+            assert p.page_url.startswith(f"https://{front}/") and p.service_url.startswith(f"wss://{front}/"), p
+            assert p.config.conference_request_url.startswith(f"https://{front}/"), p.config
+        else:
+            assert p.page_url.startswith(f"https://{shard}/"), p.page_url
+        return shard
 
     def participant(room: str) -> Participant:
-        return Participant(f"https://{spec.fleet.domain}", room, resolve=resolve, verify=False).join()
+        return Participant(f"https://{front}", room, resolve=resolve, verify=False).join()
 
     joined = [participant("Réunion d'équipe")]
     try:
         first = joined[0]
-        home = next(name for name in shards if f"://{name}/" in first.page_url)
+        home = shard_of(first)
         other = next(name for name in shards if name != home)
         assert first.room_jid == f"{NODE}@conference.{home}", first.room_jid
         wait_for(lambda: census(shards[home]) == {NODE: 1}, 20, "the census to count the first participant")
@@ -90,13 +108,13 @@ def test_every_spelling_lands_on_the_rooms_shard_and_the_census_counts_them(flee
         for typed in SPELLINGS:
             p = participant(typed)
             joined.append(p)
-            assert f"://{home}/" in p.page_url and p.room_jid == first.room_jid, (typed, p.page_url, p.room_jid)
+            assert shard_of(p) == home and p.room_jid == first.room_jid, (typed, p.page_url, p.room_jid)
         first.wait_for_participants(len(joined), timeout=20)
         assert census(shards[home]) == {NODE: len(joined)}
         assert census(shards[other]) == {}
         # a new room goes to the other shard meanwhile (the drain is in force)
         with participant("Planning") as newcomer:
-            assert f"://{other}/" in newcomer.page_url
+            assert shard_of(newcomer) == other
     finally:
         for p in joined:
             p.leave()

@@ -156,3 +156,10 @@ def test_the_fleets_language_wins_over_the_browsers(language, tmp_path):
     assert default_language == language
     c = _evaluate(path)  # without a window (an app evaluating config.js): nothing breaks
     assert "settings" in c["toolbarButtons"]  # the language switch is in the settings dialog
+
+
+def test_etherpad_through_the_front_door_in_proxy_mode(tmp_path):
+    d, path = _config_js(tmp_path, frontdoor={"mode": "proxy"})
+    assert _evaluate(path)["etherpad_base"] == f"https://meet.example.org/_shard/{d}/etherpad/p/"
+    d, path = _config_js(tmp_path)
+    assert _evaluate(path)["etherpad_base"] == f"https://{d}/etherpad/p/"

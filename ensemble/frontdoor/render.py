@@ -139,6 +139,8 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "acme_webroot": layout.acme_webroot,
         "shard_base": layout.shard_base(),
         "shard_scheme": layout.shard_scheme,
+        "shard_names": spec.shard_names(),
+        "verify_tls": shard_certificates_trusted(spec),
         "simple_pattern": SIMPLE_ROOM_PATTERN,
         "key_pattern": KEY_PATTERN,
         "page_pattern": PAGE_SEGMENT_PATTERN,
