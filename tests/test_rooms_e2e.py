@@ -18,7 +18,7 @@ import time
 
 import pytest
 from conftest import ssh_run
-from standins.xmpp_participant import Participant
+from standins.xmpp_participant import Participant, ParticipantError
 
 from ensemble.frontdoor.drain import set_drain
 
@@ -52,6 +52,13 @@ def fleet(request, local_fleet_factory, local_provider):
                                            for name in shards)
 
     wait_for(all_ready, 180, "the front door to read every shard as ready")
+
+    def serving() -> bool:  # the reload that put those maps in service has finished
+        code, out, _ = ssh_run(door, "curl -sk -o /dev/null -w '%{http_code}' "
+                                     f"-H 'Host: {spec.fleet.domain}' https://127.0.0.1/ReadyCheck")
+        return code == 0 and out.strip() in ("200", "302")
+
+    wait_for(serving, 60, "the front door to route new rooms")
     yield spec, shards, door
     local_provider.destroy_all(spec)  # one fleet at a time on the shared machine
 
@@ -96,7 +103,11 @@ def test_every_spelling_lands_on_the_rooms_shard_and_the_census_counts_them(flee
         return shard
 
     def participant(room: str) -> Participant:
-        return Participant(f"https://{front}", room, resolve=resolve, verify=False).join()
+        try:
+            return Participant(f"https://{front}", room, resolve=resolve, verify=False).join()
+        except ParticipantError as error:  # say what the front door had in service
+            _, log, _ = ssh_run(door, "tail -n 5 /var/log/nginx/error.log")
+            raise AssertionError(f"{room}: {error}\n{routing_maps(door)}\n{log}") from error
 
     joined = [participant("Réunion d'équipe")]
     try:
