@@ -30,14 +30,28 @@ ACCOUNTS_DIGEST = "/etc/ensemble/prosody-accounts.sha256"
 BEFORE_INSTALL = ("secrets", "apt")
 
 
-def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (10000,),
+def public_ports(role: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(TCP, UDP) ports a host of this role opens to everyone (SSH is open to the admin CIDRs only):
+    the firewall opens these and nothing else, README's "Security" section lists them.
+
+    Example::
+
+        public_ports("shard")        # ((80, 443), (10000,))
+        public_ports("frontdoor")    # ((80, 443), ()): no bridge behind it, no media port
+    """
+    return (80, 443), ((paths.JVB_MEDIA_PORT,) if role == "shard" else ())
+
+
+def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (paths.JVB_MEDIA_PORT,),
                   tcp_ports: Iterable[int] = (80, 443)) -> str:
-    """The host firewall: drop inbound except established, loopback, ICMP, web, JVB media, SSH from CIDRs.
+    """The host firewall: drop inbound except established, loopback, ICMP, web, JVB media (shards; the
+    front door passes no UDP port: nothing of it listens there), SSH from CIDRs.
 
     Example::
 
         "tcp dport 22" in nftables_conf(["10.0.0.0/8"])    # True
     """
+    udp = tuple(udp_ports)
     v4 = [c for c in ssh_cidrs if ipaddress.ip_network(c, strict=False).version == 4]
     v6 = [c for c in ssh_cidrs if ipaddress.ip_network(c, strict=False).version == 6]
     ssh = []
@@ -57,7 +71,7 @@ def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (10000,),
         '        iifname "lo" accept',
         "        meta l4proto { icmp, icmpv6 } accept",
         f"        tcp dport {{ {', '.join(map(str, tcp_ports))} }} accept",
-        f"        udp dport {{ {', '.join(map(str, udp_ports))} }} accept",
+        *([f"        udp dport {{ {', '.join(map(str, udp))} }} accept"] if udp else []),
         *ssh,
         "    }",
         "    chain forward {",
@@ -98,6 +112,36 @@ def jitsi_source(repo: str, suite: str) -> str:
         jitsi_source("https://download.jitsi.org", "stable/")
     """
     return f"Types: deb\nURIs: {repo}\nSuites: {suite}\nSigned-By: {paths.JITSI_KEYRING}\n"
+
+
+def jitsi_preferences(pins: Iterable[tuple[str, str]]) -> str:
+    """apt preferences pinning Jitsi's packages to exact versions: kept by every later install and upgrade.
+
+    Priority 1001 also brings a host that holds newer versions back to the pinned set.
+
+    Example::
+
+        jitsi_preferences([("jicofo", "1.0-1038-1")]).splitlines()[1:4]
+        # ["Package: jicofo", "Pin: version 1.0-1038-1", "Pin-Priority: 1001"]
+    """
+    stanzas = [f"Package: {name}\nPin: version {version}\nPin-Priority: 1001\n" for name, version in pins]
+    return "# Managed by ensemble: the Jitsi release this OS profile pins, as one set.\n" + "\n".join(stanzas)
+
+
+def shard_pins(spec: FleetSpec) -> list[tuple[str, str]]:
+    """The (package, version) pins of a shard: the profile's whole set for its own release, else only
+    jitsi-meet at the spec's version (its exact dependencies are unknown here), none when unpinned.
+
+    Example::
+
+        shard_pins(spec_from_dict({"fleet": {"os": "debian-buster"}}))[0]    # ("jitsi-meet", "2.0.8719-1")
+    """
+    version = spec.jitsi_version
+    if not version:
+        return []
+    if version == spec.profile.jitsi_version and spec.profile.jitsi_pins:
+        return list(spec.profile.jitsi_pins)
+    return [("jitsi-meet", version)]
 
 
 def prosody_im_source(codename: str) -> str:
@@ -232,6 +276,7 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
         # ["/etc/ensemble/secrets.json"]
     """
     shard = host.role == "shard"
+    tcp, udp = public_ports(host.role)
     out = [RenderedFile(paths.SECRETS_FILE, secrets_json(host_secrets), 0o600, component="secrets")]
     if env.apt_direct:
         out.append(RenderedFile(paths.APT_DIRECT_FILE, apt_direct_conf(env.apt_direct), component="apt"))
@@ -240,6 +285,8 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
             out.append(RenderedFile(paths.JITSI_KEYRING, keyring, component="apt"))
         out.append(RenderedFile(paths.JITSI_SOURCE, jitsi_source(spec.jitsi.apt_repo, spec.jitsi.apt_suite),
                                 component="apt"))
+        if shard_pins(spec):
+            out.append(RenderedFile(paths.JITSI_PREFERENCES, jitsi_preferences(shard_pins(spec)), component="apt"))
         if spec.profile.prosody_source == "prosody.im":
             out.append(RenderedFile(PROSODY_SOURCE, prosody_im_source(spec.profile.codename), component="apt"))
         out.append(RenderedFile(paths.DEBCONF_PRESEED, debconf_preseed(host.name), 0o600, component="apt"))
@@ -247,7 +294,8 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
                                 component="prosody-accounts"))
     out += [
         RenderedFile(paths.AUTO_UPGRADES, auto_upgrades_conf(), component="upgrades"),
-        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env)), 0o755, component="firewall"),
+        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env), udp_ports=udp, tcp_ports=tcp), 0o755,
+                     component="firewall"),
     ]
     if shard:
         out.append(RenderedFile(paths.SYSCTL_FILE, sysctl_conf(), component="sysctl"))
