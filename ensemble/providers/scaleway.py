@@ -77,6 +77,12 @@ class ScalewayProvider:
         self.workers = workers
         self.api = Api(client or load_client(spec), self.settings, self.retry, say=self._say)
         self.progress: Progress = None
+        self.labels: dict[str, str] = {}  # identity tags of the hosts ensure_hosts creates
+
+    @property
+    def account(self) -> str:
+        """The project the fleet lives in (part of its identity)."""
+        return f"scaleway project {self.api.project}"
 
     def _say(self, message: str) -> None:
         if self.progress:
@@ -113,9 +119,12 @@ class ScalewayProvider:
         """What the spec asks for and is not there yet (shards by number; the front door unless throwaway)."""
         return wanted_hosts(spec, existing, self.throwaway)
 
-    def ensure_hosts(self, spec: FleetSpec, progress: Progress = None) -> list[Host]:
-        """Create what is missing (in parallel), start what is stopped, wait for SSH on all."""
+    def ensure_hosts(self, spec: FleetSpec, progress: Progress = None,
+                     labels: dict[str, str] | None = None) -> list[Host]:
+        """Create what is missing (in parallel), start what is stopped, wait for SSH on all. Hosts created
+        are tagged `key=value` for each of `labels` (the fleet's identity)."""
         self.progress = progress
+        self.labels = dict(labels or {})
         existing = self.list_hosts(spec)
         wanted = self.wanted_hosts(spec, existing)
         public_key = read_public_key(self.settings.ssh_public_key, "provider.scaleway.ssh_public_key")
@@ -217,7 +226,7 @@ class ScalewayProvider:
 
     def _create(self, spec: FleetSpec, want: WantedHost, image: str, group: str, public_key: str) -> str:
         """Create one host: IPs, server with SBS root, tags on all, user data, power on. Returns its id."""
-        tags = host_tags(spec.fleet.name, want.role, want.shard, now_iso(), self.throwaway)
+        tags = host_tags(spec.fleet.name, want.role, want.shard, now_iso(), self.throwaway, self.labels)
         ip_kinds = [IpType.ROUTED_IPV4] + ([IpType.ROUTED_IPV6] if self.settings.ipv6 else [])
         ips: list[str] = []
         try:
