@@ -168,6 +168,10 @@ def forget_record(path: Path, identity: FleetIdentity | None = None) -> None:
     """Remove the record after the fleet is destroyed (only if it still names that fleet)."""
     if identity is None or read_record_quietly(path) == identity:
         path.unlink(missing_ok=True)
+        try:
+            path.parent.rmdir()  # .ensemble/<fleet>/ when nothing else (render's secrets) is kept there
+        except OSError:
+            pass
 
 
 # ---- the check ----

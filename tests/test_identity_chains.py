@@ -87,9 +87,12 @@ def test_two_specs_with_one_name_on_real_hosts(local_provider, tmp_path, monkeyp
         for proc in (one, two):
             out, err = proc.communicate(timeout=1500)
             assert proc.returncode == 0, err[-3000:]
-            results.append((json.loads(out)["changed"], err))
-        assert sorted(r[0] for r in results)[0] == 0, [r[0] for r in results]  # the waiter found it all done
-        assert any("is locked by" in err and "waiting up to" in err for _, err in results)
+            data = json.loads(out)
+            changes = {name: h["changes"] for name, h in data["hosts"].items() if h["changed"]}
+            results.append((data["changed"], err, changes))
+        waiter = min(results, key=lambda r: r[0])
+        assert waiter[0] == 0, waiter[2]  # the waiter found it all done: one secret set
+        assert "is locked by" in waiter[1] and "waiting up to" in waiter[1], waiter[1][-2000:]
         identity = json.loads(record.read_text())
         hosts = local_provider.list_hosts(spec)
         assert len(hosts) == 2
