@@ -11,20 +11,36 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from ensemble import __version__
 from ensemble.errors import EnsembleError, UsageError
-from ensemble.spec import MAX_SHARDS, FleetSpec, default_spec, load_spec
+from ensemble.spec import MAX_SHARDS, FleetSpec, check_spec_files, default_spec, load_spec
+
+MAX_WAIT = 7 * 86400  # --timeout: a week of waiting for drains is already more than any meeting
 
 
 def _fail(exc: BaseException, code: int) -> None:
     if os.environ.get("ENSEMBLE_DEBUG"):
         raise exc
-    click.echo(f"ensemble: error: {exc}", err=True)
+    click.echo(f"ensemble: error: {one_line(str(exc))}", err=True)
     sys.exit(code)
+
+
+def one_line(message: str, limit: int = 1000) -> str:
+    """An error message as one printable line: control characters escaped, length bounded.
+
+    A hostile argument or key name echoed in an error cannot add lines or drive the terminal.
+
+    Example::
+
+        one_line("fleet drain: no shard 'x\\ny'")   # "fleet drain: no shard 'x\\ny'" (escaped)
+    """
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 def handle_errors(fn):
@@ -61,8 +77,12 @@ def json_option(fn):
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
 
 
-def get_spec(config: Path | None) -> FleetSpec:
+def get_spec(config: Path | None, files: bool = False) -> FleetSpec:
+    """The spec (--config or the embedded default); with files, every file it names is checked too
+    (commands that create or deploy hosts: a bad file is refused before anything is created)."""
     spec = load_spec(config) if config else default_spec()
+    if files:
+        check_spec_files(spec)
     warning = spec.profile.eol_warning
     if warning:
         click.echo(f"ensemble: warning: {warning}", err=True)
@@ -118,9 +138,11 @@ def main() -> None:
 def render(config: Path | None, out: Path, secrets: Path | None) -> None:
     """Write every file of every host, exactly as deploy writes them (review with diff -r)."""
     spec = get_spec(config)
+    from ensemble.outtree import OwnedTree
     from ensemble.render import render_fleet_to
     from ensemble.secrets import load_or_create_secrets, secrets_path_for
 
+    OwnedTree.check(out, "--out")  # a folder render may not write into is refused before any secret is made
     store = load_or_create_secrets(secrets or secrets_path_for(spec), spec)
     written = render_fleet_to(spec, store, out)
     click.echo(f"rendered {len(written)} files for {spec.fleet.shards} shard(s) and the front door into {out}")
@@ -139,7 +161,7 @@ def deploy(config: Path | None, allow_disruptive: bool, wait_lock: int, as_json:
     """Create missing hosts, deploy every shard and the front door."""
     from ensemble.fleet import deploy_fleet, summary_table
 
-    spec = get_spec(config)
+    spec = get_spec(config, files=True)
     # Progress goes to stderr so that --json leaves stdout to the machine-readable result.
     result = deploy_fleet(spec, progress=lambda line: click.echo(line, err=True), allow_disruptive=allow_disruptive,
                           wait_lock=wait_lock)
@@ -159,7 +181,7 @@ def plan(config: Path | None, as_json: bool) -> None:
     """Show what deploy would change (hosts to create, file and package changes)."""
     from ensemble.fleet import deploy_fleet, summary_table
 
-    spec = get_spec(config)
+    spec = get_spec(config, files=True)
     result = deploy_fleet(spec, dry=True, progress=lambda line: click.echo(line, err=True))
     if as_json:
         print_json(result.as_dict())
@@ -174,7 +196,7 @@ def plan(config: Path | None, as_json: bool) -> None:
 
 @main.command()
 @config_option
-@click.option("--timeout", type=int, default=3600, show_default=True,
+@click.option("--timeout", type=click.IntRange(1, MAX_WAIT), default=3600, show_default=True,
               help="Seconds to wait for each shard to empty.")
 @wait_lock_option
 @json_option
@@ -183,7 +205,7 @@ def upgrade(config: Path | None, timeout: int, wait_lock: int, as_json: bool) ->
     """Rolling upgrade: drain, wait empty, redeploy, check, undrain; one shard at a time."""
     from ensemble.lifecycle import upgrade_fleet
 
-    results = upgrade_fleet(get_spec(config), timeout, progress=lambda line: click.echo(line, err=True),
+    results = upgrade_fleet(get_spec(config, files=True), timeout, progress=lambda line: click.echo(line, err=True),
                             wait_lock=wait_lock)
     if as_json:
         print_json({"upgraded": results})
@@ -217,7 +239,8 @@ def fleet_list(config: Path | None, as_json: bool) -> None:
 @config_option
 @click.argument("count", type=int)
 @click.option("--force", is_flag=True, help="Remove shards even if they may host meetings.")
-@click.option("--timeout", type=int, default=3600, show_default=True, help="Seconds to wait for drains.")
+@click.option("--timeout", type=click.IntRange(1, MAX_WAIT), default=3600, show_default=True,
+              help="Seconds to wait for drains.")
 @click.option("--hosts-only", is_flag=True, help="Only create/destroy hosts; deploy later with `ensemble deploy`.")
 @wait_lock_option
 @json_option
@@ -228,7 +251,7 @@ def fleet_scale(config: Path | None, count: int, force: bool, timeout: int, host
     from ensemble.lifecycle import scale_fleet
 
     # Growing deploys the new shards; shrinking drains the surplus through the front door and waits.
-    result = scale_fleet(get_spec(config), count, force=force, timeout=timeout, deploy=not hosts_only,
+    result = scale_fleet(get_spec(config, files=True), count, force=force, timeout=timeout, deploy=not hosts_only,
                          progress=lambda line: click.echo(line, err=True), wait_lock=wait_lock)
     if as_json:
         print_json(result.as_dict())
@@ -334,7 +357,7 @@ def smoke(config: Path | None, keep: bool, as_json: bool) -> None:
     """Create one throwaway shard, deploy it, check it, destroy it (pass/fail exit code)."""
     from ensemble.lifecycle import smoke as run_smoke
 
-    result = run_smoke(get_spec(config), keep=keep, progress=lambda line: click.echo(line, err=True))
+    result = run_smoke(get_spec(config, files=True), keep=keep, progress=lambda line: click.echo(line, err=True))
     if as_json:
         print_json(result.as_dict())
     else:
@@ -371,14 +394,16 @@ def janitor(config: Path | None, older_than: str, tags: tuple[str, ...], yes: bo
 
     spec = get_spec(config)
     say = lambda line: click.echo(line, err=True)  # noqa: E731
-    if not yes:
+    found, asked_at = None, None
+    if not yes:  # the question lists exactly what the answer deletes (and no more, whatever changes meanwhile)
+        asked_at = time.time()
         found = run_janitor(spec, older_than, tags, dry_run=True, progress=say)
         if not found:
             click.echo("janitor: nothing to delete")
             return
         if not click.confirm(f"Delete {len(found)} leaked smoke resource(s): {', '.join(found)}?", err=True):
             raise click.exceptions.Abort()
-    removed = run_janitor(spec, older_than, tags, progress=say)
+    removed = run_janitor(spec, older_than, tags, progress=say, confirmed=found, asked_at=asked_at)
     click.echo(f"janitor: deleted {len(removed)} resource(s){': ' + ', '.join(removed) if removed else ''}")
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ensemble.errors import EnsembleError, SpecError
+from ensemble.grammar import url_problem
 
 DEFAULT_CACHE_DIR = "/var/cache/ensemble"
 
@@ -43,8 +44,9 @@ DEBIAN_NODE_MAJOR = {"bullseye": 12, "bookworm": 18, "trixie": 20, "buster": 10,
 # Bumped whenever the way a tree is built changes, so that older cached trees are not reused.
 BUILD_RECIPE = 2
 
-_NPM_SOURCE = re.compile(r"^npm:(?P<package>(@[a-z0-9][\w.-]*/)?[a-z0-9][\w.-]*)@(?P<version>[0-9][\w.+-]*)$")
-_TARBALL_SOURCE = re.compile(r"^https?://[^\s/]+/\S+$")
+# npm package names are lower-case URL-safe words (optionally @scope/); versions are semver.
+_NPM_SOURCE = re.compile(r"npm:(?P<package>(@[a-z0-9][a-z0-9_.-]*/)?[a-z0-9][a-z0-9_.-]{0,213})"
+                         r"@(?P<version>[0-9]+\.[0-9]+\.[0-9]+(?:[-+][0-9A-Za-z.-]+)?)")
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,10 @@ def parse_source(source_url: str, sha256: str = "") -> EtherpadSource:
 
         parse_source("https://github.com/ether/etherpad-lite/archive/refs/tags/v2.2.7.tar.gz", "")
     """
-    match = _NPM_SOURCE.match(source_url)
+    match = _NPM_SOURCE.fullmatch(source_url)
     if match:
         return EtherpadSource("npm", source_url, match["package"], match["version"], sha256)
-    if _TARBALL_SOURCE.match(source_url):
+    if url_problem(source_url) is None and "/" in source_url.split("://", 1)[1].rstrip("/"):
         return EtherpadSource("tarball", source_url, "", "", sha256)
     raise SpecError("etherpad.source_url", "must be an http(s) URL of a release tarball or "
                     f"npm:<package>@<version> (e.g. npm:ep_etherpad-lite@1.8.14), got {source_url!r}")

@@ -30,14 +30,28 @@ ACCOUNTS_DIGEST = "/etc/ensemble/prosody-accounts.sha256"
 BEFORE_INSTALL = ("secrets", "apt")
 
 
-def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (10000,),
+def public_ports(role: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(TCP, UDP) ports a host of this role opens to everyone (SSH is open to the admin CIDRs only):
+    the firewall opens these and nothing else, README's "Security" section lists them.
+
+    Example::
+
+        public_ports("shard")        # ((80, 443), (10000,))
+        public_ports("frontdoor")    # ((80, 443), ()): no bridge behind it, no media port
+    """
+    return (80, 443), ((paths.JVB_MEDIA_PORT,) if role == "shard" else ())
+
+
+def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (paths.JVB_MEDIA_PORT,),
                   tcp_ports: Iterable[int] = (80, 443)) -> str:
-    """The host firewall: drop inbound except established, loopback, ICMP, web, JVB media, SSH from CIDRs.
+    """The host firewall: drop inbound except established, loopback, ICMP, web, JVB media (shards; the
+    front door passes no UDP port: nothing of it listens there), SSH from CIDRs.
 
     Example::
 
         "tcp dport 22" in nftables_conf(["10.0.0.0/8"])    # True
     """
+    udp = tuple(udp_ports)
     v4 = [c for c in ssh_cidrs if ipaddress.ip_network(c, strict=False).version == 4]
     v6 = [c for c in ssh_cidrs if ipaddress.ip_network(c, strict=False).version == 6]
     ssh = []
@@ -57,7 +71,7 @@ def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (10000,),
         '        iifname "lo" accept',
         "        meta l4proto { icmp, icmpv6 } accept",
         f"        tcp dport {{ {', '.join(map(str, tcp_ports))} }} accept",
-        f"        udp dport {{ {', '.join(map(str, udp_ports))} }} accept",
+        *([f"        udp dport {{ {', '.join(map(str, udp))} }} accept"] if udp else []),
         *ssh,
         "    }",
         "    chain forward {",
@@ -246,6 +260,7 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
         # ["/etc/ensemble/secrets.json"]
     """
     shard = host.role == "shard"
+    tcp, udp = public_ports(host.role)
     fleet_id = str((host_secrets.get("fleet") or {}).get("fleet_id", ""))
     out = [RenderedFile(paths.SECRETS_FILE, secrets_json(host_secrets), 0o600, component="secrets"),
            RenderedFile(paths.FLEET_ID_FILE, fleet_id_record(spec, fleet_id), component="secrets")]
@@ -263,7 +278,8 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
                                 component="prosody-accounts"))
     out += [
         RenderedFile(paths.AUTO_UPGRADES, auto_upgrades_conf(), component="upgrades"),
-        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env)), 0o755, component="firewall"),
+        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env), udp_ports=udp, tcp_ports=tcp), 0o755,
+                     component="firewall"),
     ]
     if shard:
         out.append(RenderedFile(paths.SYSCTL_FILE, sysctl_conf(), component="sysctl"))

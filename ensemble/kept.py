@@ -23,7 +23,9 @@ from ensemble.spec import MAX_SHARDS, FleetSpec
 
 SIZE_MARK = "#ensemble-fleet-size"
 ID_MARK = "#ensemble-fleet-id"
-KEPT_COMMAND = (f"cat {SECRETS_FILE} 2>/dev/null; echo; echo '{SIZE_MARK}'; cat {FLEET_SIZE_FILE} 2>/dev/null; "
+SECRETS_MARK = "#ensemble-secrets"  # printed only when the secrets file exists: an empty file is not a missing one
+KEPT_COMMAND = (f"if [ -e {SECRETS_FILE} ]; then echo '{SECRETS_MARK}'; cat {SECRETS_FILE}; fi; echo; "
+                f"echo '{SIZE_MARK}'; cat {FLEET_SIZE_FILE} 2>/dev/null; "
                 f"echo; echo '{ID_MARK}'; cat {FLEET_ID_FILE} 2>/dev/null; true")
 
 
@@ -58,12 +60,37 @@ def _deployed(text: str) -> dict | None:
     return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else None
 
 
-def parse_kept(outputs: dict[str, str | None], hosts: list[Host]) -> KeptState:
-    """Split KEPT_COMMAND's outputs ({host name: stdout, None when unreachable}).
+def check_kept_secrets(host: str, text: str) -> str:
+    """A host's secrets file text, refused when it is not a JSON object of objects (truncated by a killed
+    write, emptied, edited by hand): new secrets in its place would silently replace the ones its
+    services and accounts use. Returns the text stripped.
 
     Example::
 
-        parse_kept({"meet.test": '{"fleet": {}}\\n#ensemble-fleet-size\\n{"shards": 3, "spec_shards": 2}'}, hosts)
+        check_kept_secrets("demo-1.meet.test", '{"fleet": {"occupancy_token": "x"}}')   # the same text
+        check_kept_secrets("demo-1.meet.test", '{"fleet": {"occ')                       # UsageError
+    """
+    problem = None
+    try:
+        data = json.loads(text)
+        if not (isinstance(data, dict) and all(isinstance(v, dict) for v in data.values())):
+            problem = "not a JSON object of objects"
+    except ValueError as exc:
+        problem = "empty" if not text.strip() else f"not JSON: {str(exc).split(':')[0].lower()}"
+    if problem:
+        raise UsageError(f"{host}: {SECRETS_FILE} is corrupt or truncated ({problem}); nothing deployed. "
+                         f"Restore it from a copy, or remove it on that host to have new secrets generated "
+                         f"(the deploy then re-registers its accounts and restarts its services)")
+    return text.strip()
+
+
+def parse_kept(outputs: dict[str, str | None], hosts: list[Host]) -> KeptState:
+    """Split KEPT_COMMAND's outputs ({host name: stdout, None when unreachable}); a secrets file that
+    exists but does not parse stops everything (UsageError), see check_kept_secrets.
+
+    Example::
+
+        parse_kept({"meet.test": '#ensemble-secrets\\n{"fleet": {}}\\n#ensemble-fleet-size\\n{"shards": 3}'}, hosts)
     """
     secrets, recorded, deployed = {}, None, None
     doors = {h.name for h in hosts if h.role == "frontdoor"}
@@ -72,7 +99,8 @@ def parse_kept(outputs: dict[str, str | None], hosts: list[Host]) -> KeptState:
             continue
         kept, _, rest = text.partition(SIZE_MARK)
         size, _, ident = rest.partition(ID_MARK)
-        secrets[name] = kept.strip()
+        _, present, content = kept.partition(SECRETS_MARK)
+        secrets[name] = check_kept_secrets(name, content) if present else ""
         if name in doors and size.strip():
             recorded = _record(size)
         if deployed is None and ident.strip():

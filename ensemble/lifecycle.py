@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import secrets as _random
 import ssl
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -429,7 +430,9 @@ def _destroy_fleet(spec: FleetSpec, yes: bool, confirm: Callable[[str], bool] | 
 
 # ---- janitor ----
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION = re.compile(r"([0-9]{1,9})([smhd])")
+MAX_DURATION = 3650 * 86400  # ten years: older than that means "everything", and datetime stays in range
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9=_.:/+@-]{0,127}")  # what Scaleway tags look like, no ',' or spaces
 
 
 def parse_duration(text: str, key: str = "--older-than") -> int:
@@ -439,24 +442,43 @@ def parse_duration(text: str, key: str = "--older-than") -> int:
 
         parse_duration("2h")    # 7200
     """
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text)
     if not match:
         raise UsageError(f"{key}: not a duration like 90s, 30m, 2h or 7d: {text!r}")
-    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if seconds > MAX_DURATION:
+        raise UsageError(f"{key}: at most 3650d, got {text!r}")
+    return seconds
 
 
 def janitor(spec: FleetSpec, older_than: str = "2h", tags: tuple[str, ...] = (), *, dry_run: bool = False,
-            provider: Provider | None = None, progress: Progress = None) -> list[str]:
+            provider: Provider | None = None, progress: Progress = None, confirmed: list[str] | None = None,
+            asked_at: float | None = None) -> list[str]:
     """Delete leaked throwaway (smoke) resources older than older_than, and nothing else.
 
     Scaleway: servers, IPs, volumes and security groups tagged ensemble-smoke (and every --tag).
     Local: hosts and networks that crashed or interrupted runs left behind.
+    `confirmed` is the list a user said yes to (a dry run's answer, made at `asked_at`, time.time()):
+    the age limit stays the one of that moment, and if anything not on the list would now be deleted,
+    nothing is and the error names it.
+
+    Example::
+
+        shown = janitor(spec, "2h", dry_run=True); asked = time.time()
+        janitor(spec, "2h", confirmed=shown, asked_at=asked)   # deletes what was shown, no more
     """
     seconds = parse_duration(older_than)
     for tag in tags:
-        if not tag or "," in tag:
-            raise UsageError(f"--tag: not a single tag: {tag!r}")
+        if not _TAG.fullmatch(tag):
+            raise UsageError(f"--tag: not a single tag (1-128 of A-Za-z0-9=_.:/+@-, no spaces or commas): {tag!r}")
+    if asked_at is not None:  # the same cutoff as the question's, however long the answer took
+        seconds += max(0.0, time.time() - asked_at)
     provider = provider or provider_for(spec)
+    if confirmed is not None and not dry_run:
+        unlisted = [line for line in provider.janitor(seconds, list(tags), dry_run=True) if line not in confirmed]
+        if unlisted:
+            raise EnsembleError(f"janitor: {len(unlisted)} resource(s) not in the list you confirmed would now be "
+                                f"deleted ({', '.join(unlisted)}); nothing deleted: run janitor again")
     return provider.janitor(seconds, list(tags), progress=progress, dry_run=dry_run)
 
 

@@ -37,6 +37,7 @@ ETHERPAD_STATE_DIR = "/var/lib/etherpad"
 PROSODY_HTTP_PORT = 5280  # prosody's HTTP (census, BOSH, websocket) on loopback
 JVB_PRIVATE_PORT = 8080  # jitsi-videobridge's private REST (colibri stats, drain) on loopback
 JICOFO_REST_PORT = 8888  # jicofo's REST (health, conference requests) on loopback
+JVB_MEDIA_PORT = 10000  # jitsi-videobridge's UDP media port, public on shards only
 
 # ---- front door ----
 ENSEMBLE_HOME = "/usr/local/lib/ensemble"  # ensemble's own code, run by the refresh timer

@@ -26,13 +26,13 @@ Example::
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from pathlib import Path
 
 from ensemble import paths
 from ensemble.errors import EnsembleError, UsageError
 from ensemble.hostfiles import base_files
+from ensemble.outtree import OwnedTree
 from ensemble.providers.base import DeployEnv, Host
 from ensemble.secrets import FLEET_KEY, FLEET_SECRETS, SHARD_SECRETS, Secrets
 from ensemble.spec import FleetSpec
@@ -302,51 +302,34 @@ def _check_relative(path: str) -> str:
     return rel
 
 
-def _write_if_changed(target: Path, content: bytes, mode: int) -> None:
-    """Write bytes with a mode; files that already hold them are left alone (mtime kept)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not (target.is_file() and target.read_bytes() == content):
-        tmp = target.with_name(f".{target.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-        os.replace(tmp, target)
-    os.chmod(target, mode)
-
-
-def _remove_stale(folder: Path, keep: set[Path]) -> None:
-    """Delete files under folder that this render did not write, then empty directories."""
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_file() or path.is_symlink():
-            if path not in keep:
-                path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-
-
 def render_fleet_to(spec: FleetSpec, secrets: Secrets, out: Path, hosts: list[Host] | None = None, *,
                     env: DeployEnv | None = None, keyring: bytes | None = None) -> list[Path]:
     """Write out/<host>/<absolute path> for every host, with file modes; return the paths written.
 
-    Byte-identical for the same spec and secrets; files left from an earlier render of the same
-    host folders are removed. Host folders are 0700: they hold secrets.
+    Byte-identical for the same spec and secrets. Host folders are 0700: they hold secrets.
+    `out` is written through ensemble.outtree: symlinks in it are never followed, a non-empty
+    folder an earlier render did not write is refused, and only files an earlier render wrote
+    (and this one does not) are removed.
 
     Example::
 
         render_fleet_to(spec, secrets, Path("/tmp/r"))[0]   # /tmp/r/demo-1.meet.example.org/etc/prosody/...
     """
-    written: list[Path] = []
+    planned: list[tuple[str, RenderedFile]] = []
+    seen: set[str] = set()
     for host_name, rendered in fleet_files(spec, secrets, hosts, env=env, keyring=keyring).items():
-        folder = out / host_name
-        folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)
-        keep: set[Path] = set()
         for item in sorted(rendered, key=lambda f: f.path):
-            target = folder / _check_relative(item.path)
-            if target in keep:
+            rel = f"{host_name}/{_check_relative(item.path)}"
+            if rel in seen:
                 raise EnsembleError(f"render: two files for {host_name}:{item.path}")
-            _write_if_changed(target, item.data, item.mode)
-            keep.add(target)
-            written.append(target)
-        _remove_stale(folder, keep)
-    return written
+            seen.add(rel)
+            planned.append((rel, item))
+    tree = OwnedTree.open(out, "--out")
+    try:
+        tree.announce([rel for rel, _ in planned])
+        for rel, item in planned:
+            tree.write(rel, item.data, item.mode, top_mode=0o700)
+        tree.finish()
+    finally:
+        tree.close()
+    return [out / rel for rel, _ in planned]

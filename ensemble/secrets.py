@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ensemble.errors import UsageError
+from ensemble.userfiles import parse_json, read_user_text
 
 if TYPE_CHECKING:
     from ensemble.providers.base import Host
@@ -66,8 +67,11 @@ def merge_secrets(spec: FleetSpec, remote: dict[str, str | None], hosts: list[Ho
         try:
             data = json.loads(text) if text else {}
         except ValueError:
-            data = {}
-        kept[name] = data if isinstance(data, dict) else {}
+            data = None
+        if not isinstance(data, dict):
+            # never regenerate over a damaged file: its host's services still use the old secrets
+            raise UsageError(f"{name}: its kept secrets are corrupt or truncated (not a JSON object); nothing deployed")
+        kept[name] = data
     store: Secrets = {}
     for name, data in kept.items():
         if isinstance(data.get(name), dict):
@@ -86,7 +90,9 @@ def write_private(path: Path, text: str) -> None:
     """Write a file readable by its owner only, atomically (no moment at a wider mode)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if os.path.lexists(tmp):  # a leftover (or planted symlink/FIFO): never write through it
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     os.chmod(tmp, 0o600)
@@ -96,17 +102,17 @@ def write_private(path: Path, text: str) -> None:
 def load_or_create_secrets(path: Path, spec: FleetSpec) -> Secrets:
     """Read the store at path, add missing secrets (written back at mode 0600)."""
     store: Secrets = {}
-    if path.exists():
+    exists = os.path.lexists(path)
+    if exists:
+        store = parse_json(read_user_text(path, "--secrets"), f"--secrets: {path}")
+        if not isinstance(store, dict) or not all(isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+                                                  for v in store.values()):
+            raise UsageError(f"--secrets: {path} must map host names to objects of string secrets")
+    if complete_secrets(store, spec) or not exists:
         try:
-            store = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(
-                f"--secrets: {path} is not a readable JSON secrets file ({exc.__class__.__name__})"
-            ) from None
-        if not isinstance(store, dict) or not all(isinstance(v, dict) for v in store.values()):
-            raise UsageError(f"--secrets: {path} must map host names to objects of secrets")
-    if complete_secrets(store, spec) or not path.exists():
-        write_private(path, json.dumps(store, indent=2, sort_keys=True) + "\n")
+            write_private(path, json.dumps(store, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise UsageError(f"--secrets: cannot write {path}: {exc.strerror}") from None
     return store
 
 

@@ -16,44 +16,57 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import string
 import tomllib
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ensemble.errors import SpecError, UsageError
+from ensemble.errors import SpecError
 from ensemble.etherpad_source import check_source_url
+from ensemble.grammar import (
+    absolute_path_problem,
+    apt_suite_problem,
+    debian_version_problem,
+    is_domain,
+    strict_cidr_problem,
+    text_problem,
+    url_problem,
+)
 from ensemble.profiles import DEFAULT_PROFILE, PROFILES, OSProfile
+from ensemble.userfiles import parse_toml, read_user_text
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_FLEET_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-_ZONE = re.compile(r"^[a-z]{2}-[a-z]{3}-[0-9]$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_FLEET_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
+_ZONE = re.compile(r"[a-z]{2}-[a-z]{3}-[0-9]")
+# RFC 5322's dot-atom local part (not starting with '-': certbot must not read it as an option).
+_EMAIL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~][A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{0,63}@(?P<domain>[A-Za-z0-9.-]+)")
 _LANGS = ("fr", "en", "de", "es", "it", "nl", "pt", "pl")
 
+INT_BOUNDS = (0, 2**31 - 1)  # an int field that declares no bounds: what every consumer (int32) accepts
+MAX_LIST_ITEMS = 64  # items of any list value (CIDRs, STUN servers)
 
-def _doc(text: str, check=None, choices: tuple[str, ...] | None = None):
-    return {"doc": text, "check": check, "choices": choices}
+
+def _doc(text: str, check=None, choices: tuple[str, ...] | None = None, bounds: tuple[int, int] | None = None,
+         max_items: int = MAX_LIST_ITEMS):
+    """Field metadata: the doc line and the field's grammar.
+
+    Every string (and list item) is refused when it holds control characters or exceeds
+    grammar.MAX_TEXT, whatever the field: a new field gets that without declaring anything.
+    `check` adds the field's own grammar, `choices` a closed set, `bounds` the inclusive range
+    of an int (default INT_BOUNDS), `max_items` the length of a list.
+    """
+    return {"doc": text, "check": check, "choices": choices, "bounds": bounds, "max_items": max_items}
 
 
-def _opt(default, text: str, check=None, choices=None):
+def _opt(default, text: str, check=None, choices=None, bounds=None, max_items: int = MAX_LIST_ITEMS):
+    meta = _doc(text, check, choices, bounds, max_items)
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default),
-                     metadata=_doc(text, check, choices))
-    return field(default=default, metadata=_doc(text, check, choices))
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 # ---- checks: return an error message, or None when valid ----
-
-def is_domain(value: str) -> bool:
-    if len(value) > 253 or "." not in value:
-        return False
-    return all(_LABEL.match(label) for label in value.split("."))
-
-
-def _check_domain(v: str):
-    return None if is_domain(v) else f"not a valid DNS name: {v!r} (lower-case labels a-z0-9-, with a dot)"
 
 
 def _check_positive(v: int):
@@ -64,21 +77,40 @@ def _check_port(v: int):
     return None if 1 <= v <= 65535 else f"must be a port 1-65535, got {v}"
 
 
+def _check_domain(v: str):
+    return None if is_domain(v) else f"not a valid DNS name: {v!r} (lower-case labels a-z0-9-, with a dot)"
+
+
+def _pattern(regex: re.Pattern, what: str, empty_ok: bool = False):
+    """A check: the whole value matches regex (fullmatch), else 'not <what>'."""
+    def check(v: str):
+        if (empty_ok and v == "") or regex.fullmatch(v):
+            return None
+        return f"not {what}, got {v!r}"
+    return check
+
+
+def _check_ssh_cidrs(v: list[str]):
+    if not v:
+        return ("must list at least one CIDR: an empty list would lock everyone out of SSH, ensemble "
+                "included (to limit it, list your admin network, e.g. 203.0.113.0/24)")
+    return _check_cidrs(v)
+
+
 def _check_cidrs(v: list[str]):
     for item in v:
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            return f"not a CIDR: {item!r} (e.g. 203.0.113.0/24 or 2001:db8::/32)"
+        problem = strict_cidr_problem(item)
+        if problem:
+            return problem
     return None
 
 
 def _check_url(v: str):
-    return None if re.match(r"^https?://[^\s/]+", v) else f"not an http(s) URL: {v!r}"
+    return url_problem(v)
 
 
 def _check_optional_url(v: str):
-    return None if v == "" else _check_url(v)
+    return None if v == "" else url_problem(v)
 
 
 def _check_sha256(v: str):
@@ -86,22 +118,39 @@ def _check_sha256(v: str):
 
 
 def _check_email(v: str):
-    return None if v == "" or _EMAIL.match(v) else f"not an e-mail address: {v!r}"
+    if v == "":
+        return None
+    match = _EMAIL.fullmatch(v)
+    if len(v) <= 254 and match and is_domain(match["domain"].lower()):
+        return None
+    return f"not an e-mail address like ops@example.org: {v!r}"
 
 
 def _check_stun(v: list[str]):
     for item in v:
-        if not re.fullmatch(r"(stuns?:)?[A-Za-z0-9.-]+(:[0-9]{1,5})?", item):
-            return f"not a STUN server: {item!r} (host:port, e.g. stun.example.org:3478)"
+        match = re.fullmatch(r"(stuns?:)?([A-Za-z0-9.-]+)(?::([0-9]{1,5}))?", item)
+        if not match or not (is_domain(match[2].lower()) or _is_ip(match[2])) \
+                or (match[3] and not 1 <= int(match[3]) <= 65535):
+            return f"not a STUN server: {item!r} (host:port, port 1-65535, e.g. stun.example.org:3478)"
     return None
+
+
+def _is_ip(v: str) -> bool:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_shard_name(v: str):
     if "{n}" not in v:
         return "must contain {n} (the shard number), e.g. '{name}-{n}.{domain}'"
-    try:
-        v.format(name="x", n=1, domain="example.org")
-    except (KeyError, IndexError, ValueError):
+    try:  # only the bare fields: "{domain.__class__}" or "{n:>99999}" would reach str.format otherwise
+        fields_used = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
+    except ValueError:
+        return "may only use {name}, {n} and {domain}"
+    if any(f not in ("name", "n", "domain") or spec or conv for f, spec, conv in fields_used):
         return "may only use {name}, {n} and {domain}"
     return None
 
@@ -109,6 +158,35 @@ def _check_shard_name(v: str):
 def _check_resolution(v: int):
     allowed = (180, 360, 480, 720, 1080)
     return None if v in allowed else f"must be one of {', '.join(map(str, allowed))}, got {v}"
+
+
+def _check_optional_version(v: str):
+    return None if v == "" else debian_version_problem(v)
+
+
+def _check_optional_suite(v: str):
+    return None if v == "" else apt_suite_problem(v)
+
+
+def _check_absolute(v: str):
+    return absolute_path_problem(v)
+
+
+def _check_optional_local_file(v: str):
+    return None if v == "" else absolute_path_problem(v, home_ok=True)
+
+
+def _check_local_file(v: str):
+    return absolute_path_problem(v, home_ok=True)
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# Scaleway's instance types: upper-case words joined by hyphens (PRO2-S, DEV1-M, POP2-HC-2C-4G, L4-1-24G).
+_COMMERCIAL_TYPE = re.compile(r"[A-Z0-9]{1,16}(-[A-Z0-9]{1,16}){0,5}")
+# Marketplace labels (debian_bookworm, ubuntu_noble) or an image id (a UUID).
+_IMAGE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+# scw config profile names: the keys of its YAML `profiles` table.
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 # ---- the spec ----
@@ -119,44 +197,52 @@ MAX_SHARDS = 1000  # the front door's maps and refresh are measured up to this (
 @dataclass(frozen=True)
 class FleetSection:
     name: str = _opt("demo", "fleet name: tags, host names and state folders derive from it",
-                     check=lambda v: None if _FLEET_NAME.match(v) else
+                     check=lambda v: None if _FLEET_NAME.fullmatch(v) else
                      f"must be lower-case a-z0-9-, start with a letter, at most 31 chars, got {v!r}")
     domain: str = _opt("meet.example.org", "public domain of the front door", check=_check_domain)
     shard_name: str = _opt("{name}-{n}.{domain}", "pattern of shard domains", check=_check_shard_name)
-    shards: int = _opt(2, f"number of shards (1-{MAX_SHARDS})",
-                       check=lambda v: None if 1 <= v <= MAX_SHARDS else f"must be 1-{MAX_SHARDS}, got {v}")
+    shards: int = _opt(2, "number of shards", bounds=(1, MAX_SHARDS))
     os: str = _opt(DEFAULT_PROFILE, "OS profile of every host", choices=tuple(PROFILES))
 
 
 @dataclass(frozen=True)
 class LocalProviderSection:
-    suite: str = _opt("", "Debian suite of the containers; empty = the OS profile's codename")
-    cache_dir: str = _opt("/var/cache/ensemble", "where the debootstrapped root filesystem is kept")
+    suite: str = _opt("", "Debian suite of the containers (e.g. bookworm); empty = the OS profile's codename",
+                      check=_check_optional_suite)
+    cache_dir: str = _opt("/var/cache/ensemble", "where the debootstrapped root filesystem is kept (absolute path)",
+                          check=_check_absolute)
     state_dir: str = _opt("/run/ensemble", "where running containers live (tmpfs)")
     subnet: str = _opt("", "IPv4 /24 of the fleet's bridge; empty = derived from the fleet name",
                        check=lambda v: None if v == "" else _check_cidrs([v]))
-    mirror: str = _opt("", "Debian mirror for debootstrap; empty = the machine's own apt mirror",
+    mirror: str = _opt("", "Debian mirror URL for debootstrap (http/https, no user:password@); "
+                       "empty = the machine's own apt mirror",
                        check=_check_optional_url)
 
 
 @dataclass(frozen=True)
 class ScalewayProviderSection:
-    profile: str = _opt("", "scw config profile name; empty = the active profile / environment")
-    project_id: str = _opt("", "Scaleway project; empty = the profile's default project")
+    profile: str = _opt("", "scw config profile name (A-Za-z0-9_.-); empty = the active profile / environment",
+                        check=_pattern(_PROFILE_NAME, "a scw profile name (A-Za-z0-9_.-, at most 64)", True))
+    project_id: str = _opt("", "Scaleway project (a UUID); empty = the profile's default project",
+                           check=_pattern(_UUID, "a project id (lower-case UUID)", True))
     zone: str = _opt("fr-par-1", "availability zone",
-                     check=lambda v: None if _ZONE.match(v) else f"not a zone like fr-par-1: {v!r}")
-    commercial_type: str = _opt("PRO2-S", "instance type of shards (JVB is network bound)")
-    frontdoor_commercial_type: str = _opt("PRO2-XXS", "instance type of the front door")
-    image: str = _opt("", "marketplace image label; empty = the OS profile's")
-    root_volume_gb: int = _opt(20, "SBS root volume size in GB", check=lambda v: None if v >= 10
-                               else f"must be >= 10, got {v}")
+                     check=_pattern(_ZONE, "a zone like fr-par-1"))
+    commercial_type: str = _opt("PRO2-S", "instance type of shards (JVB is network bound)",
+                                check=_pattern(_COMMERCIAL_TYPE, "an instance type like PRO2-S or POP2-HC-2C-4G"))
+    frontdoor_commercial_type: str = _opt("PRO2-XXS", "instance type of the front door",
+                                          check=_pattern(_COMMERCIAL_TYPE, "an instance type like PRO2-XXS"))
+    image: str = _opt("", "marketplace image label (e.g. debian_bookworm) or image id; empty = the OS profile's",
+                      check=_pattern(_IMAGE, "an image label like debian_bookworm or an image id", True))
+    root_volume_gb: int = _opt(20, "SBS root volume size in GB", bounds=(10, 10000))
     ipv6: bool = _opt(False, "also attach a routed IPv6")
-    ssh_public_key: str = _opt("~/.ssh/id_ed25519.pub", "ops SSH public key installed by cloud-init")
-    ssh_private_key: str = _opt("~/.ssh/id_ed25519", "the matching private key ensemble connects with")
-    ssh_allowed_cidrs: list[str] = _opt(["0.0.0.0/0", "::/0"], "who may reach port 22",
-                                        check=_check_cidrs)
-    api_timeout: int = _opt(30, "seconds before an API call is abandoned", check=_check_positive)
-    ssh_timeout: int = _opt(600, "seconds to wait for SSH on a new server", check=_check_positive)
+    ssh_public_key: str = _opt("~/.ssh/id_ed25519.pub", "ops SSH public key installed by cloud-init "
+                               "(absolute or ~/ path)", check=_check_local_file)
+    ssh_private_key: str = _opt("~/.ssh/id_ed25519", "the matching private key ensemble connects with "
+                                "(absolute or ~/ path)", check=_check_local_file)
+    ssh_allowed_cidrs: list[str] = _opt(["0.0.0.0/0", "::/0"], "who may reach port 22: 1-64 CIDRs as nftables "
+                                        "takes them (no %zone, no host bits set)", check=_check_ssh_cidrs)
+    api_timeout: int = _opt(30, "seconds before an API call is abandoned", bounds=(1, 3600))
+    ssh_timeout: int = _opt(600, "seconds to wait for SSH on a new server", bounds=(1, 86400))
 
 
 @dataclass(frozen=True)
@@ -176,9 +262,12 @@ class TLSSection:
     staging: bool = _opt(False, "use Let's Encrypt's staging CA (throwaway fleets)")
     acme_directory: str = _opt("https://acme-v02.api.letsencrypt.org/directory",
                                "ACME directory URL (staging switch overrides it)", check=_check_url)
-    acme_ca_bundle: str = _opt("", "PEM file of a CA to trust for the ACME server (test CAs only)")
-    cert_path: str = _opt("", "provided mode: certificate chain on the deploying machine")
-    key_path: str = _opt("", "provided mode: private key on the deploying machine")
+    acme_ca_bundle: str = _opt("", "PEM file of a CA to trust for the ACME server (test CAs only; absolute path)",
+                               check=_check_optional_local_file)
+    cert_path: str = _opt("", "provided mode: certificate chain on the deploying machine (absolute path)",
+                          check=_check_optional_local_file)
+    key_path: str = _opt("", "provided mode: private key on the deploying machine (absolute path)",
+                         check=_check_optional_local_file)
 
     @property
     def directory_url(self) -> str:
@@ -196,8 +285,7 @@ class JitsiSection:
                                   check=_check_url)
     max_resolution: int = _opt(720, "highest video height sent", check=_check_resolution)
     min_resolution: int = _opt(180, "lowest video height sent", check=_check_resolution)
-    channel_last_n: int = _opt(-1, "videos forwarded per participant (-1 = all)",
-                               check=lambda v: None if v >= -1 else f"must be >= -1, got {v}")
+    channel_last_n: int = _opt(-1, "videos forwarded per participant (-1 = all)", bounds=(-1, 1000))
     lobby: bool = _opt(True, "moderators may enable a lobby")
     password_ui: bool = _opt(True, "moderators may set a room password")
     require_display_name: bool = _opt(False, "ask for a name before joining")
@@ -205,16 +293,18 @@ class JitsiSection:
     p2p: bool = _opt(True, "two-person calls go peer to peer")
     disable_third_party_requests: bool = _opt(False, "block requests to third parties (disables Gravatar)")
     stun_servers: list[str] = _opt(["meet-jit-si-turnrelay.jitsi.net:443"],
-                                   "STUN servers for clients and JVB", check=_check_stun)
+                                   "STUN servers for clients and JVB (at most 16)", check=_check_stun, max_items=16)
     apt_repo: str = _opt("https://download.jitsi.org", "Jitsi apt repository", check=_check_url)
-    apt_suite: str = _opt("stable/", "suite of the flat Jitsi repository")
+    apt_suite: str = _opt("stable/", "suite of the flat Jitsi repository (e.g. stable/ or unstable/)",
+                          check=apt_suite_problem)
     apt_key_url: str = _opt("https://download.jitsi.org/jitsi-key.gpg.key", "repository signing key",
                             check=_check_url)
     apt_key_fingerprint: str = _opt("66A9CD0595D6AFA247290D3BEF8B479E2DC1389C",
                                     "expected fingerprint of the key (empty = do not check)",
                                     check=lambda v: None if v == "" or re.fullmatch(r"[0-9A-F]{40}", v)
                                     else "must be 40 upper-case hex digits or empty")
-    version: str = _opt("", "jitsi-meet version to pin; empty = the OS profile's (newest)")
+    version: str = _opt("", "jitsi-meet version to pin, a Debian version like 2.0.9909-1; "
+                        "empty = the OS profile's (newest)", check=_check_optional_version)
 
 
 @dataclass(frozen=True)
@@ -227,8 +317,9 @@ class EtherpadSection:
                        "by ensemble; npm still checks the registry's integrity hash; set it in production)",
                        check=_check_sha256)
     database: str = _opt("sqlite", "database backend", choices=("sqlite", "postgres"))
-    port: int = _opt(9001, "loopback port of Etherpad", check=_check_port)
-    npm_registry: str = _opt("https://registry.npmjs.org/", "npm registry for dependencies",
+    port: int = _opt(9001, "loopback port of Etherpad", bounds=(1024, 65535))
+    npm_registry: str = _opt("https://registry.npmjs.org/", "npm registry URL for dependencies "
+                             "(http/https, no user:password@)",
                              check=_check_url)
 
 
@@ -236,12 +327,10 @@ class EtherpadSection:
 class FrontdoorSection:
     mode: str = _opt("redirect", "redirect: 302 to the shard; proxy: the front door proxies",
                      choices=("redirect", "proxy"))
-    capacity_per_shard: int = _opt(200, "participants a shard takes before it is full",
-                                   check=_check_positive)
-    refresh_interval: int = _opt(15, "seconds between occupancy refreshes", check=_check_positive)
-    grace_period: int = _opt(120, "seconds an unreadable shard keeps its pins", check=_check_positive)
-    ready_after: int = _opt(3, "successful reads before a shard takes new rooms again",
-                            check=_check_positive)
+    capacity_per_shard: int = _opt(200, "participants a shard takes before it is full", bounds=(1, 100000))
+    refresh_interval: int = _opt(15, "seconds between occupancy refreshes", bounds=(1, 3600))
+    grace_period: int = _opt(120, "seconds an unreadable shard keeps its pins", bounds=(1, 86400))
+    ready_after: int = _opt(3, "successful reads before a shard takes new rooms again", bounds=(1, 100))
 
 
 @dataclass(frozen=True)
@@ -277,21 +366,39 @@ class FleetSpec:
 _SCALARS = {str: "a string", int: "an integer", bool: "true or false"}
 
 
-def _convert(key: str, value: Any, hint: Any) -> Any:
+def _convert(key: str, value: Any, hint: Any, meta: dict | None = None) -> Any:
+    meta = meta or {}
     origin = typing.get_origin(hint)
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise SpecError(key, f"must be a list of {_SCALARS[item].split(' ', 1)[1]}s, got {value!r}")
+            raise SpecError(key, f"must be a list of {_SCALARS[item].split(' ', 1)[1]}s, got {_short(value)}")
+        limit = meta.get("max_items", MAX_LIST_ITEMS)
+        if len(value) > limit:
+            raise SpecError(key, f"must have at most {limit} items, got {len(value)}")
         return [_convert(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if is_dataclass(hint):
         if not isinstance(value, dict):
-            raise SpecError(key, f"must be a table, got {value!r}")
+            raise SpecError(key, f"must be a table, got {_short(value)}")
         return _build(hint, value, key)
     ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     if not ok:
-        raise SpecError(key, f"must be {_SCALARS[hint]}, got {value!r}")
+        raise SpecError(key, f"must be {_SCALARS[hint]}, got {_short(value)}")
+    if hint is str:
+        problem = text_problem(value)
+        if problem:
+            raise SpecError(key, problem)
+    if hint is int:
+        low, high = meta.get("bounds") or INT_BOUNDS
+        if not low <= value <= high:
+            raise SpecError(key, f"must be {low}-{high}, got {_short(value)}")
     return value
+
+
+def _short(value: Any) -> str:
+    """repr of a bad value, cut short: the error stays one readable line whatever was given."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _build(cls: type, data: dict, prefix: str = ""):
@@ -300,16 +407,17 @@ def _build(cls: type, data: dict, prefix: str = ""):
     for key in data:
         if key not in known:
             path = f"{prefix}.{key}" if prefix else key
-            raise SpecError(path, f"unknown key; valid keys here: {', '.join(known)}")
+            shown = path if not text_problem(path, 80) else _short(path)  # a hostile key name stays one line
+            raise SpecError(shown, f"unknown key; valid keys here: {', '.join(known)}")
     values = {}
     for name, f in known.items():
         path = f"{prefix}.{name}" if prefix else name
         if name not in data:
             continue
-        value = _convert(path, data[name], hints[name])
         meta = f.metadata
+        value = _convert(path, data[name], hints[name], meta)
         if meta.get("choices") and value not in meta["choices"]:
-            raise SpecError(path, f"must be one of {', '.join(meta['choices'])}, got {value!r}")
+            raise SpecError(path, f"must be one of {', '.join(meta['choices'])}, got {_short(value)}")
         if meta.get("check"):
             problem = meta["check"](value)
             if problem:
@@ -346,19 +454,46 @@ def _check_cross_fields(spec: FleetSpec) -> None:
 
 
 def load_spec(path: str | Path) -> FleetSpec:
-    """Read and validate an ensemble.toml. Raises UsageError/SpecError with one line."""
+    """Read and validate an ensemble.toml. Raises UsageError/SpecError with one line.
+
+    The file is read bounded (a regular file of at most 1 MiB, UTF-8): a FIFO, /dev/zero or a
+    directory given as --config is refused, not hung on.
+    """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"--config: no such file: {p}") from None
-    except OSError as exc:
-        raise UsageError(f"--config: cannot read {p}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{p}: not valid TOML: {exc}") from None
+    data = parse_toml(read_user_text(p, "--config"), str(p))
     return spec_from_dict(data, source=str(p))
+
+
+def spec_files(spec: FleetSpec) -> list[tuple[str, str]]:
+    """(key, path) of every file on the deploying machine that this spec makes ensemble read.
+
+    Example::
+
+        spec_files(spec)   # [("tls.cert_path", "/etc/ssl/meet.pem"), ("tls.key_path", ...)]
+    """
+    found = []
+    if spec.tls.mode == "provided":
+        found += [("tls.cert_path", spec.tls.cert_path), ("tls.key_path", spec.tls.key_path)]
+    if spec.tls.acme_ca_bundle:
+        found.append(("tls.acme_ca_bundle", spec.tls.acme_ca_bundle))
+    if spec.provider.kind == "scaleway":
+        found += [("provider.scaleway.ssh_public_key", spec.provider.scaleway.ssh_public_key),
+                  ("provider.scaleway.ssh_private_key", spec.provider.scaleway.ssh_private_key)]
+    return found
+
+
+def check_spec_files(spec: FleetSpec) -> None:
+    """Every file the spec names is a readable regular UTF-8 file of at most 1 MiB (a PEM file holds
+    a PEM block); UsageError naming the key otherwise. Run before any host is created.
+
+    Example::
+
+        check_spec_files(load_spec("ensemble.toml"))    # tls.cert_path: cannot read /x.pem: no such file
+    """
+    for key, path in spec_files(spec):
+        text = read_user_text(Path(path).expanduser(), key)
+        if key.startswith("tls.") and "-----BEGIN " not in text:
+            raise SpecError(key, f"{path} is not a PEM file (no -----BEGIN line)")
 
 
 def default_spec() -> FleetSpec:
@@ -418,4 +553,15 @@ def iter_keys(cls: type = FleetSpec, prefix: str = ""):
             yield from iter_keys(hint, path)
         else:
             default = f.default if f.default is not MISSING else f.default_factory()
-            yield path, default, f.metadata.get("doc", ""), f.metadata.get("choices")
+            yield path, default, field_help(f, hint), f.metadata.get("choices")
+
+
+def field_help(f, hint: Any) -> str:
+    """The field's doc line with its limits, e.g. "seconds between occupancy refreshes (1-3600)"."""
+    doc = f.metadata.get("doc", "")
+    if hint is int:
+        low, high = f.metadata.get("bounds") or INT_BOUNDS
+        doc += f" ({low}-{high})"
+    elif typing.get_origin(hint) is list:
+        doc += f" (at most {f.metadata.get('max_items', MAX_LIST_ITEMS)} items)"
+    return doc

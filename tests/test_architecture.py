@@ -24,6 +24,7 @@ LAYERS = [
     ["ensemble.ssh"],
     ["ensemble.providers.base"],
     ["ensemble.spec", "ensemble.profiles", "ensemble.etherpad_source", "ensemble.cloudinit"],
+    ["ensemble.userfiles", "ensemble.grammar", "ensemble.outtree"],
     ["ensemble.errors", "ensemble.paths"],
 ]
 

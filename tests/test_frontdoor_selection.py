@@ -191,7 +191,7 @@ def test_cli_errors_are_one_line(tmp_path):
     result = runner.invoke(main, ["frontdoor", "refresh", "--secrets", str(tmp_path / "s.json")])
     assert result.exit_code == 2 and "fleet.occupancy_token" in result.output
     result = runner.invoke(main, ["status", "--state", str(tmp_path / "missing.json")])
-    assert result.exit_code == 1 and "status: cannot read" in result.output
+    assert result.exit_code == 2 and "--state: no such file" in result.output  # a bad argument: exit 2
     state = tmp_path / "state.json"
     plan, _ = select([ok("s1", 4, [LiveRoom("a", 4)])], Memory(), 0.0, P)
     from ensemble.frontdoor.selection import plan_to_json

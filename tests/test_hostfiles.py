@@ -79,3 +79,63 @@ def test_firewall_rules_are_accepted_by_nft_and_keep_ssh_to_the_cidrs():
     broken = subprocess.run([nft, "--check", "-f", "-"], input=text.replace("policy drop", "policy dorp"), text=True,
                             capture_output=True)
     assert broken.returncode != 0  # the check really parses
+
+
+def test_only_shards_open_the_media_port():
+    """UDP 10000 is the bridge's: open on shards, closed on the front door (nothing of it listens there)."""
+    spec, store = _fleet()
+    files = fleet_files(spec, store)
+    shard = {f.path: f for f in files[spec.shard_name(1)]}[paths.NFTABLES_CONF].content
+    door = {f.path: f for f in files[spec.fleet.domain]}[paths.NFTABLES_CONF].content
+    assert f"udp dport {{ {paths.JVB_MEDIA_PORT} }} accept" in shard
+    assert "udp dport" not in door and "tcp dport { 80, 443 } accept" in door
+
+
+# The deploy's swap, run for real inside a private network namespace (its own empty ruleset):
+# load the live file, then swap in the candidate given as $1 and load what is live afterwards.
+SWAP_IN_NETNS = """
+set -u
+nft -f "$LIVE" || exit 90
+sh -c "$SWAP"; echo "swap=$?"
+nft -f "$LIVE" || exit 91
+nft list ruleset
+"""
+
+
+@pytest.mark.needs_root("a private network namespace to load rulesets into")
+@pytest.mark.needs_tool("nft", "unshare")
+@pytest.mark.parametrize("candidate, accepted", [
+    ("good", True),
+    ("policy dorp", False),                     # a typo
+    ("ip saddr { fe80::1%eth0/64 }", False),    # a scoped IPv6 address nft rejects
+    ("", False),                                # empty (a truncated write)
+])
+def test_a_rejected_ruleset_never_replaces_the_live_one(tmp_path, candidate, accepted):
+    """The deploy's swap: a candidate nft rejects is removed and the live file and ruleset stay as they
+    were (the host is never left unfirewalled, now or at the next boot); a good one replaces both."""
+    from ensemble.components.base import REPLACED_ATOMICALLY, swap_command
+
+    live, new = tmp_path / "nftables.conf", tmp_path / "nftables.conf.new"
+    old_text = nftables_conf(["10.1.2.0/24"])
+    good = nftables_conf(["10.3.4.0/24"])
+    live.write_text(old_text)
+    if candidate == "good":
+        new.write_text(good)
+    elif candidate == "":
+        new.write_text(good[: len(good) // 2])
+    elif candidate.startswith("ip saddr"):
+        new.write_text(good.replace("ip saddr { 10.3.4.0/24 }", candidate))
+    else:
+        new.write_text(good.replace("policy drop", candidate))
+    check = REPLACED_ATOMICALLY[paths.NFTABLES_CONF][1]
+    env = {**os.environ, "LIVE": str(live), "SWAP": swap_command(str(new), str(live), check)}
+    run = subprocess.run(["unshare", "--net", "sh", "-c", SWAP_IN_NETNS], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert ("swap=0" in run.stdout) is accepted, run.stdout + run.stderr
+    assert not new.exists()  # renamed in, or removed after a failed check
+    if accepted:
+        assert live.read_text() == good and "10.3.4.0/24" in run.stdout
+    else:
+        assert live.read_text() == old_text  # on disk for the next boot
+        assert "10.1.2.0/24" in run.stdout and "policy drop" in run.stdout  # and loaded

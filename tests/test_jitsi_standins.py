@@ -267,7 +267,7 @@ def test_files_units_and_debconf_templates(repo, tmp_path):
     assert 'if [ ! -e "/etc/jitsi/meet/$D-config.js" ]' in postinst and '[ ! -e "$SITE" ]' in postinst
 
     prosody = deb_paths(deb_of(repo, "jitsi-meet-prosody"))
-    for name in ("muc_census", "auth_jitsi-anonymous", "roster_command", *PLACEHOLDER_PLUGINS):
+    for name in ("muc_census", "auth_jitsi-anonymous", "roster_command", "muc_filter_access", *PLACEHOLDER_PLUGINS):
         assert f"/usr/share/jitsi-meet/prosody-plugins/mod_{name}.lua" in prosody
     assert "/usr/share/jitsi-meet/prosody-plugins/mod_external_services.lua" not in prosody  # prosody ships it
 
@@ -290,7 +290,7 @@ def test_prosody_plugins_compile(repo, tmp_path):
     assert luac, "lua5.4 (luac) is in .ci/apt-packages.txt"
     root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "p")
     plugins = sorted((root / "usr/share/jitsi-meet/prosody-plugins").glob("*.lua"))
-    assert len(plugins) == len(PLACEHOLDER_PLUGINS) + 3
+    assert len(plugins) == len(PLACEHOLDER_PLUGINS) + 4
     for plugin in plugins:  # one file per run: Debian's luac5.4 aborts on many files at once
         subprocess.run([luac, "-p", str(plugin)], check=True)
     subprocess.run([luac, "-p", str(root / "usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example")], check=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ensemble.errors import EnsembleError, UsageError
+from ensemble.outtree import MANIFEST
 from ensemble.providers.base import Host
 from ensemble.render import (
     COMPONENTS,
@@ -91,7 +92,7 @@ def test_cli_render_writes_every_host_deterministically(workdir):
     first = _render(workdir, out, env={"PYTHONHASHSEED": "1", "TZ": "UTC"})
     assert first.returncode == 0, first.stderr
     spec = load_spec(workdir / "ensemble.toml")
-    assert sorted(p.name for p in out.iterdir()) == sorted([*spec.shard_names(), spec.fleet.domain])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*spec.shard_names(), spec.fleet.domain, MANIFEST])
     shard = out / spec.shard_name(1)
     d = spec.shard_name(1)
     for path in (f"etc/prosody/conf.avail/{d}.cfg.lua", "etc/jitsi/jicofo/jicofo.conf",
@@ -131,21 +132,22 @@ def test_cli_render_writes_every_host_deterministically(workdir):
     assert _tree(other) == before  # a fresh tree: the same bytes and modes, folders included
 
 
-def test_cli_render_removes_stale_files_of_its_hosts_only(workdir):
+def test_cli_render_removes_only_the_stale_files_it_wrote(workdir):
     out = workdir / "r"
     assert _render(workdir, out).returncode == 0
     d = load_spec(workdir / "ensemble.toml").shard_name(1)
-    stale = out / d / "etc" / "old" / "file.conf"
-    stale.parent.mkdir(parents=True)
-    stale.write_text("left over")
+    assert (out / d / "etc" / "etherpad").is_dir()
+    mine = out / d / "etc" / "old" / "file.conf"  # a file render did not write: not render's to delete
+    mine.parent.mkdir(parents=True)
+    mine.write_text("left over")
     unrelated = out / "notes" / "keep.txt"
     unrelated.parent.mkdir()
     unrelated.write_text("mine")
     text = (workdir / "ensemble.toml").read_text().replace("etherpad = true", "etherpad = false")
     (workdir / "ensemble.toml").write_text(text)
     assert _render(workdir, out).returncode == 0
-    assert not stale.exists() and not stale.parent.exists()
-    assert not (out / d / "etc" / "etherpad").exists()
+    assert not (out / d / "etc" / "etherpad").exists()  # written by the first render, not by the second
+    assert mine.read_text() == "left over"
     assert unrelated.read_text() == "mine"
 
 
@@ -236,7 +238,7 @@ def test_every_file_is_well_formed():
 def test_render_fleet_to_returns_what_it_wrote(tmp_path):
     spec = spec_from_dict({"fleet": {"shards": 1}})
     written = render_fleet_to(spec, _secrets(spec), tmp_path)
-    assert sorted(written) == sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert sorted(written) == sorted(p for p in tmp_path.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
 # ---------------------------------------------------------------- packaging

@@ -305,3 +305,40 @@ def test_state_endpoint_serves_the_drain_flag(served_shard):
     assert resp.status == 200
     assert resp.getheader("Content-Type") == "application/json"
     assert json.loads(body) == {"drain": False}
+
+
+SECURITY_HEADERS = {"Strict-Transport-Security": "max-age=63072000", "X-Content-Type-Options": "nosniff"}
+
+
+@pytest.mark.parametrize("path, auth", [
+    ("/SomeRoom", False), ("/", False), ("/config.js", False), ("/static/a.css", False), ("/static/missing", False),
+    ("/http-bind", False), ("/conference-request/v1", False), ("/etherpad/p/pad1", False),
+    ("/etherpad/stats", False), ("/_ensemble/census", False), ("/_ensemble/census", True),
+    ("/_ensemble/state", True), ("/no/such/thing.txt", False),
+])
+def test_security_headers_on_every_https_response(served_shard, path, auth):
+    """HSTS and nosniff on every answer, 200 or 4xx, whichever location (add_header is not inherited)."""
+    s = served_shard
+    resp, _ = _get(s["https"], path, s["domain"], {"Authorization": f"Bearer {s['token']}"} if auth else None)
+    for name, value in SECURITY_HEADERS.items():
+        assert resp.getheader(name) == value, (path, resp.status, resp.getheaders())
+
+
+@pytest.mark.parametrize("path", [
+    "/etherpad/stats", "/etherpad/stats/", "/etherpad/STATS", "/etherpad/%73tats", "/etherpad//stats",
+    "/etherpad/p/../stats", "/etherpad/admin", "/etherpad/admin/plugins", "/etherpad/Admin/settings",
+    "/etherpad/api", "/etherpad/api/1.2.15/listAllPads?apikey=x", "/etherpad/stats?x=1",
+])
+def test_etherpad_admin_endpoints_are_not_public(served_shard, path):
+    s = served_shard
+    _Recorder.seen = []
+    resp, _ = _get(s["https"], path, s["domain"])
+    assert resp.status == 404
+    assert not [seen for seen in _Recorder.seen if seen[0] == "etherpad"]  # never reached Etherpad
+
+
+def test_etherpad_pads_and_assets_still_reach_etherpad(served_shard):
+    s = served_shard
+    for path in ("/etherpad/p/stats", "/etherpad/static/js/pad.js", "/etherpad/socket.io/?EIO=3", "/etherpad/"):
+        resp, body = _get(s["https"], path, s["domain"])
+        assert resp.status == 200 and json.loads(body)["backend"] == "etherpad", path

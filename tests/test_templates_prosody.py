@@ -115,6 +115,9 @@ def test_the_jitsi_essentials_are_there(profile):
     assert f'muc_mapper_domain_base = "{d}"' in site
     assert 'http_interfaces = { "127.0.0.1" }' in site
     assert f'Component "internal.auth.{d}" "muc"' in site
+    brewery = _section(site, f'Component "internal.auth.{d}" "muc"')  # only focus/jvb of auth.D may join
+    assert '"muc_filter_access"' in brewery and f'muc_filter_whitelist = {{ "auth.{d}" }}' in brewery
+    assert "restrict_room_creation = true" in brewery
     assert f'Component "focus.{d}" "client_proxy"' in site
     assert f'target_address = "focus@auth.{d}"' in site
     assert 'authentication = "internal_hashed"' in _section(site, f'VirtualHost "auth.{d}"')
@@ -185,3 +188,39 @@ Include "{prosody_dir}/conf.d/*.cfg.lua"
     # nothing else reachable from outside the host: no wildcard, no HTTPS 5281, no s2s 5269
     assert all(s.startswith("127.0.0.1:") for s in sockets), sockets
     assert "<title>Prosody BOSH endpoint</title>" in bosh, log
+
+
+# ---------------------------------------------------------------- XMPP accounts without passwords in argv
+
+def _scram_stored_key(password: str, salt: str, iterations: int) -> str:
+    """SCRAM-SHA-1 StoredKey (RFC 5802) as prosody's internal_hashed keeps it (hex)."""
+    import hashlib
+    import hmac
+    salted = hashlib.pbkdf2_hmac("sha1", password.encode(), salt.encode(), iterations)
+    return hashlib.sha1(hmac.new(salted, b"Client Key", hashlib.sha1).digest()).hexdigest()
+
+
+@pytest.mark.needs_tool("prosodyctl")
+def test_account_command_creates_then_repasswords_from_stdin(prosody_dir):
+    """The deploy's account command reads the password from stdin (prosodyctl's prompts): created when
+    missing, changed when present; the password appears in no command line."""
+    from ensemble.components.prosody import account_command, prosody_data_dir
+
+    auth = "auth.a-1.test"
+    (prosody_dir / "data").mkdir()
+    shutil.chown(prosody_dir / "data", "prosody", "prosody")
+    main = prosody_dir / "prosody.cfg.lua"
+    main.write_text(f'pidfile = "{prosody_dir}/p.pid"\ndata_path = "{prosody_dir}/data"\n'
+                    f'log = {{ info = "{prosody_dir}/p.log" }}\nVirtualHost "{auth}"\n'
+                    '    authentication = "internal_hashed"\n')
+    command = account_command("jvb", auth)
+    assert "pw-" not in command
+    command = command.replace("prosodyctl ", f"prosodyctl --config {main} ").replace(
+        prosody_data_dir(auth), str(prosody_dir / "data" / Path(prosody_data_dir(auth)).name))
+    account = prosody_dir / "data" / Path(prosody_data_dir(auth)).name / "accounts" / "jvb.dat"
+    for password in ("pw-first", "pw-second"):
+        done = subprocess.run(["sh", "-c", command], input=f"{password}\n{password}\n", capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        fields = dict(re.findall(r'\["(\w+)"\] = "?([^";]+)"?;', account.read_text()))
+        assert fields["stored_key"] == _scram_stored_key(password, fields["salt"], int(fields["iteration_count"]))

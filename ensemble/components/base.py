@@ -32,6 +32,14 @@ from ensemble.hostfiles import PROSODY_SOURCE, peers_lines
 
 APT_CACHE_SECONDS = 3600
 SOURCES = (paths.APT_DIRECT_FILE, paths.JITSI_KEYRING, paths.JITSI_SOURCE, PROSODY_SOURCE)
+# Files replaced whole or not at all: written to a new copy (private from its first byte), checked,
+# then renamed over the live file. A run killed half-way leaves the old file, never a truncated one.
+# {path: (new copy, check run on the copy or None)}
+REPLACED_ATOMICALLY = {
+    paths.SECRETS_FILE: (f"{paths.SECRETS_FILE}.new", None),
+    # a ruleset nft rejects never reaches the file nftables.service loads at boot
+    paths.NFTABLES_CONF: (paths.NFTABLES_CANDIDATE, "nft -c -f {new}"),
+}
 
 __all__ = ["DeployContext", "base", "put_files", "restart_on_change"]
 
@@ -90,11 +98,14 @@ def put_files(rendered: list, *, also_changed: dict[str, list] | None = None) ->
     puts: dict[str, object] = {}
     by_service: dict[str, list] = {name: list(ops) for name, ops in (also_changed or {}).items()}
     for item in stale_files(rendered, state):
-        op = files.put(
-            name=f"{item.component}: {item.path}",
-            src=io.BytesIO(item.data), dest=item.path, mode=f"{item.mode:o}",
-            user=item.owner, group=item.group, create_remote_dir=True,
-        )
+        if item.path in REPLACED_ATOMICALLY:
+            op = put_atomically(item, *REPLACED_ATOMICALLY[item.path])
+        else:
+            op = files.put(
+                name=f"{item.component}: {item.path}",
+                src=io.BytesIO(item.data), dest=item.path, mode=f"{item.mode:o}",
+                user=item.owner, group=item.group, create_remote_dir=True,
+            )
         puts[item.path] = op
         if item.path.endswith((".service", ".timer")):
             systemd.daemon_reload(name=f"systemd reload ({item.path})", _if=op.did_change)
@@ -106,6 +117,37 @@ def put_files(rendered: list, *, also_changed: dict[str, list] | None = None) ->
     for service, ops in by_service.items():
         restart_on_change(service, ops, reload=service == "nginx")
     return puts
+
+
+def swap_command(new: str, live: str, check: str | None = None) -> str:
+    """Check the new copy (if asked), flush it to disk, rename it over the live file; on a failed check
+    remove the copy and fail, leaving the live file as it was.
+
+    Example::
+
+        swap_command("/etc/ensemble/nftables.conf.new", "/etc/nftables.conf", "nft -c -f {new}")
+        # "nft -c -f '/etc/...new' || { rc=$?; rm -f ...; exit $rc; }; sync ... && mv -f ... /etc/nftables.conf"
+    """
+    q_new, q_live = shlex.quote(new), shlex.quote(live)
+    checked = f"{check.format(new=q_new)} || {{ rc=$?; rm -f {q_new}; exit $rc; }}; " if check else ""
+    return f"{checked}sync {q_new} && mv -f {q_new} {q_live}"
+
+
+def put_atomically(item, new: str, check: str | None) -> object:
+    """Put a rendered file through a new copy: created empty and private first (umask 077, so the bytes
+    are never readable by others, even for a moment), filled, given its mode/owner, checked, renamed.
+    Returns the rename operation (its did_change is the file's).
+
+    Example::
+
+        put_atomically(nftables_file, "/etc/ensemble/nftables.conf.new", "nft -c -f {new}")
+    """
+    folders = sorted({new.rsplit("/", 1)[0], item.path.rsplit("/", 1)[0]})
+    server.shell(name=f"{item.component}: new copy of {item.path}", commands=[
+        f"mkdir -p {' '.join(shlex.quote(f) for f in folders)} && (umask 077 && : > {shlex.quote(new)})"])
+    files.put(name=f"{item.component}: {item.path} (new copy)", src=io.BytesIO(item.data), dest=new,
+              mode=f"{item.mode:o}", user=item.owner, group=item.group)
+    return server.shell(name=f"{item.component}: {item.path}", commands=[swap_command(new, item.path, check)])
 
 
 def restart_on_change(service: str, ops: list, *, reload: bool = False) -> None:

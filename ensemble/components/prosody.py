@@ -1,7 +1,8 @@
 """Prosody for a shard: its package source, certificates, the Jitsi virtual host, XMPP accounts.
 
 ensemble owns the virtual host file (from templates/prosody) and the `focus`/`jvb` accounts:
-they are registered with `prosodyctl register` when missing or when their passwords changed,
+they are created (`prosodyctl adduser`) or re-passworded (`prosodyctl passwd`) when missing or when
+their passwords changed, the password fed to prosodyctl's prompts on stdin (never in a command line),
 so re-runs and package upgrades never clobber them.
 
 Example::
@@ -81,11 +82,25 @@ def prosody(ctx: DeployContext) -> None:
     digest = put_files(ctx.files_of("prosody-accounts")).get(ACCOUNTS_DIGEST)
     missing = host.get_fact(File, path=f"{prosody_data_dir(auth)}/accounts/focus.dat") is None
     secrets = ctx.host_secrets[domain]
-    server.shell(
-        name="XMPP accounts focus and jvb",
-        commands=[f"prosodyctl register focus {auth} '{secrets['focus_password']}'",
-                  f"prosodyctl register jvb {auth} '{secrets['jvb_password']}'",
-                  # focus.D is jicofo's client_proxy: it needs focus@auth.D in its roster
-                  f"prosodyctl mod_roster_command subscribe focus.{domain} focus@{auth} >/dev/null 2>&1 || true"],
-        _if=None if missing else (digest.did_change if digest else lambda: False),
-    )
+    when = None if missing else (digest.did_change if digest else lambda: False)
+    for user, password in (("focus", secrets["focus_password"]), ("jvb", secrets["jvb_password"])):
+        # the password goes through the SSH channel's stdin to prosodyctl's prompts (twice: "Retype"),
+        # never into a command line, where any local user could read it in /proc/<pid>/cmdline
+        server.shell(name=f"XMPP account {user}@{auth}", commands=[account_command(user, auth)],
+                     _stdin=[password, password], _if=when)
+    # focus.D is jicofo's client_proxy: it needs focus@auth.D in its roster
+    server.shell(name="focus roster", commands=[
+        f"prosodyctl mod_roster_command subscribe focus.{domain} focus@{auth} >/dev/null 2>&1 || true"], _if=when)
+
+
+def account_command(user: str, auth: str) -> str:
+    """Create or re-password an XMPP account, the password read from stdin (prosodyctl's two prompts).
+
+    Example::
+
+        account_command("jvb", "auth.a.test")
+        # 'if [ -e .../accounts/jvb.dat ]; then prosodyctl passwd jvb@auth.a.test; else prosodyctl adduser ...'
+    """
+    jid = f"{user}@{auth}"
+    return (f"if [ -e {prosody_data_dir(auth)}/accounts/{user}.dat ]; then prosodyctl passwd {jid}; "
+            f"else prosodyctl adduser {jid}; fi")

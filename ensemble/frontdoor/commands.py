@@ -9,7 +9,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ensemble.errors import UsageError
@@ -18,6 +17,7 @@ from ensemble.frontdoor.refresh import NginxControl, RefreshResult, refresh
 from ensemble.frontdoor.render import FrontdoorLayout, shard_certificates_trusted
 from ensemble.secrets import FLEET_KEY
 from ensemble.spec import FleetSpec
+from ensemble.userfiles import parse_json, read_user_text
 
 
 def occupancy_token(secrets_path: Path) -> str:
@@ -27,13 +27,7 @@ def occupancy_token(secrets_path: Path) -> str:
 
         occupancy_token(Path("/etc/ensemble/secrets.json"))
     """
-    try:
-        store = json.loads(secrets_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"--secrets: no such file: {secrets_path}") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--secrets: {secrets_path} is not a readable JSON secrets file "
-                         f"({exc.__class__.__name__})") from None
+    store = parse_json(read_user_text(secrets_path, "--secrets"), f"--secrets: {secrets_path}")
     token = store.get(FLEET_KEY, {}).get("occupancy_token") if isinstance(store, dict) else None
     if not token:
         raise UsageError(f"--secrets: {secrets_path} has no {FLEET_KEY}.occupancy_token")

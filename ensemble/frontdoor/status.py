@@ -16,10 +16,11 @@ import shlex
 import time
 from pathlib import Path
 
-from ensemble.errors import EnsembleError
+from ensemble.errors import EnsembleError, UsageError
 from ensemble.frontdoor.render import FrontdoorLayout
 from ensemble.providers.base import Host
 from ensemble.spec import FleetSpec
+from ensemble.userfiles import parse_json, read_user_text
 
 COLUMNS = ("shard", "state", "conferences", "participants", "stress", "weight", "pinned", "note")
 
@@ -97,11 +98,19 @@ def load_status_state(spec: FleetSpec, state_path: Path | None = None, layout: F
     """The state from an explicit file, the local front door's file, or the front door over SSH."""
     layout = layout or FrontdoorLayout()
     local = state_path or Path(layout.state_path)
-    if state_path or local.exists():
+    if state_path:  # an argument: a bad file is bad input (exit 2)
+        state = parse_json(read_user_text(local, "--state"), f"--state: {local}")
+        if not isinstance(state, dict):
+            raise UsageError(f"--state: {local} is not a front door state file (a JSON object)")
+        return state
+    if local.exists():  # this front door's own file: unreadable is a failure (exit 1)
         try:
-            return json.loads(local.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise EnsembleError(f"status: cannot read {local}: {exc}") from None
+            state = parse_json(read_user_text(local, "status"), f"status: {local}")
+        except UsageError as exc:
+            raise EnsembleError(str(exc)) from None
+        if not isinstance(state, dict):
+            raise EnsembleError(f"status: {local} is not a front door state file (a JSON object)")
+        return state
     if hosts is None:
         from ensemble.identity import guard
         from ensemble.providers import get_provider

@@ -51,7 +51,8 @@ JICOFO_PROGRAM = "/usr/share/jicofo/standin-jicofo.py"
 PLUGIN_DIR = "/usr/share/jitsi-meet/prosody-plugins"
 
 # Plugin names a Jitsi virtual host file may load. The stand-in ships a working census, anonymous
-# auth and roster command, and a do-nothing module for every other name so prosody starts cleanly.
+# auth, roster command and brewery filter (muc_filter_access), and a do-nothing module for every
+# other name so prosody starts cleanly.
 # Names prosody 0.12+ ships itself (bosh, websocket, smacks, external_services, ...) are left out on
 # purpose: a placeholder in plugin_paths would shadow the real module.
 PLACEHOLDER_PLUGINS = (
@@ -59,7 +60,7 @@ PLACEHOLDER_PLUGINS = (
     "conference_duration_component", "end_conference", "features_identity", "filter_iq_jibri", "filter_iq_rayo",
     "fmuc", "jibri_session", "jiconop", "jitsi_permissions", "jitsi_session", "limits_exception",
     "measure_message_count", "muc_allowners", "muc_auth_ban", "muc_breakout_rooms", "muc_domain_mapper",
-    "muc_end_meeting", "muc_filter_access", "muc_hide_all", "muc_kick_participant", "muc_limit_messages",
+    "muc_end_meeting", "muc_hide_all", "muc_kick_participant", "muc_limit_messages",
     "muc_lobby_rooms", "muc_max_occupants", "muc_meeting_id", "muc_password_check", "muc_password_whitelist",
     "muc_poltergeist", "muc_rate_limit", "muc_resource_validate", "muc_size", "muc_visitors",
     "muc_wait_for_host", "persistent_lobby", "polls", "polls_component", "presence_identity", "rate_limit",
@@ -136,7 +137,8 @@ def _web_files() -> dict[str, str]:
 
 def _prosody_files() -> dict[str, str]:
     out = {f"{PLUGIN_DIR}/mod_{n}.lua": _placeholder_plugin(n) for n in PLACEHOLDER_PLUGINS}
-    for own in ("mod_muc_census.lua", "mod_auth_jitsi-anonymous.lua", "mod_roster_command.lua"):
+    for own in ("mod_muc_census.lua", "mod_auth_jitsi-anonymous.lua", "mod_roster_command.lua",
+                "mod_muc_filter_access.lua"):
         out[f"{PLUGIN_DIR}/{own}"] = f"data:prosody-plugins/{own}"
     out["/usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example"] = "data:prosody/prosody.cfg.lua-jvb.example"
     return out
