@@ -317,7 +317,8 @@ def run_day(trace: Trace, strategy_class, shards: int = SHARDS, **options) -> di
             "peak_vs_ideal": round(max(deviation.values()), 3),
             "spread_at_peak": round(max(deviation.values(), key=abs), 3),
             "daily_peak_vs_ideal": round(max(peak_util.values()) / ideal_peak - 1, 3),
-            "split_rooms": len(split_rooms)}
+            "split_rooms": len(split_rooms),
+            "at_peak": {n: [fleet.cap[n], round(deviation[n], 3)] for n in names}}
 
 
 def median(values: list[float]) -> float:
