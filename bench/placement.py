@@ -19,6 +19,13 @@ Strategies (peers from /work/shared/reference/frontdoor.md, each in its stronges
   rooms stay where they started.
 - ``least-conferences``: a new meeting goes to the shard with the fewest live conferences per unit of
   capacity, known in real time (HAProxy leastconn with weights); rooms stay where they started.
+- ``clairvoyant``: not a front door anyone can build, a yardstick: it knows each meeting's final size
+  at its first join and the shards' load in real time, and puts the meeting where the fleet stays
+  most even (least (committed + size) / capacity). What it cannot reach, no placement on arrival can.
+- ``real-time-blind``: the second yardstick, the same without the sizes: the shards' rooms in real
+  time (no refresh delay, no hash), each young room (under 10 minutes) counted at least at the fleet's
+  settled room size, the new meeting too; least (load + expected) / capacity. The gap between the
+  two yardsticks is what not knowing a meeting's size costs.
 
 Example::
 
@@ -48,6 +55,7 @@ class Trace:
     """Joins and leaves of a day, in time order: (time, order, "join"/"leave", room key)."""
 
     events: tuple[tuple[float, int, str, str], ...]
+    sizes: dict[str, int]  # room key -> people who will join (known to the clairvoyant yardstick only)
     meetings: int
     joins: int
     start: float = 0.0
@@ -78,6 +86,7 @@ def make_trace(seed: int = 3, peak_per_minute: float = 24.0, start: float = 0.0,
     """
     rng = random.Random(seed)
     events: list[tuple[float, int, str, str]] = []
+    sizes: dict[str, int] = {}
     meetings = joins = order = 0
     t = start
     while t < end:
@@ -86,6 +95,7 @@ def make_trace(seed: int = 3, peak_per_minute: float = 24.0, start: float = 0.0,
             key = room_key(f"Meeting{meetings}x{rng.randrange(10**9)}")
             size = min(40, max(2, int(rng.paretovariate(1.6) * 2)))
             duration = rng.uniform(20, 90) * 60
+            sizes[key] = size
             for _ in range(size):
                 order += 1
                 events.append((t + rng.uniform(0, min(600, duration / 3)), order, "join", key))
@@ -94,7 +104,7 @@ def make_trace(seed: int = 3, peak_per_minute: float = 24.0, start: float = 0.0,
             joins += size
         t += STEP
     events.sort()
-    return Trace(events=tuple(events), meetings=meetings, joins=joins, start=start, end=end)
+    return Trace(events=tuple(events), sizes=sizes, meetings=meetings, joins=joins, start=start, end=end)
 
 
 def capacities(names: list[str]) -> dict[str, int]:
@@ -223,6 +233,47 @@ class LeastConferences(Sticky):
         return min(self.cap, key=lambda n: (len(fleet.present[n]) / self.cap[n], n))
 
 
+class Clairvoyant(Sticky):
+    """The yardstick: each meeting's final size known at its first join, the load in real time."""
+
+    name = "clairvoyant"
+
+    def __init__(self, cap: dict[str, int], sizes: dict[str, int] | None = None):
+        super().__init__(cap)
+        self.sizes = sizes or {}
+        self.committed = dict.fromkeys(cap, 0)  # final sizes of the live rooms placed on each shard
+
+    def place(self, when: float, key: str, fleet: Fleet) -> str:
+        size = self.sizes.get(key, 1)
+        shard = min(self.cap, key=lambda n: ((self.committed[n] + size) / self.cap[n], n))
+        self.committed[shard] += size
+        return shard
+
+    def ended(self, key: str) -> None:
+        shard = self.rooms.pop(key, None)
+        if shard:
+            self.committed[shard] -= self.sizes.get(key, 1)
+
+
+class RealTimeBlind(Sticky):
+    """The second yardstick: real-time loads and young rooms, sizes unknown (settled room size)."""
+
+    name = "real-time-blind"
+    growth_window = 600.0
+
+    def place(self, when: float, key: str, fleet: Fleet) -> str:
+        settled = [v for rooms in fleet.present.values() for k, v in rooms.items()
+                   if when - fleet.created[k] >= self.growth_window]
+        size = max(1.0, sum(settled) / len(settled)) if settled else 1.0
+
+        def expected(n: str) -> float:
+            young = sum(max(0.0, size - v) for k, v in fleet.present[n].items()
+                        if when - fleet.created[k] < self.growth_window)
+            return (fleet.load[n] + young + size) / self.cap[n]
+
+        return min(self.cap, key=lambda n: (expected(n), n))
+
+
 class ConsistentHash:
     """8x8's HAProxy: consistent hash with bounded loads (150 %) and a 5-minute stick table."""
 
@@ -264,6 +315,7 @@ class ConsistentHash:
 
 
 STRATEGIES = (Ensemble, ConsistentHash, MostFreeCpu, RoundRobin, LeastConferences)
+YARDSTICKS = (Clairvoyant, RealTimeBlind)
 
 
 # ---------------------------------------------------------------- the day
@@ -278,6 +330,8 @@ def run_day(trace: Trace, strategy_class, shards: int = SHARDS, **options) -> di
     """
     names = [f"shard-{i + 1}" for i in range(shards)]
     fleet = Fleet(capacities(names))
+    if strategy_class is Clairvoyant:
+        options = {"sizes": trace.sizes, **options}
     strategy = strategy_class(fleet.cap, **options)
     shards_of: dict[str, set[str]] = {}
     split_rooms: set[str] = set()
@@ -327,7 +381,7 @@ def median(values: list[float]) -> float:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def compare(seeds: tuple[int, ...] = (3, 4, 5), strategies=STRATEGIES, start: float = 0.0,
+def compare(seeds: tuple[int, ...] = (3, 4, 5), strategies=STRATEGIES + YARDSTICKS, start: float = 0.0,
             end: float = DAY) -> dict:
     """Every strategy on the same days; per strategy the median over the days of each figure.
 

@@ -29,7 +29,8 @@ def test_day_simulation_runs_every_strategy_and_exit_status_follows_the_misses()
     done = run_frontdoor_bench("--only", "day", "--json")
     results = json.loads(done.stdout)
     strategies = results["day_simulation"]["strategies"]
-    assert set(strategies) == {"ensemble", "consistent-hash", "most-free-cpu", "round-robin", "least-conferences"}
+    assert set(strategies) == {"ensemble", "consistent-hash", "most-free-cpu", "round-robin", "least-conferences",
+                               "clairvoyant", "real-time-blind"}
     assert strategies["ensemble"]["split_rooms"] == 0
     assert done.returncode == (1 if results["missed_targets"] else 0), done.stderr
 
