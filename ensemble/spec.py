@@ -331,6 +331,9 @@ class FrontdoorSection:
     refresh_interval: int = _opt(15, "seconds between occupancy refreshes", bounds=(1, 3600))
     grace_period: int = _opt(120, "seconds an unreadable shard keeps its pins", bounds=(1, 86400))
     ready_after: int = _opt(3, "successful reads before a shard takes new rooms again", bounds=(1, 100))
+    new_rooms_per_minute: int = _opt(60, "new meetings one client (an IPv4 address, an IPv6 /64) may open per "
+                                     "minute at the front door (bursts of as many allowed); more get 429",
+                                     bounds=(1, 1_000_000))
 
 
 @dataclass(frozen=True)
