@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from ensemble import paths
 from ensemble.profiles import PROSODY_IM_REPO
 from ensemble.providers.base import DeployEnv, Host
+from ensemble.publicports import public_ports
 from ensemble.spec import FleetSpec, spec_toml
 from ensemble.templating import RenderedFile, render_template
 from ensemble.turn import turn_context
@@ -29,27 +30,6 @@ PROSODY_SOURCE = "/etc/apt/sources.list.d/prosody.sources"
 ACCOUNTS_DIGEST = "/etc/ensemble/prosody-accounts.sha256"
 # Components of these files: "apt" is put before the package install, the others after it.
 BEFORE_INSTALL = ("secrets", "apt")
-
-
-def public_ports(role: str, spec: FleetSpec | None = None) -> tuple[tuple[int | str, ...], tuple[int | str, ...]]:
-    """(TCP, UDP) ports a host of this role opens to everyone (SSH is open to the admin CIDRs only):
-    the firewall opens these and nothing else, README's "Security" section lists them. With the spec's
-    `[turn]` on, shards also open the relay's STUN/TURN port (UDP and TCP) and its relayed media range
-    ("first-last"); TURN over TLS shares 443.
-
-    Example::
-
-        public_ports("shard")        # ((80, 443), (10000,))
-        public_ports("shard", spec)  # ((80, 443, 3478), (10000, 3478, "49152-49999")) with [turn] on
-        public_ports("frontdoor")    # ((80, 443), ()): no bridge behind it, no media port
-    """
-    tcp: tuple[int | str, ...] = (80, 443)
-    udp: tuple[int | str, ...] = (paths.JVB_MEDIA_PORT,) if role == "shard" else ()
-    if role == "shard" and spec is not None and spec.turn.enabled:
-        t = spec.turn
-        tcp += (t.port,)
-        udp += (t.port, f"{t.relay_min_port}-{t.relay_max_port}")
-    return tcp, udp
 
 
 def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (paths.JVB_MEDIA_PORT,),

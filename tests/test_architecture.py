@@ -23,6 +23,7 @@ LAYERS = [
      "ensemble.frontdoor.rooms", "ensemble.standins"],
     ["ensemble.ssh"],
     ["ensemble.providers.base"],
+    ["ensemble.publicports"],
     ["ensemble.spec", "ensemble.profiles", "ensemble.etherpad_source", "ensemble.cloudinit"],
     ["ensemble.userfiles", "ensemble.grammar", "ensemble.outtree"],
     ["ensemble.errors", "ensemble.paths"],

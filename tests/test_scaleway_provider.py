@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from ensemble.errors import EnsembleError, UsageError
+from ensemble.publicports import public_ports
 
 pytest_plugins = ("standins.scaleway_env",)  # the scw fixture
 
@@ -39,11 +40,80 @@ def zero(api) -> dict:
     return {"servers": 0, "ips": 0, "volumes": 0, "security_groups": 0}
 
 
+def _assert_one_group_per_role(api, spec, hosts) -> None:
+    """Each role's group lets in exactly what its host firewall opens (public_ports), and each server is
+    in its role's group: the front door has no UDP rule at all."""
+    groups = {g["name"]: g for g in api.state.security_groups.values() if not g.get("project_default")}
+    assert sorted(groups) == ["ensemble-demo-frontdoor", "ensemble-demo-shard"]
+    for role in ("frontdoor", "shard"):
+        group = groups[f"ensemble-demo-{role}"]
+        assert group["stateful"] and group["inbound_default_policy"] == "drop"
+        assert {"ensemble-fleet=demo", f"ensemble-role={role}"} <= set(group["tags"])
+        tcp, udp = public_ports(role, spec)
+        want = set()
+        for protocol, ports in (("tcp", tcp), ("udp", udp)):
+            for port in ports:
+                first, last = (port, port) if isinstance(port, int) else map(int, port.split("-"))
+                want |= {(protocol, first, last, "0.0.0.0/0"), (protocol, first, last, "::/0")}
+        want |= {("tcp", 22, 22, cidr) for cidr in spec.provider.scaleway.ssh_allowed_cidrs}
+        got = [(r["protocol"], r["dest_port_from"], r["dest_port_to"], r["ip_range"]) for r in group["rules"]]
+        assert len(got) == len(set(got)) and set(got) == want, role
+        assert all(r["action"] == "accept" and r["direction"] == "inbound" for r in group["rules"])
+    door = {(r["protocol"], r["dest_port_from"]) for r in groups["ensemble-demo-frontdoor"]["rules"]}
+    assert door == {("tcp", 80), ("tcp", 443), ("tcp", 22)}  # no UDP 10000, no TURN ports
+    shard = {(r["protocol"], r["dest_port_from"], r["dest_port_to"]) for r in groups["ensemble-demo-shard"]["rules"]}
+    assert {("udp", 10000, 10000), ("udp", 3478, 3478), ("tcp", 3478, 3478), ("udp", 49152, 49999)} <= shard
+    for host in hosts:
+        assert api.state.servers[host.provider_id]["security_group"]["id"] == groups[f"ensemble-demo-{host.role}"]["id"]
+
+
+def test_an_old_single_group_fleet_moves_each_server_to_its_role_group(scw):
+    """A fleet made before groups per role (every server in "ensemble-demo") keeps its servers running; a
+    deploy moves each to its role's group without a restart and deletes the old group; destroy leaves nothing."""
+    hosts = scw.provider().ensure_hosts(scw.spec)
+    api = scw.api
+    with api.lock:  # as an older ensemble left it: one group for all, with the shards' media ports
+        old = {"id": "5e5e5e5e-0000-4000-8000-0000000000aa", "name": "ensemble-demo", "tags": ["ensemble",
+               "ensemble-fleet=demo"], "rules": [{"id": "r1", "protocol": "udp", "dest_port_from": 10000,
+               "dest_port_to": 10000, "ip_range": "0.0.0.0/0", "action": "accept", "direction": "inbound"}],
+               "stateful": True, "zone": "fr-par-1", "project": api.project_id, "inbound_default_policy": "drop",
+               "outbound_default_policy": "accept", "creation_date": "2026-01-01T00:00:00+00:00", "servers": []}
+        api.state.security_groups[old["id"]] = old
+        for group in [g for g in api.state.security_groups.values() if g["name"] != "ensemble-demo"]:
+            del api.state.security_groups[group["id"]]
+        for server in api.state.servers.values():
+            server["security_group"] = {"id": old["id"], "name": old["name"]}
+    actions = sum(1 for m, p, _ in api.requests if m == "POST" and p.endswith("/action"))
+    again = scw.provider().ensure_hosts(scw.spec)
+    assert [h.provider_id for h in again] == [h.provider_id for h in hosts]
+    assert all(api.state.servers[h.provider_id]["state"] == "running" for h in again)
+    assert sum(1 for m, p, _ in api.requests if m == "POST" and p.endswith("/action")) == actions  # no restart
+    assert old["id"] not in api.state.security_groups
+    _assert_one_group_per_role(api, scw.spec, again)
+    patches = sum(1 for m, p, _ in api.requests if m == "PATCH" and "/servers/" in p and "user_data" not in p)
+    scw.provider().ensure_hosts(scw.spec)  # moved once: a second deploy moves nothing
+    assert sum(1 for m, p, _ in api.requests if m == "PATCH" and "/servers/" in p and "user_data" not in p) == patches
+    scw.provider().destroy_all(scw.spec)
+    assert api.resource_count() == zero(api)
+
+
+def test_destroy_removes_both_role_groups_and_an_old_single_group(scw):
+    hosts = scw.provider().ensure_hosts(scw.spec)
+    with scw.api.lock:  # a leftover old single group, unused
+        scw.api.state.security_groups["5e5e5e5e-0000-4000-8000-0000000000bb"] = {
+            "id": "5e5e5e5e-0000-4000-8000-0000000000bb", "name": "ensemble-demo", "rules": [],
+            "tags": ["ensemble", "ensemble-fleet=demo"], "stateful": True, "zone": "fr-par-1",
+            "project": scw.api.project_id, "creation_date": "2026-01-01T00:00:00+00:00", "servers": []}
+    assert scw.api.resource_count()["security_groups"] == 3
+    scw.provider().destroy(scw.spec, hosts)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
 def test_create_is_tagged_and_idempotent_then_destroy_leaves_nothing(scw):
     provider = scw.provider()
     hosts = provider.ensure_hosts(scw.spec)
     assert [(h.role, h.shard) for h in hosts] == [("frontdoor", None), ("shard", 1), ("shard", 2)]
-    assert scw.api.resource_count() == {"servers": 3, "ips": 3, "volumes": 3, "security_groups": 1}
+    assert scw.api.resource_count() == {"servers": 3, "ips": 3, "volumes": 3, "security_groups": 2}
     for server in scw.api.state.servers.values():
         assert {"ensemble", "ensemble-fleet=demo"} <= set(server["tags"])
         assert any(t.startswith("ensemble-created=") for t in server["tags"])
@@ -53,13 +123,7 @@ def test_create_is_tagged_and_idempotent_then_destroy_leaves_nothing(scw):
     user_data = next(iter(scw.api.state.user_data.values()))
     assert isinstance(user_data, bytes) and user_data.startswith(b"#cloud-config")
     assert b"ops@test" in user_data
-    group = next(iter(scw.api.state.security_groups.values()))
-    assert group["stateful"] and group["inbound_default_policy"] == "drop"
-    opened = {(r["protocol"], r["dest_port_from"], r["ip_range"]) for r in group["rules"]}
-    assert ("udp", 10000, "::/0") in opened and ("tcp", 443, "0.0.0.0/0") in opened
-    assert ("tcp", 22, "198.51.100.0/24") in opened and ("tcp", 22, "0.0.0.0/0") not in opened
-    ranges = {(r["protocol"], r["dest_port_from"], r["dest_port_to"]) for r in group["rules"]}
-    assert {("udp", 3478, 3478), ("tcp", 3478, 3478), ("udp", 49152, 49999)} <= ranges  # the TURN relay
+    _assert_one_group_per_role(scw.api, scw.spec, hosts)
     known = (scw.tmp / "state/ensemble/demo/known_hosts").read_text().splitlines()
     assert len(known) == 3
     posts = sum(1 for m, p, _ in scw.api.requests if m == "POST" and p.endswith("/servers"))
@@ -290,7 +354,7 @@ def test_a_server_whose_run_died_before_booting_it_is_made_again(scw):
         scw.api.state.servers[stopped[0]]["creation_date"] = "2026-01-01T00:00:00+00:00"
     hosts = scw.provider().ensure_hosts(spec)
     assert len(hosts) == 2 and stopped[0] not in {h.provider_id for h in hosts}
-    assert scw.api.resource_count() == {"servers": 2, "ips": 2, "volumes": 2, "security_groups": 1}
+    assert scw.api.resource_count() == {"servers": 2, "ips": 2, "volumes": 2, "security_groups": 2}
     scw.provider().destroy_all(spec)
     assert scw.api.resource_count() == zero(scw.api)
 
@@ -320,8 +384,9 @@ def test_two_runs_creating_the_same_fleet_at_once_leave_one_of_each_host(scw):
     assert not isinstance(results["a"], Exception), results["a"]
     assert results["a"] == results["b"], "both runs must end on the same hosts"
     groups = sum(1 for m, p, s in scw.api.requests if m == "POST" and p.endswith("/security_groups") and s == 201)
-    assert groups == 2, "both runs should have created the security group"
-    assert scw.api.resource_count() == {"servers": 3, "ips": 3, "volumes": 3, "security_groups": 1}
+    assert groups == 4, "both runs should have created both roles' security groups"
+    assert scw.api.resource_count() == {"servers": 3, "ips": 3, "volumes": 3, "security_groups": 2}
+    _assert_one_group_per_role(scw.api, spec, scw.provider().list_hosts(spec))
     assert sorted(s["name"] for s in scw.api.state.servers.values()) == sorted(
         [spec.fleet.domain] + [spec.shard_name(n) for n in (1, 2)])
     known = (scw.tmp / "state/ensemble/demo/known_hosts").read_text().splitlines()
@@ -343,7 +408,7 @@ def test_a_volume_that_cannot_be_tagged_goes_with_its_server(scw):
                    body={"type": "invalid_arguments", "message": "injected failure"})
     with pytest.raises(EnsembleError, match=r"1 of 3 host\(s\) failed.*tag volume 0 of .*injected failure"):
         scw.provider().ensure_hosts(spec)
-    assert scw.api.resource_count() == {"servers": 2, "ips": 2, "volumes": 2, "security_groups": 1}
+    assert scw.api.resource_count() == {"servers": 2, "ips": 2, "volumes": 2, "security_groups": 2}
     assert _untagged_volumes(scw.api) == []
     hosts = scw.provider().ensure_hosts(spec)
     assert len(hosts) == 3 and _untagged_volumes(scw.api) == []

@@ -32,6 +32,7 @@ from scaleway.instance.v1 import (
     SecurityGroupRuleAction,
     SecurityGroupRuleDirection,
     SecurityGroupRuleProtocol,
+    SecurityGroupTemplate,
     ServerAction,
     SetSecurityGroupRulesRequestRule,
     VolumeServerTemplate,
@@ -55,6 +56,7 @@ from ensemble.providers.scalewaytags import (
     host_tags,
     hostkey_tag,
     image_kind,
+    is_role_group,
     now_iso,
     old_enough,
     parse_time,
@@ -157,9 +159,13 @@ class ScalewayProvider:
         if wanted:
             self._say(f"creating {len(wanted)} host(s): {', '.join(w.name for w in wanted)}")
             images = {t: self.resolve_image(spec, t) for t in sorted({w.commercial_type for w in wanted})}
-            group = self.ensure_security_group(spec)
-            created = self._parallel(wanted, lambda w: self._create(spec, w, images[w.commercial_type], group,
-                                                                    public_key))
+        groups = {role: self.ensure_security_group(spec, role)
+                  for role in sorted({w.role for w in wanted} | {h.role for h in existing})}
+        if existing:
+            self._move_to_role_groups(spec, existing, groups)
+        if wanted:
+            created = self._parallel(wanted, lambda w: self._create(spec, w, images[w.commercial_type],
+                                                                    groups[w.role], public_key))
             if any(isinstance(r, BaseException) for _, r in created):
                 self._settle(spec, {r for _, r in created if isinstance(r, str)}, public_key)
                 self._raise_partial(wanted, created)
@@ -276,36 +282,65 @@ class ScalewayProvider:
                              "labels look like debian_bookworm, ubuntu_noble")
         return fitting[0].id
 
-    def ensure_security_group(self, spec: FleetSpec) -> str:
-        """The fleet's security group (created once, rules set on every run so they match the spec)."""
-        name = security_group_name(spec.fleet.name)
-        tags = group_tags(spec.fleet.name, self.throwaway)
+    def ensure_security_group(self, spec: FleetSpec, role: str) -> str:
+        """The id of the role's security group (created once, rules set on every run so that they match
+        the spec: exactly the ports the role's host firewall opens, `public_ports(role, spec)`). Two runs
+        creating it at once: both keep the first created, the later one deletes its own."""
+        name = security_group_name(spec.fleet.name, role)
+        tags = group_tags(spec.fleet.name, self.throwaway, role)
         def first_group():
             groups = self.api.call("list security groups", lambda: self.api.instance.list_security_groups_all(
                 zone=self.zone, tags=[fleet_tag(spec.fleet.name)]))
-            return min((g for g in groups if g.name == name), key=lambda g: creation_order(g.creation_date, g.id),
-                       default=None)
+            return min((g for g in groups if is_role_group(g.tags, g.name, spec.fleet.name, role)),
+                       key=lambda g: creation_order(g.creation_date, g.id), default=None)
 
         group = first_group()
         if group is None:
             mine = self.api.call("create security group", lambda: self.api.instance.create_security_group(
-                zone=self.zone, name=name, description=f"ensemble fleet {spec.fleet.name}", stateful=True,
-                inbound_default_policy=SecurityGroupPolicy.DROP, outbound_default_policy=SecurityGroupPolicy.ACCEPT,
-                tags=tags, project=self.api.project)).security_group
+                zone=self.zone, name=name, description=f"ensemble fleet {spec.fleet.name}, {role} hosts",
+                stateful=True, inbound_default_policy=SecurityGroupPolicy.DROP,
+                outbound_default_policy=SecurityGroupPolicy.ACCEPT, tags=tags, project=self.api.project)).security_group
             group = first_group() or mine
             if group.id != mine.id:  # another run created it at the same moment, first: use that one
                 self.api.ignore_404(f"delete security group {name}", lambda: self.api.instance.delete_security_group(
                     zone=self.zone, security_group_id=mine.id))
-        t = spec.turn
-        turn_ports = (t.port, t.relay_min_port, t.relay_max_port) if t.enabled else None
         rules = [SetSecurityGroupRulesRequestRule(
             action=SecurityGroupRuleAction.ACCEPT, protocol=SecurityGroupRuleProtocol(protocol),
             direction=SecurityGroupRuleDirection.INBOUND, ip_range=cidr, position=i + 1, dest_port_from=first,
             dest_port_to=last, editable=True) for i, (protocol, first, last, cidr) in
-            enumerate(firewall_rules(self.settings.ssh_allowed_cidrs, turn_ports))]
-        self.api.call("set security group rules", lambda: self.api.instance.set_security_group_rules(
+            enumerate(firewall_rules(self.settings.ssh_allowed_cidrs, role, spec))]
+        self.api.call(f"set rules of security group {name}", lambda: self.api.instance.set_security_group_rules(
             zone=self.zone, security_group_id=group.id, rules=rules))
         return group.id
+
+    def _move_to_role_groups(self, spec: FleetSpec, hosts: list[Host], groups: dict[str, str]) -> None:
+        """Put each host in its role's group (fleets made before groups per role share one group, which
+        also let the shards' media ports reach the front door), then delete that old group once no server
+        uses it. A running server changes group without a restart; its open connections stay (stateful)."""
+        ids = {h.provider_id: h for h in hosts}
+        old_groups = set()
+        for server in self._servers([fleet_tag(spec.fleet.name)]):
+            host = ids.get(server.id)
+            if host is None or host.role not in groups:
+                continue
+            current = server.security_group.id if server.security_group else None
+            if current == groups[host.role]:
+                continue
+            old_groups.add(current)
+            name = security_group_name(spec.fleet.name, host.role)
+            self._say(f"{host.name}: moving to security group {name}")
+            self.api.call(f"move {host.name} to security group {name}", lambda s=server.id, g=groups[host.role], n=name:
+                          self.api.instance._update_server(zone=self.zone, server_id=s,
+                                                           security_group=SecurityGroupTemplate(id=g, name=n)))
+        if old_groups:
+            groups_now = self.api.call("list security groups", lambda: self.api.instance.list_security_groups_all(
+                zone=self.zone, tags=[fleet_tag(spec.fleet.name)]))
+            for group in groups_now:  # only the fleet's own old single group, never another's
+                if group.id in old_groups and group.name == security_group_name(spec.fleet.name) \
+                        and not self._servers_using(group.id):
+                    self.api.ignore_404(f"delete security group {group.name}", lambda g=group.id: (
+                        self.api.instance.delete_security_group(zone=self.zone, security_group_id=g)))
+                    self._say(f"deleted the old shared security group {group.name}")
 
     def _create(self, spec: FleetSpec, want: WantedHost, image: str, group: str, public_key: str) -> str:
         """Create one host: IPs, server with SBS root and its host key, tags on all, user data, power on.
@@ -417,7 +452,8 @@ class ScalewayProvider:
 
     # ---- destroy ----
     def destroy(self, spec: FleetSpec, hosts: list[Host], progress: Progress = None) -> None:
-        """Destroy hosts with their IPs and volumes; with the last host, the fleet's security group too."""
+        """Destroy hosts with their IPs and volumes; with the last host, the fleet's security groups too (one per
+        role, and the single group of fleets made before groups per role)."""
         self.progress = progress
         self._raise_any(self._parallel(hosts, self._destroy_one), "could not destroy")
         if not self._servers([fleet_tag(spec.fleet.name)]):
@@ -588,7 +624,7 @@ class ScalewayProvider:
         return DeployEnv(spec=spec)
 
     def destroy_all(self, spec: FleetSpec, progress: Progress = None) -> None:
-        """Every host of the fleet, then whatever else carries its tag (IPs, volumes, security group)."""
+        """Every host of the fleet, then whatever else carries its tag (IPs, volumes, security groups)."""
         self.destroy(spec, self.list_hosts(spec), progress=progress)
 
     def destroy_hosts(self, hosts: list[Host]) -> None:

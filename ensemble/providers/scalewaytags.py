@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from ensemble.publicports import port_range, public_ports
+
 if TYPE_CHECKING:
     from ensemble.providers.base import Host
     from ensemble.spec import FleetSpec
@@ -48,14 +50,32 @@ def fleet_tag(fleet: str) -> str:
     return f"ensemble-fleet={fleet}"
 
 
-def security_group_name(fleet: str) -> str:
-    """The fleet's security group. Example: security_group_name("demo") -> "ensemble-demo"."""
-    return f"ensemble-{fleet}"
+def security_group_name(fleet: str, role: str | None = None) -> str:
+    """A role's security group; without a role, the single group of fleets made before groups per role.
+
+    Example: security_group_name("demo", "shard") -> "ensemble-demo-shard"; without role: "ensemble-demo"
+    """
+    return f"ensemble-{fleet}-{role}" if role else f"ensemble-{fleet}"
 
 
-def group_tags(fleet: str, throwaway: bool) -> list[str]:
-    """Tags of the fleet's security group. Example: group_tags("demo", False) -> ["ensemble", "ensemble-fleet=demo"]."""
-    return [TAG, fleet_tag(fleet)] + ([SMOKE_TAG] if throwaway else [])
+def group_tags(fleet: str, throwaway: bool, role: str | None = None) -> list[str]:
+    """Tags of a role's security group (the role tag tells it from the old single group, and from the
+    group of a fleet whose name happens to end in -shard).
+
+    Example: group_tags("demo", False, "shard") -> ["ensemble", "ensemble-fleet=demo", "ensemble-role=shard"].
+    """
+    return [TAG, fleet_tag(fleet)] + ([f"ensemble-role={role}"] if role else []) + ([SMOKE_TAG] if throwaway else [])
+
+
+def is_role_group(tags: list[str] | None, name: str, fleet: str, role: str) -> bool:
+    """Whether a listed group is this fleet's group for this role (name and role tag both match).
+
+    Example::
+
+        is_role_group(["ensemble-fleet=demo", "ensemble-role=shard"], "ensemble-demo-shard", "demo", "shard")  # True
+    """
+    tags = tags or []
+    return name == security_group_name(fleet, role) and fleet_tag(fleet) in tags and f"ensemble-role={role}" in tags
 
 
 def host_tags(fleet: str, role: str, shard: int | None, created: str, throwaway: bool,
@@ -158,19 +178,20 @@ def old_enough(tags: list[str] | None, cutoff: datetime | None, fallback: dateti
     return created is not None and created < cutoff
 
 
-def firewall_rules(ssh_cidrs: list[str], turn_ports: tuple[int, int, int] | None = None
+def firewall_rules(ssh_cidrs: list[str], role: str, spec: FleetSpec | None = None
                    ) -> list[tuple[str, int, int, str]]:
-    """(protocol, first port, last port, source range) the fleet's security group lets in; all else is
-    dropped. `turn_ports` = (STUN/TURN port, first and last relay port) when shards run the TURN relay.
+    """(protocol, first port, last port, source range) a role's security group lets in; all else is
+    dropped. The public ports are `public_ports(role, spec)`, the very list the host firewall opens;
+    SSH is open to `ssh_cidrs` only.
 
     Example::
 
-        firewall_rules(["198.51.100.0/24"])[:2]   # [("tcp", 80, 80, "0.0.0.0/0"), ("tcp", 80, 80, "::/0")]
+        firewall_rules(["198.51.100.0/24"], "frontdoor")
+        # [("tcp", 80, 80, "0.0.0.0/0"), ("tcp", 80, 80, "::/0"), ("tcp", 443, 443, "0.0.0.0/0"), ...,
+        #  ("tcp", 22, 22, "198.51.100.0/24")]: no UDP, nothing behind a media port here
     """
-    public: list[tuple[str, int, int]] = [("tcp", 80, 80), ("tcp", 443, 443), ("udp", 10000, 10000)]
-    if turn_ports:
-        port, first, last = turn_ports
-        public += [("udp", port, port), ("tcp", port, port), ("udp", first, last)]
+    tcp, udp = public_ports(role, spec)
+    public = [("tcp", *port_range(p)) for p in tcp] + [("udp", *port_range(p)) for p in udp]
     rules = []
     for protocol, first_port, last_port in public:
         rules += [(protocol, first_port, last_port, "0.0.0.0/0"), (protocol, first_port, last_port, "::/0")]
