@@ -76,7 +76,7 @@ def test_cli_scale_up_down_destroy_leaves_nothing(scw, faults):
     assert down.returncode == 0, down.stderr
     assert json.loads(down.stdout)["removed"] == [f"demo-{n}.meet.example.org" for n in (5, 4, 3)]
     assert shards(scw.api) == [1, 2]
-    assert scw.api.resource_count() == {"servers": 3, "ips": 3, "volumes": 3, "security_groups": 1}
+    assert scw.api.resource_count() == {"servers": 3, "ips": 3, "volumes": 3, "security_groups": 2}
 
     listed = json.loads(cli(scw, "fleet", "list", "--json").stdout)
     assert [(r["role"], r["shard"]) for r in listed] == [("frontdoor", None), ("shard", 1), ("shard", 2)]
@@ -123,7 +123,10 @@ def test_janitor_deletes_only_old_smoke_resources_exactly_those_it_listed(scw):
                  "rules": [], "stateful": True, "zone": "fr-par-1", "project": api.project_id, "servers": [],
                  "inbound_default_policy": "drop", "outbound_default_policy": "accept",
                  "creation_date": (datetime.now(UTC) - timedelta(hours=3)).isoformat()}
-        api.state.security_groups[group["id"]] = group
+        api.state.security_groups[group["id"]] = group  # an old single group (fleets made before groups per role)
+        role_group = {**group, "id": "5e5e5e5e-0000-4000-8000-000000000002", "name": "ensemble-demo-smoke-aaa-shard",
+                      "tags": [*smoke, "ensemble-role=shard"], "rules": []}  # and a role's group, unused
+        api.state.security_groups[role_group["id"]] = role_group
         its_ip = api._new_ip({"tags": smoke}, "fr-par-1")
         leaked = api._new_server({"name": "demo-smoke-aaa-1", "commercial_type": "PRO2-XXS", "tags": smoke,
                                   "image": api._images()[0]["id"], "volumes": {"0": {"size": 20_000_000_000}},
@@ -137,7 +140,7 @@ def test_janitor_deletes_only_old_smoke_resources_exactly_those_it_listed(scw):
     listed = lifecycle.janitor(scw.spec, "2h", dry_run=True, provider=scw.provider())
     assert listed == ["server demo-smoke-aaa-1", f"ip {its_ip['address']} (of demo-smoke-aaa-1)",
                       f"volume {its_volume} (of demo-smoke-aaa-1)", f"ip {orphan['address']}",
-                      "security group ensemble-demo-smoke-aaa"]
+                      "security group ensemble-demo-smoke-aaa", "security group ensemble-demo-smoke-aaa-shard"]
     assert len(api.state.servers) == 4
     run = cli(scw, "janitor", "--older-than", "2h", stdin="y\n")  # asked, answered yes
     assert run.returncode == 0, run.stderr
@@ -147,7 +150,7 @@ def test_janitor_deletes_only_old_smoke_resources_exactly_those_it_listed(scw):
     assert names == ["demo-smoke-bbb-1", "prod-1", "someone-elses"]
     assert leaked["id"] not in api.state.servers and orphan["id"] not in api.state.ips
     assert its_ip["id"] not in api.state.ips and its_volume not in api.state.volumes
-    assert group["id"] not in api.state.security_groups
+    assert group["id"] not in api.state.security_groups and role_group["id"] not in api.state.security_groups
     assert len(api.state.ips) == 1
     assert cli(scw, "janitor", "--older-than", "2h", "--yes").stdout.strip() == "janitor: deleted 0 resource(s)"
     assert cli(scw, "janitor", "--older-than", "soon", "--yes").returncode == 2
@@ -196,6 +199,7 @@ def test_smoke_destroys_in_all_cases(scw):
     listed = lifecycle.janitor(scw.spec, "0s", dry_run=True, provider=scw.provider())
     assert listed[0] == "server demo-smoke-t4-1.meet.example.org"  # with its IP, its volume and its fleet's group
     assert [line.split()[0] for line in listed] == ["server", "ip", "volume", "security"]
+    assert listed[-1] == "security group ensemble-demo-smoke-t4-shard"  # its role's group (smoke: shards only)
     lifecycle.destroy_fleet(lifecycle.throwaway_spec(scw.spec, "t4"), yes=True, provider=scw.provider())
     assert scw.api.resource_count() == ZERO
 
