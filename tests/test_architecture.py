@@ -17,7 +17,7 @@ LAYERS = [
     ["ensemble.components", "ensemble.pyinfra_entry"],
     ["ensemble.contexts"],
     ["ensemble.render", "ensemble.inventory", "ensemble.keyring", "ensemble.kept", "ensemble.frontdoor.refresh"],
-    ["ensemble.hostfiles", "ensemble.frontdoor.render", "ensemble.frontdoor.occupancy"],
+    ["ensemble.hostfiles", "ensemble.frontdoor.render", "ensemble.frontdoor.occupancy", "ensemble.frontdoor.metrics"],
     ["ensemble.providers", "ensemble.secrets", "ensemble.templating", "ensemble.frontdoor.selection",
      "ensemble.frontdoor.rooms", "ensemble.standins"],
     ["ensemble.ssh"],

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ensemble.errors import EnsembleError
+from ensemble.frontdoor.metrics import metrics_text, next_stats
 from ensemble.frontdoor.occupancy import OccupancySource, read_all
 from ensemble.frontdoor.render import FrontdoorLayout, routing_conf
 from ensemble.frontdoor.rooms import room_key
@@ -125,6 +126,15 @@ def load_state(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _next_stats(state: dict, now: float, duration: float, failed: bool, routes: int) -> dict:
+    """The counters after this run; a damaged counter set starts again from zero (derived data)."""
+    before = state.get("stats")
+    try:
+        return next_stats(before if isinstance(before, dict) else {}, now, duration, failed, routes)
+    except (TypeError, ValueError):
+        return next_stats({}, now, duration, failed, routes)
+
+
 # ---------------------------------------------------------------- actions
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
@@ -208,6 +218,7 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
     _run(nginx.reopen)  # the route log is buffered: flush it right before reading it
     routed, position = read_new_routes(log, state.get("routes_log", {}))
     plan, memory = select(readings, memory, now, selection_params(spec), routed)
+    routes, failed = len(routed), True
     try:
         changed, reloaded = install_maps(Path(layout.routing_path), routing_conf(plan, spec, layout), nginx)
         if reloaded and nginx.settle > 0:
@@ -216,12 +227,17 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
             _run(nginx.reopen)
             late, position = read_new_routes(log, position)
             late = [route for route in late if route[1] not in plan.pins]
+            routes += len(late)
             if late:
                 plan, memory = pin_routed(plan, memory, late)
                 install_maps(Path(layout.routing_path), routing_conf(plan, spec, layout), nginx)
+        failed = False
     finally:
         new_state = {"memory": memory_to_json(memory), "routes_log": position, "plan": plan_to_json(plan),
-                     "refreshed_at": now, "errors": {r.name: r.error for r in readings if r.error}}
+                     "refreshed_at": now, "errors": {r.name: r.error for r in readings if r.error},
+                     "stats": _next_stats(state, now, time.monotonic() - started, failed, routes)}
         write_atomic(state_path, json.dumps(new_state, indent=1, sort_keys=True) + "\n", 0o640)
+        # the metrics nginx serves to the allow-listed scrapers (0644: nginx's workers read it)
+        write_atomic(Path(layout.metrics_path), metrics_text(new_state), 0o644)
     return RefreshResult(plan=plan, changed=changed, reloaded=reloaded, seconds=time.monotonic() - started,
                          unreadable=[r.name for r in readings if not r.ok])

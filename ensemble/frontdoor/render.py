@@ -70,6 +70,7 @@ class FrontdoorLayout:
     routing_path: str = paths.ROUTING_PATH
     seed_path: str = paths.ROUTING_SEED
     state_path: str = paths.FRONTDOOR_STATE
+    metrics_path: str = paths.FRONTDOOR_METRICS
     webroot: str = "/usr/share/ensemble/frontdoor"
     routes_log: str = "/var/log/nginx/ensemble-routes.log"
     spec_path: str = paths.FRONTDOOR_SPEC
@@ -131,6 +132,9 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "routing_path": layout.routing_path,
         "proxy_params_path": layout.proxy_params_path,
         "routes_log": layout.routes_log,
+        "metrics_path": layout.metrics_path,
+        "metrics_url_path": paths.METRICS_URL_PATH,
+        "metrics_allowed": list(spec.frontdoor.metrics_allowed_cidrs),
         "webroot": layout.webroot,
         "listen": list(layout.listen),
         "tls": layout.tls,
