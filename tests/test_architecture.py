@@ -10,6 +10,7 @@ import grimp
 # top to bottom: a module may import only modules of its own layer or below
 LAYERS = [
     ["ensemble.cli"],
+    ["ensemble.autoscale"],
     ["ensemble.lifecycle"],
     ["ensemble.fleet", "ensemble.frontdoor.commands", "ensemble.frontdoor.status"],
     ["ensemble.runner", "ensemble.worker", "ensemble.pyinfra_private", "ensemble.frontdoor.drain",
