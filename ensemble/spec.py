@@ -389,8 +389,10 @@ class AutoscaleSection:
     step: int = _opt(1, "shards added (at least) or removed per decision", bounds=(1, 100))
     cooldown_up: int = _opt(300, "seconds after a scale up before the next one", bounds=(0, 86400))
     cooldown_down: int = _opt(900, "seconds after any scale action before a scale down", bounds=(0, 86400))
-    drain_timeout: int = _opt(3600, "seconds a scale down waits for the drained shards' meetings to end; "
-                              "then it stops, leaving them drained, and nothing is cut", bounds=(1, 86400))
+    drain_timeout: int = _opt(300, "seconds a scale down waits for the drained shards' meetings to end; "
+                              "then the round stops, leaving them drained (nothing is cut), and the next "
+                              "round continues: short, so a waiting drain never delays a scale up long",
+                              bounds=(1, 86400))
     interval: int = _opt(60, "seconds between decisions of the long-running `ensemble autoscale`",
                          bounds=(5, 86400))
     schedule: list[str] = _opt([], 'UTC windows raising min_shards, e.g. "mon-fri 08:00-19:00 4" (the '
