@@ -202,6 +202,9 @@ def decide(policy: AutoscaleSection, capacity: int, loads: dict[str, ShardLoad],
         return made("hold", current, f"the front door's view is {view_age:.0f}s old (more than {max_age:.0f}s): "
                     "not acting on it")
     per_shard = capacity
+    if not ready:
+        return made("hold", current, "no shard is ready in the front door's view (starting, or a fleet-wide "
+                    "problem that more shards would not fix)")
     if free < policy.target_free:
         need = math.ceil((policy.target_free - free) / per_shard) if per_shard > 0 else policy.step
         if draining:  # the fleet needs places again: first take back the shards being drained

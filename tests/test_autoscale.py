@@ -103,7 +103,12 @@ def test_only_ready_shards_offer_places():
     d = run(policy(), *fleet(10, 0, states={"s2": "draining"}))
     assert d.figures["capacity"] == 100 and d.figures["ready"] == 1
     d = run(policy(), *fleet(60, 0, states={"s2": "unhealthy"}))
-    assert d.action == "up"
+    assert d.action == "up"  # 40 free on the one ready shard
+
+
+def test_no_ready_shard_at_all_is_not_answered_with_more_shards():
+    d = run(policy(), *fleet(0, 0, states={"s1": "unhealthy", "s2": "unhealthy"}))
+    assert d.action == "hold" and "no shard is ready" in d.reason
 
 
 def test_never_removes_on_an_incomplete_view():
@@ -347,3 +352,27 @@ def test_status_watch_and_json_together_is_a_usage_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ensemble.cli", "status", "--watch", "--json", "--state", str(state)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--watch" in proc.stderr
+
+
+def test_status_watch_redraws_until_interrupted(tmp_path):
+    import signal
+    import time
+
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"refreshed_at": 1.0, "plan": {"shards": [
+        {"name": "s1.example.org", "state": "ready", "reason": "", "conferences": 2, "participants": 9,
+         "stress": 0.1, "capacity": 200, "weight": 10000, "pinned": 2}]}}))
+    proc = subprocess.Popen([sys.executable, "-m", "ensemble.cli", "status", "--watch", "--interval", "1",
+                             "--state", str(state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        state.write_text(state.read_text().replace('"participants": 9', '"participants": 11'))
+        if time.monotonic() > deadline - 27:  # at least 3 s: a few redraws
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode in (0, 130), err
+    assert "s1.example.org" in out and "ready" in out and "Traceback" not in err
+    assert out.count("every 1s, Ctrl-C to stop") >= 2  # redrawn
+    assert " 11 " in out  # the redraw read the file again

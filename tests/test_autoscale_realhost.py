@@ -90,6 +90,14 @@ def fleet(local_provider, tmp_path_factory):
         local_provider.destroy_all(spec)
 
 
+def door_reads(door) -> dict[str, tuple[str, int]]:
+    """{shard: (state, participants)} of the front door's last refresh."""
+    code, out, _ = ssh_run(door, "cat /var/lib/ensemble/frontdoor/state.json")
+    if code != 0:
+        return {}
+    return {s["name"]: (s["state"], s["participants"]) for s in json.loads(out)["plan"]["shards"]}
+
+
 def hosts_of(local_provider, spec) -> dict:
     return {h.name: h for h in local_provider.list_hosts(spec)}
 
@@ -141,10 +149,13 @@ def test_autoscale_up_then_down_by_drain_and_wait_never_cutting(fleet, local_pro
              for _ in range(3)]
     try:
         wait_until(lambda: census(hosts[one]).get("busy", 0) == 3, 60, "3 participants in the census")
+        wait_until(lambda: door_reads(door).get(one) == ("ready", 3), 120,
+                   "the front door reads shard 1 ready with 3 participants")
         code, out, err = autoscale(config, state)
         assert code == 0, err[-3000:]
         assert (out["action"], out["current"], out["target"]) == ("up", 1, 2), out
-        assert out["figures"]["used"] >= 3 and out["figures"]["free"] < 2, out  # (stress may count more)
+        assert out["figures"]["ready"] == 1 and out["figures"]["used"] >= 3, out  # (stress may count more)
+        assert out["figures"]["free"] < 2, out
         assert "target_free 2" in out["reason"], out
         hosts = hosts_of(local_provider, spec)
         assert two in hosts
