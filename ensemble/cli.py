@@ -434,14 +434,16 @@ def janitor(config: Path | None, older_than: str, tags: tuple[str, ...], yes: bo
 
     spec = get_spec(config)
     say = lambda line: click.echo(line, err=True)  # noqa: E731
-    if not yes:
+    found, asked_at = None, None
+    if not yes:  # the question lists exactly what the answer deletes (and no more, whatever changes meanwhile)
+        asked_at = time.time()
         found = run_janitor(spec, older_than, tags, dry_run=True, progress=say)
         if not found:
             click.echo("janitor: nothing to delete")
             return
         if not click.confirm(f"Delete {len(found)} leaked smoke resource(s): {', '.join(found)}?", err=True):
             raise click.exceptions.Abort()
-    removed = run_janitor(spec, older_than, tags, progress=say)
+    removed = run_janitor(spec, older_than, tags, progress=say, confirmed=found, asked_at=asked_at)
     click.echo(f"janitor: deleted {len(removed)} resource(s){': ' + ', '.join(removed) if removed else ''}")
 
 

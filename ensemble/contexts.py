@@ -58,7 +58,8 @@ def shard_packages(spec: FleetSpec) -> list[str]:
 
         shard_packages(spec)[-1]     # "jitsi-meet" (or "jitsi-meet=<version>" when pinned)
     """
-    packages = [*BASE_PACKAGES, "nginx", "prosody"]
+    # prosody.im's "prosody" follows the newest line: legacy profiles name theirs (prosody-0.11)
+    packages = [*BASE_PACKAGES, "nginx", spec.profile.prosody_package]
     if spec.tls.mode == "letsencrypt":
         packages.append("certbot")
     version = spec.jitsi_version

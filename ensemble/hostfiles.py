@@ -114,6 +114,36 @@ def jitsi_source(repo: str, suite: str) -> str:
     return f"Types: deb\nURIs: {repo}\nSuites: {suite}\nSigned-By: {paths.JITSI_KEYRING}\n"
 
 
+def jitsi_preferences(pins: Iterable[tuple[str, str]]) -> str:
+    """apt preferences pinning Jitsi's packages to exact versions: kept by every later install and upgrade.
+
+    Priority 1001 also brings a host that holds newer versions back to the pinned set.
+
+    Example::
+
+        jitsi_preferences([("jicofo", "1.0-1038-1")]).splitlines()[1:4]
+        # ["Package: jicofo", "Pin: version 1.0-1038-1", "Pin-Priority: 1001"]
+    """
+    stanzas = [f"Package: {name}\nPin: version {version}\nPin-Priority: 1001\n" for name, version in pins]
+    return "# Managed by ensemble: the Jitsi release this OS profile pins, as one set.\n" + "\n".join(stanzas)
+
+
+def shard_pins(spec: FleetSpec) -> list[tuple[str, str]]:
+    """The (package, version) pins of a shard: the profile's whole set for its own release, else only
+    jitsi-meet at the spec's version (its exact dependencies are unknown here), none when unpinned.
+
+    Example::
+
+        shard_pins(spec_from_dict({"fleet": {"os": "debian-buster"}}))[0]    # ("jitsi-meet", "2.0.8719-1")
+    """
+    version = spec.jitsi_version
+    if not version:
+        return []
+    if version == spec.profile.jitsi_version and spec.profile.jitsi_pins:
+        return list(spec.profile.jitsi_pins)
+    return [("jitsi-meet", version)]
+
+
 def prosody_im_source(codename: str) -> str:
     """deb822 source of prosody.im's repository (profiles whose distribution prosody is too old).
 
@@ -255,6 +285,8 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
             out.append(RenderedFile(paths.JITSI_KEYRING, keyring, component="apt"))
         out.append(RenderedFile(paths.JITSI_SOURCE, jitsi_source(spec.jitsi.apt_repo, spec.jitsi.apt_suite),
                                 component="apt"))
+        if shard_pins(spec):
+            out.append(RenderedFile(paths.JITSI_PREFERENCES, jitsi_preferences(shard_pins(spec)), component="apt"))
         if spec.profile.prosody_source == "prosody.im":
             out.append(RenderedFile(PROSODY_SOURCE, prosody_im_source(spec.profile.codename), component="apt"))
         out.append(RenderedFile(paths.DEBCONF_PRESEED, debconf_preseed(host.name), 0o600, component="apt"))

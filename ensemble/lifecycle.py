@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import secrets as _random
 import ssl
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -385,17 +386,33 @@ def parse_duration(text: str, key: str = "--older-than") -> int:
 
 
 def janitor(spec: FleetSpec, older_than: str = "2h", tags: tuple[str, ...] = (), *, dry_run: bool = False,
-            provider: Provider | None = None, progress: Progress = None) -> list[str]:
+            provider: Provider | None = None, progress: Progress = None, confirmed: list[str] | None = None,
+            asked_at: float | None = None) -> list[str]:
     """Delete leaked throwaway (smoke) resources older than older_than, and nothing else.
 
     Scaleway: servers, IPs, volumes and security groups tagged ensemble-smoke (and every --tag).
     Local: hosts and networks that crashed or interrupted runs left behind.
+    `confirmed` is the list a user said yes to (a dry run's answer, made at `asked_at`, time.time()):
+    the age limit stays the one of that moment, and if anything not on the list would now be deleted,
+    nothing is and the error names it.
+
+    Example::
+
+        shown = janitor(spec, "2h", dry_run=True); asked = time.time()
+        janitor(spec, "2h", confirmed=shown, asked_at=asked)   # deletes what was shown, no more
     """
     seconds = parse_duration(older_than)
     for tag in tags:
         if not _TAG.fullmatch(tag):
             raise UsageError(f"--tag: not a single tag (1-128 of A-Za-z0-9=_.:/+@-, no spaces or commas): {tag!r}")
+    if asked_at is not None:  # the same cutoff as the question's, however long the answer took
+        seconds += max(0.0, time.time() - asked_at)
     provider = provider or provider_for(spec)
+    if confirmed is not None and not dry_run:
+        unlisted = [line for line in provider.janitor(seconds, list(tags), dry_run=True) if line not in confirmed]
+        if unlisted:
+            raise EnsembleError(f"janitor: {len(unlisted)} resource(s) not in the list you confirmed would now be "
+                                f"deleted ({', '.join(unlisted)}); nothing deleted: run janitor again")
     return provider.janitor(seconds, list(tags), progress=progress, dry_run=dry_run)
 
 

@@ -21,6 +21,7 @@ AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
 APT_DIRECT_FILE = "/etc/apt/apt.conf.d/02ensemble-direct"
 JITSI_KEYRING = "/usr/share/keyrings/jitsi-keyring.gpg"
 JITSI_SOURCE = "/etc/apt/sources.list.d/jitsi.sources"
+JITSI_PREFERENCES = "/etc/apt/preferences.d/ensemble-jitsi.pref"  # pinned Jitsi versions (legacy profiles)
 
 # ---- TLS ----
 TLS_DIR = "/etc/ensemble/tls"  # <domain>/fullchain.pem and privkey.pem

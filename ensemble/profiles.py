@@ -12,6 +12,16 @@ from dataclasses import dataclass
 PROSODY_IM_REPO = "http://packages.prosody.im/debian"
 PROSODY_IM_KEY_URL = "https://prosody.im/files/prosody-debian-packages.key"
 
+# jitsi-meet 2.0.8719-1 and the exact versions its Depends/Pre-Depends name (jitsi-meet-debian-meta).
+LEGACY_JITSI_PINS: tuple[tuple[str, str], ...] = (
+    ("jitsi-meet", "2.0.8719-1"),
+    ("jitsi-videobridge2", "2.3-25-g1da507fa-1"),
+    ("jicofo", "1.0-1038-1"),
+    ("jitsi-meet-web", "1.0.7322-1"),
+    ("jitsi-meet-web-config", "1.0.7322-1"),
+    ("jitsi-meet-prosody", "1.0.7322-1"),
+)
+
 
 @dataclass(frozen=True)
 class OSProfile:
@@ -31,6 +41,10 @@ class OSProfile:
     jitsi_version: str  # apt version constraint for jitsi-meet ("" = newest in the repo)
     node_source: str  # where Etherpad's Node comes from: "distribution" | "nodesource"
     legacy: bool = False  # end of life: warn, pin old Jitsi
+    # {package: exact version} apt pins with jitsi_version: the metapackage depends on exact versions
+    # of these, and apt tries only each dependency's newest version, so all of them are pinned
+    jitsi_pins: tuple[tuple[str, str], ...] = ()
+    prosody_package: str = "prosody"  # prosody.im: "prosody" follows the newest line; "prosody-0.11" etc. stay
 
     @property
     def eol_warning(self) -> str | None:
@@ -58,9 +72,11 @@ PROFILES: dict[str, OSProfile] = {
         # Legacy: 2.0.8719 (June 2023) is the last stable jitsi-meet whose components ran on
         # Java 11 with prosody 0.11 from prosody.im.
         OSProfile("debian-buster", "debian", "buster", None, "prosody.im",
-                  "openjdk-11-jre-headless", "2.0.8719-1", "nodesource", legacy=True),
+                  "openjdk-11-jre-headless", "2.0.8719-1", "nodesource", legacy=True,
+                  jitsi_pins=LEGACY_JITSI_PINS, prosody_package="prosody-0.11"),
         OSProfile("ubuntu-bionic", "ubuntu", "bionic", None, "prosody.im",
-                  "openjdk-11-jre-headless", "2.0.8719-1", "nodesource", legacy=True),
+                  "openjdk-11-jre-headless", "2.0.8719-1", "nodesource", legacy=True,
+                  jitsi_pins=LEGACY_JITSI_PINS, prosody_package="prosody-0.11"),
     )
 }
 

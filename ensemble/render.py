@@ -206,12 +206,15 @@ def shard_files(spec: FleetSpec, n: int, secrets: Secrets, host: Host | None = N
     out = [
         _file("prosody/jitsi-meet.cfg.lua.j2", ctx, f"/etc/prosody/conf.avail/{d}.cfg.lua", "prosody", "prosody",
               0o640, group="prosody"),
+        # jicofo:jitsi and jvb:jitsi: the packages' postinsts chown their directories so on every upgrade
         _file("jicofo/jicofo.conf.j2", ctx, "/etc/jitsi/jicofo/jicofo.conf", "jicofo", "jicofo", 0o640,
-              group="jitsi"),
+              owner="jicofo", group="jitsi"),
+        _file("jicofo/sip-communicator.properties.j2", ctx, "/etc/jitsi/jicofo/sip-communicator.properties",
+              "jicofo", "jicofo", 0o640, owner="jicofo", group="jitsi"),
         _file("jvb/jvb.conf.j2", ctx, "/etc/jitsi/videobridge/jvb.conf", "jvb", "jitsi-videobridge2", 0o640,
-              group="jitsi"),
+              owner="jvb", group="jitsi"),
         _file("jvb/sip-communicator.properties.j2", ctx, "/etc/jitsi/videobridge/sip-communicator.properties",
-              "jvb", "jitsi-videobridge2", 0o640, group="jitsi"),
+              "jvb", "jitsi-videobridge2", 0o640, owner="jvb", group="jitsi"),
         _file("web/config.js.j2", ctx, f"/etc/jitsi/meet/{d}-config.js", "web", None),
         _file("nginx/ensemble-http.conf.j2", ctx, "/etc/nginx/conf.d/ensemble-http.conf", "nginx", "nginx"),
         # 0640: the site holds the fleet's occupancy token (nginx's master reads it as root).

@@ -433,6 +433,7 @@ def wait_until_reachable(host: Host, timeout: float, *, interval: float = 0.5, a
         finally:
             conn.close()
         if time.monotonic() >= deadline:
-            raise SSHError(host.name, f"SSH on {host.address}:{host.ssh_port} not ready after {timeout:.0f}s "
-                           f"({last})")
+            where = f"{host.address}:{host.ssh_port}"  # said once: the last reason's own "SSH to <where> failed: " goes
+            last = last.removeprefix(f"SSH to {where} failed: ")
+            raise SSHError(host.name, f"SSH on {where} not ready after {timeout:.0f}s (last try: {last})")
         time.sleep(interval)

@@ -45,6 +45,7 @@ TOOL_PACKAGES = {
     "/usr/bin/chromedriver": "chromium-driver", "unshare": "util-linux", "nsenter": "util-linux", "ip": "iproute2",
     "ss": "iproute2", "pebble": "pebble", "pebble-challtestsrv": "pebble", "systemd-nspawn": "systemd-container",
     "debootstrap": "debootstrap", "zstd": "zstd", "apt-cacher-ng": "apt-cacher-ng", "tinyproxy": "tinyproxy",
+    "hocon": "ruby-hocon",
 }
 # What the local provider runs to make real throwaway hosts (tests marked `realhost`).
 REALHOST_TOOLS = ("systemd-nspawn", "debootstrap", "zstd", "apt-cacher-ng", "tinyproxy", "ip", "ssh-keygen",

@@ -244,7 +244,9 @@ def test_files_units_and_debconf_templates(repo, tmp_path):
     jicofo = extract(deb_of(repo, "jicofo"), tmp_path / "jicofo")
     unit = (jicofo / "usr/lib/systemd/system/jicofo.service").read_text()
     assert "User=jicofo" in unit and "/usr/share/jicofo/standin-jicofo.py jicofo" in unit
-    assert "if [ ! -e /etc/jitsi/jicofo/jicofo.conf ]" in (jicofo / "DEBIAN/postinst").read_text()
+    postinst = (jicofo / "DEBIAN/postinst").read_text()
+    assert 'hocon -f "$HOCON_CONFIG" set jicofo.xmpp.client.client-proxy' in postinst
+    assert "chown -R jicofo:jitsi /etc/jitsi/jicofo" in postinst
     assert "jicofo/jicofo-authpassword" in (jicofo / "DEBIAN/templates").read_text()
 
     web = deb_paths(deb_of(repo, "jitsi-meet-web"))
@@ -267,7 +269,8 @@ def test_files_units_and_debconf_templates(repo, tmp_path):
     assert 'if [ ! -e "/etc/jitsi/meet/$D-config.js" ]' in postinst and '[ ! -e "$SITE" ]' in postinst
 
     prosody = deb_paths(deb_of(repo, "jitsi-meet-prosody"))
-    for name in ("muc_census", "auth_jitsi-anonymous", "roster_command", "muc_filter_access", *PLACEHOLDER_PLUGINS):
+    for name in ("muc_census", "conference_duration", "auth_jitsi-anonymous", "roster_command", "muc_filter_access",
+                 *PLACEHOLDER_PLUGINS):
         assert f"/usr/share/jitsi-meet/prosody-plugins/mod_{name}.lua" in prosody
     assert "/usr/share/jitsi-meet/prosody-plugins/mod_external_services.lua" not in prosody  # prosody ships it
 
@@ -290,7 +293,7 @@ def test_prosody_plugins_compile(repo, tmp_path):
     assert luac, "lua5.4 (luac) is in .ci/apt-packages.txt"
     root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "p")
     plugins = sorted((root / "usr/share/jitsi-meet/prosody-plugins").glob("*.lua"))
-    assert len(plugins) == len(PLACEHOLDER_PLUGINS) + 4
+    assert len(plugins) == len(PLACEHOLDER_PLUGINS) + 5
     for plugin in plugins:  # one file per run: Debian's luac5.4 aborts on many files at once
         subprocess.run([luac, "-p", str(plugin)], check=True)
     subprocess.run([luac, "-p", str(root / "usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example")], check=True)
@@ -671,38 +674,46 @@ def real_prosody(repo, tmp_path):
 def get_census(url: str, host: str) -> list[dict]:
     req = urllib.request.Request(url, headers={"Host": host})
     with urllib.request.urlopen(req, timeout=5) as response:
-        assert response.headers["Content-Type"].startswith("application/json")
+        assert "Content-Type" not in response.headers  # upstream's census sets none
         return json.load(response)["room_census"]
 
 
 @pytest.mark.needs_tool("prosody")
-def test_muc_census_in_real_prosody_counts_participants(real_prosody):
+def test_muc_census_in_real_prosody_reports_like_upstream(real_prosody):
+    """Upstream's output: the focus subtracted (here there is none: a lone occupant counts 0), created_time a
+    string of milliseconds once a second occupant joined (mod_conference_duration) and absent before,
+    health-check rooms left out, the empty census a literal list, no Content-Type."""
     url = real_prosody["census"]
     assert get_census(url, DOMAIN) == []
-    alice, bob, carol = (XmppClient(real_prosody["c2s"], DOMAIN) for _ in range(3))
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Host": DOMAIN}), timeout=5) as response:
+        assert response.read() == b'{"room_census":[]}'
+    alice, bob, carol, health = (XmppClient(real_prosody["c2s"], DOMAIN) for _ in range(4))
     try:
         started = time.time()
         alice.join(f"standup@conference.{DOMAIN}", "alice")
         bob.join(f"standup@conference.{DOMAIN}", "bob")
         carol.join(f"retro@conference.{DOMAIN}", "carol")
+        health.join(f"__jicofo-health-check-1234@conference.{DOMAIN}", "focus")
         rooms = {r["room_name"]: r for r in get_census(url, DOMAIN)}
         assert set(rooms) == {f"standup@conference.{DOMAIN}", f"retro@conference.{DOMAIN}"}
-        assert rooms[f"standup@conference.{DOMAIN}"]["participants"] == 2
-        assert rooms[f"retro@conference.{DOMAIN}"]["participants"] == 1
-        for room in rooms.values():
-            assert room["leaked"] is False
-            assert abs(room["created_time"] / 1000 - started) < 60
+        standup, retro = rooms[f"standup@conference.{DOMAIN}"], rooms[f"retro@conference.{DOMAIN}"]
+        assert (standup["participants"], retro["participants"]) == (1, 0)  # occupants minus one
+        assert isinstance(standup["created_time"], str) and abs(int(standup["created_time"]) / 1000 - started) < 60
+        assert "created_time" not in retro  # one occupant: the conference is not established
+        assert standup["leaked"] is False and retro["leaked"] is False
         bob.close()
         wait_for(lambda: {r["room_name"]: r["participants"] for r in get_census(url, DOMAIN)}
-                 .get(f"standup@conference.{DOMAIN}") == 1, what="bob's departure in the census")
+                 .get(f"standup@conference.{DOMAIN}") == 0, what="bob's departure in the census")
+        assert {r["room_name"]: r.get("created_time") for r in get_census(url, DOMAIN)}[
+            f"standup@conference.{DOMAIN}"] == standup["created_time"]  # set once
     finally:
-        for client in (alice, carol):
+        for client in (alice, carol, health):
             client.close()
     log = real_prosody["log"].read_text()
     assert "TEST STAND-IN room census" in log and "TEST STAND-IN anonymous authentication" in log
+    assert "TEST STAND-IN conference_duration" in log
     problems = [line for line in log.splitlines() if re.search(r"\terror\t|Unable to load|Failed to load", line)]
     assert not problems, "\n".join(problems)
-
 
 
 def register(prosody: dict, user: str, host: str, password: str) -> None:

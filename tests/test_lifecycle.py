@@ -82,7 +82,9 @@ def test_cli_scale_up_down_destroy_leaves_nothing(scw, faults):
     assert [(r["role"], r["shard"]) for r in listed] == [("frontdoor", None), ("shard", 1), ("shard", 2)]
     inventory = json.loads(cli(scw, "inventory", "--json").stdout)
     data = inventory["hosts"]["demo-1.meet.example.org"]
-    assert data["ssh_hostname"].startswith("127.0.10.") and data["ssh_strict_host_key_checking"] == "yes"
+    from standins.scaleway_env import ADDRESS_PREFIX
+
+    assert data["ssh_hostname"].startswith(ADDRESS_PREFIX) and data["ssh_strict_host_key_checking"] == "yes"
     assert inventory["groups"]["frontdoor"] == ["meet.example.org"]
 
     no = cli(scw, "fleet", "destroy", stdin="n\n")
@@ -112,27 +114,56 @@ def _iso(delta: timedelta) -> str:
     return (datetime.now(UTC) - delta).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def test_janitor_deletes_only_old_smoke_resources(scw):
+def test_janitor_deletes_only_old_smoke_resources_exactly_those_it_listed(scw):
     old, young = _iso(timedelta(hours=3)), _iso(timedelta(minutes=5))
     api = scw.api
-    leaked = api.add_foreign_server("demo-smoke-aaa-1", ["ensemble", "ensemble-fleet=demo-smoke-aaa",
-                                                        "ensemble-smoke", f"ensemble-created={old}"])
+    smoke = ["ensemble", "ensemble-fleet=demo-smoke-aaa", "ensemble-smoke", f"ensemble-created={old}"]
+    with api.lock:
+        group = {"id": "5e5e5e5e-0000-4000-8000-000000000001", "name": "ensemble-demo-smoke-aaa", "tags": smoke,
+                 "rules": [], "stateful": True, "zone": "fr-par-1", "project": api.project_id, "servers": [],
+                 "inbound_default_policy": "drop", "outbound_default_policy": "accept",
+                 "creation_date": (datetime.now(UTC) - timedelta(hours=3)).isoformat()}
+        api.state.security_groups[group["id"]] = group
+        its_ip = api._new_ip({"tags": smoke}, "fr-par-1")
+        leaked = api._new_server({"name": "demo-smoke-aaa-1", "commercial_type": "PRO2-XXS", "tags": smoke,
+                                  "image": api._images()[0]["id"], "volumes": {"0": {"size": 20_000_000_000}},
+                                  "public_ips": [its_ip["id"]], "security_group": group["id"]}, "fr-par-1")
+        orphan = api._new_ip({"tags": ["ensemble", "ensemble-smoke", f"ensemble-created={old}"]}, "fr-par-1")
+        api._new_ip({"tags": ["ensemble", "ensemble-fleet=prod", f"ensemble-created={old}"]}, "fr-par-1")
+    its_volume = next(iter(leaked["volumes"].values()))["id"]
     api.add_foreign_server("demo-smoke-bbb-1", ["ensemble", "ensemble-smoke", f"ensemble-created={young}"])
     api.add_foreign_server("prod-1", ["ensemble", "ensemble-fleet=prod", f"ensemble-created={old}"])
     api.add_foreign_server("someone-elses", [], created=old)
-    with api.lock:
-        orphan = api._new_ip({"tags": ["ensemble", "ensemble-smoke", f"ensemble-created={old}"]}, "fr-par-1")
-        api._new_ip({"tags": ["ensemble", "ensemble-fleet=prod", f"ensemble-created={old}"]}, "fr-par-1")
     listed = lifecycle.janitor(scw.spec, "2h", dry_run=True, provider=scw.provider())
-    assert listed == ["server demo-smoke-aaa-1", f"ip {orphan['address']}"]
+    assert listed == ["server demo-smoke-aaa-1", f"ip {its_ip['address']} (of demo-smoke-aaa-1)",
+                      f"volume {its_volume} (of demo-smoke-aaa-1)", f"ip {orphan['address']}",
+                      "security group ensemble-demo-smoke-aaa"]
     assert len(api.state.servers) == 4
-    run = cli(scw, "janitor", "--older-than", "2h", "--yes")
+    run = cli(scw, "janitor", "--older-than", "2h", stdin="y\n")  # asked, answered yes
     assert run.returncode == 0, run.stderr
+    assert ", ".join(listed) + "?" in run.stderr  # the question named every one of them
+    assert run.stdout.strip() == f"janitor: deleted {len(listed)} resource(s): {', '.join(listed)}"
     names = sorted(s["name"] for s in api.state.servers.values())
     assert names == ["demo-smoke-bbb-1", "prod-1", "someone-elses"]
     assert leaked["id"] not in api.state.servers and orphan["id"] not in api.state.ips
+    assert its_ip["id"] not in api.state.ips and its_volume not in api.state.volumes
+    assert group["id"] not in api.state.security_groups
     assert len(api.state.ips) == 1
+    assert cli(scw, "janitor", "--older-than", "2h", "--yes").stdout.strip() == "janitor: deleted 0 resource(s)"
     assert cli(scw, "janitor", "--older-than", "soon", "--yes").returncode == 2
+
+
+def test_janitor_deletes_nothing_when_more_would_go_than_was_confirmed(scw):
+    old = _iso(timedelta(hours=3))
+    with scw.api.lock:
+        first = scw.api._new_ip({"tags": ["ensemble", "ensemble-smoke", f"ensemble-created={old}"]}, "fr-par-1")
+    shown = lifecycle.janitor(scw.spec, "2h", dry_run=True, provider=scw.provider())
+    assert shown == [f"ip {first['address']}"]
+    with scw.api.lock:  # leaked meanwhile (an answer that took a while)
+        scw.api._new_ip({"tags": ["ensemble", "ensemble-smoke", f"ensemble-created={old}"]}, "fr-par-1")
+    with pytest.raises(lifecycle.EnsembleError, match="1 resource.*not in the list you confirmed.*nothing deleted"):
+        lifecycle.janitor(scw.spec, "2h", provider=scw.provider(), confirmed=shown)
+    assert len(scw.api.state.ips) == 2
 
 
 def test_smoke_destroys_in_all_cases(scw):
@@ -162,8 +193,9 @@ def test_smoke_destroys_in_all_cases(scw):
     kept = lifecycle.smoke(scw.spec, keep=True, deploy=deploy, checks=lambda spec, hosts: [], suffix="t4")
     assert kept.ok and kept.kept and len(scw.api.state.servers) == 1
     assert lifecycle.janitor(scw.spec, "1h", dry_run=True, provider=scw.provider()) == []  # too young
-    assert lifecycle.janitor(scw.spec, "0s", dry_run=True, provider=scw.provider()) == [
-        "server demo-smoke-t4-1.meet.example.org"]
+    listed = lifecycle.janitor(scw.spec, "0s", dry_run=True, provider=scw.provider())
+    assert listed[0] == "server demo-smoke-t4-1.meet.example.org"  # with its IP, its volume and its fleet's group
+    assert [line.split()[0] for line in listed] == ["server", "ip", "volume", "security"]
     lifecycle.destroy_fleet(lifecycle.throwaway_spec(scw.spec, "t4"), yes=True, provider=scw.provider())
     assert scw.api.resource_count() == ZERO
 
@@ -210,3 +242,16 @@ def test_smoke_with_the_local_provider_reaches_and_destroys_its_hosts():
     assert result.ok and result.destroyed, result.failures
     assert ("shard", 0) in reached
     assert LocalProvider().list_hosts(lifecycle.throwaway_spec(spec, "a1")) == []
+
+
+def test_janitor_tags_must_all_match_though_the_block_api_lists_any(scw):
+    old = _iso(timedelta(hours=3))
+    with scw.api.lock:
+        for ident, tags in (("0f0f0f0f-0000-4000-8000-000000000001", ["ensemble-smoke"]),
+                            ("0f0f0f0f-0000-4000-8000-000000000002", ["ensemble-smoke", "ci-run-1"])):
+            scw.api.state.volumes[ident] = {
+                "id": ident, "name": "leaked", "type": "sbs_5k", "size": 10_000_000_000, "status": "available",
+                "tags": ["ensemble", *tags, f"ensemble-created={old}"], "zone": "fr-par-1",
+                "project_id": scw.api.project_id, "created_at": old, "references": []}
+    listed = lifecycle.janitor(scw.spec, "2h", ("ci-run-1",), dry_run=True, provider=scw.provider())
+    assert listed == ["volume 0f0f0f0f-0000-4000-8000-000000000002"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from ensemble.errors import EnsembleError, UsageError
@@ -109,16 +111,58 @@ def test_failed_create_keeps_and_reports_made_hosts_rerun_completes(scw):
     assert scw.api.resource_count() == zero(scw.api)
 
 
-def test_quota_error_is_one_line_naming_the_resource(scw):
+def test_quota_error_is_one_line_naming_the_quota_and_how_to_raise_it(scw):
     scw.api.quotas["servers"] = 1
     provider = scw.provider()
-    with pytest.raises(EnsembleError, match="quota exceeded.*instances_servers") as info:
+    with pytest.raises(EnsembleError) as info:
         provider.ensure_hosts(scw.spec.with_shards(1))
-    assert "\n" not in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and "run the same command again" not in message
+    assert "1 of 2 host(s) not created" in message and "created and kept (tagged)" in message
+    assert "quota reached: instances_servers (limit 1, in use 1)" in message
+    assert "Organization > Quotas" in message and "fleet.shards" in message
     posts = [r for r in scw.api.requests if r[0] == "POST" and r[1].endswith("/servers")]
     assert len(posts) == 2  # no retry of a quota error: one per host
+    assert len(scw.api.state.ips) == 1  # the host that could not be made left no IP behind
     provider.destroy(scw.spec, provider.list_hosts(scw.spec))
     assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_permission_denied_points_at_the_api_key_and_its_iam_policy(scw):
+    from standins.scaleway_env import PROJECT_ID
+
+    scw.api.inject("POST", r"/ips$", status=403, times=None, body={
+        "type": "permissions_denied", "message": "insufficient permissions",
+        "details": [{"resource": "instance_ip", "action": "create"}]})
+    with pytest.raises(UsageError) as info:
+        scw.provider().ensure_hosts(scw.spec.with_shards(1))
+    message = str(info.value)
+    assert message.startswith("SCW_ACCESS_KEY: Scaleway denied this API key the right to create")
+    assert "(denied: create instance_ip)" in message and "InstancesFullAccess" in message
+    assert f"project {PROJECT_ID}" in message and "IAM > Policies" in message and "\n" not in message
+    assert len([r for r in scw.api.requests if r[1].endswith("/ips") and r[2] == 403]) == 2  # not retried
+    assert scw.api.resource_count()["servers"] == 0
+
+
+def test_ssh_timeout_names_each_host_once(scw, tmp_path):
+    from standins.scaleway_env import ADDRESS_PREFIX, write_spec
+
+    from ensemble.spec import load_spec
+
+    path = write_spec(tmp_path / "t.toml", tmp_path, shards=1)
+    path.write_text(path.read_text().replace("ssh_timeout = 30", "ssh_timeout = 2"))
+    spec = load_spec(path)
+    scw.api.on_running = None  # the servers run, but nothing answers SSH
+    with pytest.raises(EnsembleError) as info:
+        scw.provider(spec).ensure_hosts(spec)
+    message = str(info.value)
+    parts = message.removeprefix("not ready: ").split("; ")
+    assert [p.split(": ")[0] for p in parts] == [spec.fleet.domain, spec.shard_name(1)], message
+    for part in parts:  # each names its host once and its address once
+        name, _, why = part.partition(": ")
+        assert name not in why and why.count(ADDRESS_PREFIX) == 1, message
+        assert why.startswith(f"SSH on {ADDRESS_PREFIX}") and "not ready after 2s (last try: " in why, message
+    scw.provider(spec).destroy_all(spec)
 
 
 def test_unknown_image_names_label_zone_and_type(scw, tmp_path):
@@ -180,14 +224,195 @@ def test_slow_api_times_out_and_is_retried(scw, tmp_path):
 
 
 def test_ipv6_hosts_get_two_routed_ips_and_lose_both(scw, tmp_path):
-    from standins.scaleway_env import write_spec
+    from standins.scaleway_env import ADDRESS_PREFIX, write_spec
 
     from ensemble.spec import load_spec
 
     spec = load_spec(write_spec(tmp_path / "v6.toml", tmp_path, shards=1, extra="ipv6 = true"))
     provider = scw.provider(spec)
     hosts = provider.ensure_hosts(spec)
-    assert all(h.ipv6 and ":" in h.ipv6 and h.address.startswith("127.0.10.") for h in hosts)
+    assert all(h.ipv6 and ":" in h.ipv6 and h.address.startswith(ADDRESS_PREFIX) for h in hosts)
     assert sorted(ip["type"] for ip in scw.api.state.ips.values()) == ["routed_ipv4"] * 2 + ["routed_ipv6"] * 2
     provider.destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_cloud_init_carries_the_host_key_made_here_and_no_other_type():
+    import yaml
+
+    from ensemble.cloudinit import user_data
+    from ensemble.providers.hostkeys import generate_host_key
+
+    key = generate_host_key()
+    assert key.private not in repr(key) and key.public.startswith("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5")
+    doc = yaml.safe_load(user_data("ssh-ed25519 AAAA ops: #x", "demo-1.meet.example.org", key.public, key.private))
+    assert doc["ssh_keys"] == {"ed25519_private": key.private, "ed25519_public": key.public}
+    assert doc["ssh_genkeytypes"] == [] and doc["ssh_deletekeys"] is True
+    assert "ssh_keys" not in yaml.safe_load(user_data("ssh-ed25519 AAAA ops", "demo-1.meet.example.org"))
+
+
+def test_host_keys_are_made_before_creation_and_every_runner_pins_them_from_the_api(scw, monkeypatch):
+    spec = scw.spec.with_shards(1)
+    hosts = scw.provider().ensure_hosts(spec)
+    for host in hosts:  # the key the server's sshd shows is the one made here and tagged at creation
+        shown = (scw.farm.root / host.address / "host_key.pub").read_text().split()
+        assert shown[:2] == ["ssh-ed25519", host.labels["ensemble-hostkey"]]
+    assert all(b"PRIVATE KEY" not in data and b"ssh_keys" not in data for data in scw.api.state.user_data.values()), \
+        "the private host key stays in the API after the host answered with it"
+    state = scw.tmp / "state"
+    assert not [p for p in state.rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
+
+    # A fresh runner (another machine, a CI job) pins from the API before its first connection: a man in the
+    # middle answering for a shard with another key is refused, never trusted on first use.
+    monkeypatch.setenv("XDG_STATE_HOME", str(scw.tmp / "fresh"))
+    shard = next(h for h in hosts if h.role == "shard")
+    scw.farm.rekey(shard.address)
+    with pytest.raises(EnsembleError, match=f"{shard.name}.*host key changed"):
+        scw.provider().ensure_hosts(spec)
+    known = (scw.tmp / "fresh/ensemble/demo/known_hosts").read_text().splitlines()
+    assert sorted(known) == sorted(f"{h.address} ssh-ed25519 {h.labels['ensemble-hostkey']}" for h in hosts)
+    scw.provider().destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_a_server_whose_run_died_before_booting_it_is_made_again(scw):
+    spec = scw.spec.with_shards(1)
+    # the run dies right after creating the shard's server: its user data (with the host key) never set
+    scw.api.inject("PATCH", r"/user_data/cloud-init$", status=400, nth=2,
+                   body={"type": "invalid_arguments", "message": "injected failure"})
+    with pytest.raises(EnsembleError):
+        scw.provider().ensure_hosts(spec)
+    stopped = [s["id"] for s in scw.api.state.servers.values() if s["state"] == "stopped"]
+    assert len(stopped) == 1
+    with scw.api.lock:  # long ago: not another run's, about to boot it
+        scw.api.state.servers[stopped[0]]["creation_date"] = "2026-01-01T00:00:00+00:00"
+    hosts = scw.provider().ensure_hosts(spec)
+    assert len(hosts) == 2 and stopped[0] not in {h.provider_id for h in hosts}
+    assert scw.api.resource_count() == {"servers": 2, "ips": 2, "volumes": 2, "security_groups": 1}
+    scw.provider().destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_two_runs_creating_the_same_fleet_at_once_leave_one_of_each_host(scw):
+    import threading
+
+    spec = scw.spec.with_shards(2)
+    # Both runs list (nothing there) before either creates: each POST waits, so both create every host.
+    scw.api.inject("POST", r"/servers$", status=0, delay=0.5, times=None)
+    scw.api.inject("POST", r"/security_groups$", status=0, delay=0.5, times=None)
+    results: dict[str, object] = {}
+
+    def run(name: str) -> None:
+        try:
+            results[name] = [h.provider_id for h in scw.provider().ensure_hosts(spec)]
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results[name] = exc
+
+    runs = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(120)
+    posts = sum(1 for m, p, s in scw.api.requests if m == "POST" and p.endswith("/servers") and s == 201)
+    assert posts == 6, "the race did not happen: both runs should have created every host"
+    assert not isinstance(results["a"], Exception), results["a"]
+    assert results["a"] == results["b"], "both runs must end on the same hosts"
+    groups = sum(1 for m, p, s in scw.api.requests if m == "POST" and p.endswith("/security_groups") and s == 201)
+    assert groups == 2, "both runs should have created the security group"
+    assert scw.api.resource_count() == {"servers": 3, "ips": 3, "volumes": 3, "security_groups": 1}
+    assert sorted(s["name"] for s in scw.api.state.servers.values()) == sorted(
+        [spec.fleet.domain] + [spec.shard_name(n) for n in (1, 2)])
+    known = (scw.tmp / "state/ensemble/demo/known_hosts").read_text().splitlines()
+    addresses = {ip["address"] for ip in scw.api.state.ips.values()}
+    assert len(known) == 3 and {line.split()[0] for line in known} == addresses  # the duplicates' keys are gone
+    again = scw.provider().ensure_hosts(spec)  # a later run sees one of each and creates nothing
+    assert [h.provider_id for h in again] == results["a"]
+    scw.provider().destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def _untagged_volumes(api) -> list[str]:
+    return [v["id"] for v in api.state.volumes.values() if not any(t.startswith("ensemble-fleet=") for t in v["tags"])]
+
+
+def test_a_volume_that_cannot_be_tagged_goes_with_its_server(scw):
+    spec = scw.spec.with_shards(2)
+    scw.api.inject("PATCH", r"/block/v1/zones/[^/]+/volumes/", status=400, nth=2,
+                   body={"type": "invalid_arguments", "message": "injected failure"})
+    with pytest.raises(EnsembleError, match=r"1 of 3 host\(s\) failed.*tag volume 0 of .*injected failure"):
+        scw.provider().ensure_hosts(spec)
+    assert scw.api.resource_count() == {"servers": 2, "ips": 2, "volumes": 2, "security_groups": 1}
+    assert _untagged_volumes(scw.api) == []
+    hosts = scw.provider().ensure_hosts(spec)
+    assert len(hosts) == 3 and _untagged_volumes(scw.api) == []
+    scw.provider().destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_untagged_volumes_are_tagged_again_and_destroy_finds_them_even_when_cut_short(scw):
+    spec = scw.spec.with_shards(1)
+    provider = scw.provider()
+    provider.ensure_hosts(spec)
+    with scw.api.lock:  # a run died between creating the servers and tagging their volumes
+        for volume in scw.api.state.volumes.values():
+            volume["tags"] = []
+    provider.ensure_hosts(spec)  # the next run tags them
+    assert _untagged_volumes(scw.api) == []
+    with scw.api.lock:
+        for volume in scw.api.state.volumes.values():
+            volume["tags"] = []
+    # destroy is cut short after the servers went, before their volumes were deleted
+    scw.api.inject("DELETE", r"/block/v1/zones/[^/]+/volumes/", status=400, times=None,
+                   body={"type": "invalid_arguments", "message": "injected failure"})
+    with pytest.raises(EnsembleError):
+        provider.destroy_all(spec)
+    assert scw.api.resource_count()["servers"] == 0 and scw.api.resource_count()["volumes"] == 2
+    assert _untagged_volumes(scw.api) == []  # tagged before their servers went: found again below
+    scw.api.faults.clear()
+    provider.destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_the_private_host_key_is_never_logged_even_at_debug(scw, caplog):
+    import logging
+
+    spec = scw.spec.with_shards(1)
+    sdk_log = logging.getLogger("scaleway")
+    try:
+        with caplog.at_level(logging.DEBUG):  # a verbose setup: every logger at DEBUG, the SDK's included
+            sdk_log.setLevel(logging.DEBUG)
+            provider = scw.provider()
+            provider.ensure_hosts(spec)
+    finally:
+        sdk_log.setLevel(logging.NOTSET)
+    assert "PRIVATE KEY" not in caplog.text
+    provider.destroy_all(spec)
+    assert scw.api.resource_count() == zero(scw.api)
+
+
+def test_a_young_stopped_server_is_left_to_the_run_that_creates_it(scw, tmp_path):
+    import time
+
+    from standins.scaleway_env import write_spec
+
+    from ensemble.spec import load_spec
+
+    path = write_spec(tmp_path / "t.toml", tmp_path, shards=1)
+    path.write_text(path.read_text().replace("ssh_timeout = 30", "ssh_timeout = 8"))
+    spec = load_spec(path)
+    # another run created the shard's server and has not set its user data yet (here: it never will)
+    scw.api.inject("PATCH", r"/user_data/cloud-init$", status=400, nth=2,
+                   body={"type": "invalid_arguments", "message": "injected failure"})
+    with pytest.raises(EnsembleError):
+        scw.provider(spec).ensure_hosts(spec)
+    stopped = next(s["id"] for s in scw.api.state.servers.values() if s["state"] == "stopped")
+    with pytest.raises(EnsembleError, match="still stopped after 8s"):  # waited for, never touched
+        scw.provider(spec).ensure_hosts(spec)
+    assert scw.api.state.servers[stopped]["state"] == "stopped"
+    assert not [r for r in scw.api.requests if r[1].endswith(f"/servers/{stopped}/action")]
+    created = datetime.fromisoformat(scw.api.state.servers[stopped]["creation_date"])
+    time.sleep(max(0.0, 8.5 - (datetime.now(UTC) - created).total_seconds()))
+    hosts = scw.provider(spec).ensure_hosts(spec)  # older than ssh_timeout: that run is gone; made again
+    assert len(hosts) == 2 and stopped not in scw.api.state.servers
+    scw.provider(spec).destroy_all(spec)
     assert scw.api.resource_count() == zero(scw.api)

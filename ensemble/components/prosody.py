@@ -73,8 +73,9 @@ def prosody(ctx: DeployContext) -> None:
             changed.append(server.shell(name=f"prosody certificate {name}", commands=[cert_command(name)]))
     if changed:
         # jicofo and the bridge talk TLS to auth.D: trust its certificate system-wide (like Jitsi's postinst).
+        # --remove-destination: the package's postinst may have linked that name to the same file
         server.shell(name="trust auth certificate", commands=[
-            f"cp {CERT_DIR}/{auth}.crt /usr/local/share/ca-certificates/{auth}.crt",
+            f"cp --remove-destination {CERT_DIR}/{auth}.crt /usr/local/share/ca-certificates/{auth}.crt",
             "update-ca-certificates >/dev/null"])
     link = files.link(name="prosody vhost enabled", path=f"/etc/prosody/conf.d/{domain}.cfg.lua",
                       target=f"/etc/prosody/conf.avail/{domain}.cfg.lua")

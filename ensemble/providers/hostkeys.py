@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
@@ -26,10 +27,50 @@ from ensemble.providers.base import Host
 from ensemble.providers.localimage import file_lock
 from ensemble.ssh import HostKeyChanged, host_pattern, wait_until_reachable
 
-__all__ = ["HostKeyChanged", "edit_known_hosts", "forget", "host_pattern", "known_hosts_path", "pin_unknown_key",
-           "wait_for_ssh"]
+__all__ = ["HostKey", "HostKeyChanged", "edit_known_hosts", "forget", "generate_host_key", "host_pattern",
+           "known_hosts_path", "pin_keys", "pin_unknown_key", "wait_for_ssh"]
 
 _FILE_LOCK = threading.Lock()  # parallel creates edit the same file; file_lock orders processes
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """An ed25519 SSH host key made here for a new cloud host, before it exists.
+
+    `private` (OpenSSH PEM text) is a secret: it only ever lives in memory and in the host's cloud-init user
+    data (sent over HTTPS, replaced by a key-less document once the host answered with it); never on disk
+    here, never printed (kept out of repr), never in process arguments. `public` is "ssh-ed25519 AAAA...".
+
+    Example::
+
+        key = generate_host_key()
+        key.public.split()[0], key.blob == key.public.split()[1]   # ("ssh-ed25519", True)
+    """
+
+    public: str
+    private: str = field(repr=False)
+
+    @property
+    def blob(self) -> str:
+        """The base64 key blob (what a known_hosts line and the host-key tag carry)."""
+        return self.public.split()[1]
+
+
+def generate_host_key() -> HostKey:
+    """A fresh ed25519 host key pair, in memory only (see HostKey).
+
+    Example::
+
+        generate_host_key().public   # "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI..."
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode("ascii")
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return HostKey(public=public.decode("ascii"), private=private)
 
 
 def known_hosts_path(fleet: str) -> Path:
@@ -66,6 +107,26 @@ def edit_known_hosts(path: Path, drop: set[str], add: list[str]) -> None:
         os.replace(partial, path)
 
 
+def pin_keys(path: Path, keys: dict[str, str]) -> None:
+    """Make `path` pin exactly `keys` ({host pattern: "ssh-ed25519 AAAA..."}) for those patterns, other lines
+    kept; nothing is rewritten when it already does (the provider calls this on every listing).
+
+    Example::
+
+        pin_keys(Path(".../known_hosts"), {"51.15.1.2": "ssh-ed25519 AAAA..."})
+    """
+    if not keys:
+        return
+    wanted = {f"{pattern} {key}" for pattern, key in keys.items()}
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    pinned = {line.strip() for line in lines if line.strip() and set(line.split()[0].split(",")) & set(keys)}
+    if pinned != wanted:
+        edit_known_hosts(path, set(keys), sorted(wanted))
+
+
 def forget(host: Host) -> None:
     """Drop the host's pinned keys (it was destroyed; its address may come back on another host).
 
@@ -88,12 +149,13 @@ def pin_unknown_key(host: Host, pattern: str, key: paramiko.PKey) -> None:
     edit_known_hosts(path, set(), [f"{pattern} {key.get_name()} {key.get_base64()}\n"])
 
 
-def wait_for_ssh(host: Host, timeout: float, interval: float = 0.5) -> None:
-    """Poll until SSH answers and the key login works, pinning an unknown key; EnsembleError after timeout.
+def wait_for_ssh(host: Host, timeout: float, interval: float = 0.5, pin_unknown: bool = True) -> None:
+    """Poll until SSH answers and the key login works; EnsembleError after timeout. An unknown key is pinned
+    with `pin_unknown` (a host whose key was not known beforehand), refused without.
 
     Example::
 
-        wait_for_ssh(host, timeout=600)
+        wait_for_ssh(host, timeout=600, pin_unknown=False)   # its key is pinned already: strict
     """
     wait_until_reachable(host, timeout, interval=interval, attempt_timeout=10.0, connect_timeout=5.0,
-                         on_unknown_key=pin_unknown_key)
+                         on_unknown_key=pin_unknown_key if pin_unknown else None)

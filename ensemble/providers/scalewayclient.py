@@ -64,6 +64,24 @@ class ProviderError(EnsembleError):
         self.status = status
 
 
+class QuotaExceeded(ProviderError):
+    """Scaleway refused to create something because an organisation quota is reached: `quotas` names each
+    (e.g. "instances_servers (limit 10, in use 10)"). Never retried; running again does not help until the
+    quota is raised.
+
+    Example::
+
+        QuotaExceeded("Scaleway quota reached: instances_ip (limit 10, in use 10) ...", ["instances_ip (...)"])
+    """
+
+    def __init__(self, message: str, quotas: list[str]):
+        super().__init__(message, status=403)
+        self.quotas = quotas
+
+
+PERMISSION_SETS = "InstancesFullAccess and BlockStorageFullAccess"  # what ensemble's calls need, per project
+
+
 # ---- credentials ----
 
 def _config_path() -> Path:
@@ -159,6 +177,10 @@ class Api:
         self.instance = InstanceUtilsV1API(client)
         self.marketplace = MarketplaceV2API(client)
         self.block = BlockV1API(client)
+        # The SDK logs whole request and response bodies at DEBUG ("scaleway" logger): user data carries a new
+        # host's private SSH key, so that logger never goes below INFO, whatever the root logger says.
+        sdk_log = logging.getLogger("scaleway")
+        sdk_log.setLevel(max(sdk_log.getEffectiveLevel(), logging.INFO))
 
     @property
     def project(self) -> str:
@@ -170,7 +192,7 @@ class Api:
         try:
             return call_with_retry(fn, self.retry, what, on_retry=self.say)
         except ScalewayException as exc:
-            raise _error(what, exc) from None
+            raise _error(what, exc, self.project) from None
         except (requests.RequestException, ValueError) as exc:
             if isinstance(exc, ValueError) and not is_transient(exc):
                 raise
@@ -197,18 +219,38 @@ class Api:
             raise
 
 
-def _error(what: str, exc: ScalewayException) -> EnsembleError:
+def quota_advice(quotas: list[str]) -> str:
+    """What to do about reached quotas (one line, shared by one failed call and a failed batch).
+
+    Example::
+
+        quota_advice(["instances_ip (limit 10, in use 10)"])
+    """
+    return (f"Scaleway quota reached: {', '.join(quotas)}; running again will not help until it is raised: "
+            "ask for more in the Scaleway console (Organization > Quotas, https://console.scaleway.com/organization"
+            "/quotas; some quotas grow only after identity verification or through support), or ask for fewer "
+            "hosts (fleet.shards) or a type with room left (provider.scaleway.commercial_type)")
+
+
+def _error(what: str, exc: ScalewayException, project: str = "") -> EnsembleError:
     body = _json_body(exc)
     status = status_of(exc)
     if status == 401 or body.get("type") in ("denied_authentication", "authentication"):
         return UsageError("SCW_SECRET_KEY / SCW_ACCESS_KEY: Scaleway rejected the credentials "
                           f"({what}: HTTP {status}); check the key pair and its project")
     if status == 403 and body.get("type") == "quotas_exceeded":
-        details = body.get("details") or [{}]
-        resources = ", ".join(f"{d.get('resource', '?')} (quota {d.get('quota', '?')}, "
-                              f"used {d.get('current', '?')})" for d in details)
-        return ProviderError(f"Scaleway quota exceeded while trying to {what}: {resources}; "
-                             "raise it in the console (Organization > Quotas) or scale lower")
+        details = [d for d in body.get("details") or [] if isinstance(d, dict)] or [{}]
+        quotas = [f"{d.get('resource', 'unnamed')} (limit {d.get('quota', '?')}, in use {d.get('current', '?')})"
+                  for d in details]
+        return QuotaExceeded(f"{what}: {quota_advice(quotas)}", quotas)
+    if status == 403:  # permissions_denied: the key works, its IAM policy does not allow this
+        denied = [f"{d.get('action', '?')} {d.get('resource', '?')}" for d in body.get("details") or []
+                  if isinstance(d, dict)]
+        needs = f" (denied: {', '.join(denied)})" if denied else ""
+        scope = f"project {project}" if project else "the fleet's project"
+        return UsageError(f"SCW_ACCESS_KEY: Scaleway denied this API key the right to {what}{needs}: the IAM "
+                          f"policy of the key's user or application needs the permission sets {PERMISSION_SETS} "
+                          f"on {scope} (console: IAM > Policies; or use a profile/key that has them)")
     message = body.get("message") or describe(exc)
     if body.get("fields"):
         message += f" {body['fields']}"

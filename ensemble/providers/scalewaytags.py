@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 TAG = "ensemble"
 SMOKE_TAG = "ensemble-smoke"
+HOSTKEY_TAG = "ensemble-hostkey"  # a server's ed25519 host key blob, made before the server: every runner pins it
 SBS_FAMILIES = ("PRO2", "POP2", "PLAY2")  # commercial types whose images boot from block storage
 
 
@@ -71,6 +72,39 @@ def host_tags(fleet: str, role: str, shard: int | None, created: str, throwaway:
     if throwaway:
         tags.append(SMOKE_TAG)
     return tags
+
+
+def hostkey_tag(blob: str) -> str:
+    """The tag carrying a server's SSH host key (base64 blob of an ssh-ed25519 key).
+
+    Example::
+
+        hostkey_tag("AAAAC3NzaC1lZDI1NTE5AAAAI...")   # "ensemble-hostkey=AAAAC3NzaC1lZDI1NTE5AAAAI..."
+    """
+    return f"{HOSTKEY_TAG}={blob}"
+
+
+def slot_tags(fleet: str, role: str, shard: int | None) -> list[str]:
+    """The tags every server filling one place of the fleet carries (the front door, or shard n): two servers
+    with these tags are duplicates (two runs created the same host at once).
+
+    Example::
+
+        slot_tags("demo", "shard", 2)   # ["ensemble-fleet=demo", "ensemble-role=shard", "ensemble-shard=2"]
+    """
+    return [fleet_tag(fleet), f"ensemble-role={role}"] + ([f"ensemble-shard={shard}"] if shard is not None else [])
+
+
+def creation_order(created: datetime | str | None, ident: str) -> tuple[str, str]:
+    """The order every runner agrees on among duplicates: the first created (then the smallest id) is kept.
+
+    Example::
+
+        min(servers, key=lambda s: creation_order(s.creation_date, s.id))   # the one that stays
+    """
+    if isinstance(created, datetime):
+        created = created.astimezone(UTC).isoformat()
+    return (created or "9999", ident)
 
 
 def tag_values(tags: Iterable[str]) -> dict[str, str]:

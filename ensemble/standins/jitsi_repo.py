@@ -45,6 +45,13 @@ MEET_VERSION = "2.0.10590-1+ensemble.standin"
 JVB_VERSION = "2.3-250-g0e5c6f1-1+ensemble.standin"
 JICOFO_VERSION = "1.0-1140-1+ensemble.standin"
 
+# The legacy set (profiles debian-buster, ubuntu-bionic): upstream's exact version strings, because the
+# metapackage jitsi-meet 2.0.8719-1 depends on these exact versions and the profiles pin them.
+LEGACY_MEET_VERSION = "2.0.8719-1"
+LEGACY_WEB_VERSION = "1.0.7322-1"  # jitsi-meet-web, jitsi-meet-web-config, jitsi-meet-prosody
+LEGACY_JVB_VERSION = "2.3-25-g1da507fa-1"
+LEGACY_JICOFO_VERSION = "1.0-1038-1"
+
 SERVICE_PROGRAM = "bin/standin_service.py"
 JVB_PROGRAM = "/usr/share/jitsi-videobridge/standin-jvb.py"
 JICOFO_PROGRAM = "/usr/share/jicofo/standin-jicofo.py"
@@ -56,7 +63,7 @@ PLUGIN_DIR = "/usr/share/jitsi-meet/prosody-plugins"
 # Names prosody 0.12+ ships itself (bosh, websocket, smacks, external_services, ...) are left out on
 # purpose: a placeholder in plugin_paths would shadow the real module.
 PLACEHOLDER_PLUGINS = (
-    "av_moderation", "av_moderation_component", "client_proxy", "conference_duration",
+    "av_moderation", "av_moderation_component", "client_proxy",
     "conference_duration_component", "end_conference", "features_identity", "filter_iq_jibri", "filter_iq_rayo",
     "fmuc", "jibri_session", "jiconop", "jitsi_permissions", "jitsi_session", "limits_exception",
     "measure_message_count", "muc_allowners", "muc_auth_ban", "muc_breakout_rooms", "muc_domain_mapper",
@@ -137,37 +144,67 @@ def _web_files() -> dict[str, str]:
 
 def _prosody_files() -> dict[str, str]:
     out = {f"{PLUGIN_DIR}/mod_{n}.lua": _placeholder_plugin(n) for n in PLACEHOLDER_PLUGINS}
-    for own in ("mod_muc_census.lua", "mod_auth_jitsi-anonymous.lua", "mod_roster_command.lua",
-                "mod_muc_filter_access.lua"):
+    for own in ("mod_muc_census.lua", "mod_conference_duration.lua", "mod_auth_jitsi-anonymous.lua",
+                "mod_roster_command.lua", "mod_muc_filter_access.lua"):
         out[f"{PLUGIN_DIR}/{own}"] = f"data:prosody-plugins/{own}"
     out["/usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example"] = "data:prosody/prosody.cfg.lua-jvb.example"
     return out
 
 
-def standin_packages() -> list[StandinPackage]:
-    """The stand-in packages, in dependency order (facts only; building is below)."""
+def revised(version: str, revision: int) -> str:
+    """The version of a stand-in package in repository revision `revision` (1 = the base version).
+
+    A later revision sorts after the earlier ones (dpkg --compare-versions), as an upstream release does.
+
+    Example: revised("1.0-1140-1+ensemble.standin", 2) -> "1.0-1140-1+ensemble.standin.2"
+    """
+    return version if revision <= 1 else f"{version}.{revision}"
+
+
+def standin_packages(revision: int = 1) -> list[StandinPackage]:
+    """The stand-in packages, in dependency order (facts only; building is below).
+
+    `revision` > 1 gives the same packages with newer versions (an upstream release to upgrade to).
+
+    Example: [p.version for p in standin_packages(2)][-1]    # "2.0.10590-1+ensemble.standin.2"
+    """
+    jvb_version, jicofo_version, meet_version = (revised(v, revision) for v in
+                                                  (JVB_VERSION, JICOFO_VERSION, MEET_VERSION))
+    return _packages(jvb_version, jicofo_version, meet_version, meet_version)
+
+
+def legacy_packages() -> list[StandinPackage]:
+    """The legacy set: jitsi-meet 2.0.8719-1 with its exact Depends, the versions upstream released with it.
+
+    Example: {p.name: p.version for p in legacy_packages()}["jicofo"]    # "1.0-1038-1"
+    """
+    return _packages(LEGACY_JVB_VERSION, LEGACY_JICOFO_VERSION, LEGACY_WEB_VERSION, LEGACY_MEET_VERSION)
+
+
+def _packages(jvb_version: str, jicofo_version: str, web_version: str, meet_version: str) -> list[StandinPackage]:
     service_deps = ("python3 (>= 3.9)", "adduser", "procps", "debconf (>= 0.5) | debconf-2.0")
     maint = ("templates", "config", "postinst", "prerm", "postrm")
     return [
         StandinPackage(
-            "jitsi-videobridge2", JVB_VERSION, "Jitsi Videobridge (jitsi-videobridge2)", depends=service_deps,
+            "jitsi-videobridge2", jvb_version, "Jitsi Videobridge (jitsi-videobridge2)", depends=service_deps,
             files={JVB_PROGRAM: f"data:{SERVICE_PROGRAM}",
                    "/usr/lib/systemd/system/jitsi-videobridge2.service": _unit(
                        "Jitsi Videobridge", "jvb", JVB_PROGRAM, "jvb", "/etc/jitsi/videobridge/config"),
                    "/usr/share/doc/jitsi-videobridge2/README.standin": _readme("jitsi-videobridge2")},
             modes={JVB_PROGRAM: 0o755}, scripts=maint),
         StandinPackage(
-            "jicofo", JICOFO_VERSION, "Jitsi Conference Focus (jicofo)", depends=service_deps,
+            # ruby-hocon: the postinst edits jicofo.conf with `hocon`, as the real one does
+            "jicofo", jicofo_version, "Jitsi Conference Focus (jicofo)", depends=(*service_deps, "ruby-hocon"),
             files={JICOFO_PROGRAM: f"data:{SERVICE_PROGRAM}",
                    "/usr/lib/systemd/system/jicofo.service": _unit(
                        "Jitsi Conference Focus", "jicofo", JICOFO_PROGRAM, "jicofo", "/etc/jitsi/jicofo/config"),
                    "/usr/share/doc/jicofo/README.standin": _readme("jicofo")},
             modes={JICOFO_PROGRAM: 0o755}, scripts=maint),
         StandinPackage(
-            "jitsi-meet-web", MEET_VERSION, "the Jitsi Meet web application (jitsi-meet-web)",
+            "jitsi-meet-web", web_version, "the Jitsi Meet web application (jitsi-meet-web)",
             files={**_web_files(), "/usr/share/doc/jitsi-meet-web/README.standin": _readme("jitsi-meet-web")}),
         StandinPackage(
-            "jitsi-meet-web-config", MEET_VERSION, "the Jitsi Meet web server configuration (jitsi-meet-web-config)",
+            "jitsi-meet-web-config", web_version, "the Jitsi Meet web server configuration (jitsi-meet-web-config)",
             pre_depends=("nginx | nginx-full | nginx-extras | nginx-light | openresty | apache2",),
             depends=("openssl", "debconf (>= 0.5) | debconf-2.0"),
             files={"/usr/share/jitsi-meet-web-config/config.js": "data:web-config/config.js",
@@ -175,18 +212,18 @@ def standin_packages() -> list[StandinPackage]:
                    "/usr/share/doc/jitsi-meet-web-config/README.standin": _readme("jitsi-meet-web-config")},
             scripts=("templates", "config", "postinst", "postrm")),
         StandinPackage(
-            "jitsi-meet-prosody", MEET_VERSION, "the Jitsi Meet prosody configuration and plugins (jitsi-meet-prosody)",
+            "jitsi-meet-prosody", web_version, "the Jitsi Meet prosody configuration and plugins (jitsi-meet-prosody)",
             depends=("openssl", "ca-certificates", "prosody (>= 0.12.0) | prosody-0.12 | prosody-13.0", "lua-sec",
                      "lua-basexx", "lua-luaossl", "lua-cjson", "lua-inspect", "debconf (>= 0.5) | debconf-2.0"),
             files={**_prosody_files(),
                    "/usr/share/doc/jitsi-meet-prosody/README.standin": _readme("jitsi-meet-prosody")},
             scripts=("templates", "config", "postinst", "postrm")),
         StandinPackage(
-            "jitsi-meet", MEET_VERSION, "the Jitsi Meet meta package (jitsi-meet)",
-            pre_depends=(f"jitsi-videobridge2 (= {JVB_VERSION})",),
-            depends=(f"jicofo (= {JICOFO_VERSION})", f"jitsi-meet-web (= {MEET_VERSION})",
-                     f"jitsi-meet-web-config (= {MEET_VERSION})", f"jitsi-meet-prosody (= {MEET_VERSION})"),
-            recommends=(f"jitsi-meet-turnserver (= {MEET_VERSION})",),
+            "jitsi-meet", meet_version, "the Jitsi Meet meta package (jitsi-meet)",
+            pre_depends=(f"jitsi-videobridge2 (= {jvb_version})",),
+            depends=(f"jicofo (= {jicofo_version})", f"jitsi-meet-web (= {web_version})",
+                     f"jitsi-meet-web-config (= {web_version})", f"jitsi-meet-prosody (= {web_version})"),
+            recommends=(f"jitsi-meet-turnserver (= {web_version})",),
             files={"/usr/share/doc/jitsi-meet/README.standin": _readme("jitsi-meet")}),
     ]
 
@@ -381,11 +418,11 @@ def _sign_suite(home: Path, fingerprint: str, suite_dir: Path) -> None:
         _stop_gpg_agent(home)
 
 
-def _build_into(repo_root: Path, home: Path, fingerprint: str, work_dir: Path) -> None:
+def _build_into(repo_root: Path, home: Path, fingerprint: str, work_dir: Path, pkgs: list[StandinPackage]) -> None:
     suite_dir = repo_root / SUITE.rstrip("/")
     suite_dir.mkdir(parents=True)
-    pkgs = standin_packages()
-    debs = [build_deb(pkg, suite_dir, work_dir) for pkg in pkgs]
+    # one work folder per package: the legacy set reuses the names
+    debs = [build_deb(pkg, suite_dir, work_dir / str(i)) for i, pkg in enumerate(pkgs)]
     index = packages_index(debs, repo_root).encode()
     (suite_dir / "Packages").write_bytes(index)
     (suite_dir / "Packages.gz").write_bytes(gzip.compress(index, mtime=SOURCE_DATE_EPOCH))
@@ -399,23 +436,29 @@ def _build_into(repo_root: Path, home: Path, fingerprint: str, work_dir: Path) -
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def _prune_old_repos(cache_dir: Path, keep: Path, kept: int = 3) -> None:
+def _prune_old_repos(cache_dir: Path, keep: Path, kept: int = 6) -> None:
     others = sorted((p for p in cache_dir.glob("repo-*") if p != keep), key=lambda p: p.stat().st_mtime)
     for old in others[:max(0, len(others) - (kept - 1))]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_standin_repo(cache_dir: Path = DEFAULT_CACHE_DIR) -> StandinRepo:
+def build_standin_repo(cache_dir: Path = DEFAULT_CACHE_DIR, *, revision: int = 1,
+                       legacy: bool = False) -> StandinRepo:
     """Build (or reuse) the signed stand-in repository under cache_dir; idempotent and safe to run concurrently.
 
-    The repository lives in cache_dir/repo-<content hash>-<key>: a change to any stand-in file gives a
-    new directory, an unchanged tree returns at once. Only the newest few repositories are kept (an older
-    one may still be served by a running test).
+    The repository lives in cache_dir/repo-<content hash>-<key>[-r<revision>][-legacy]: a change to any
+    stand-in file gives a new directory, an unchanged tree returns at once. Only the newest few
+    repositories are kept (an older one may still be served by a running test). `revision` 2, 3, ...
+    carries the same packages with newer versions (an upstream release to upgrade to); `legacy` adds the
+    legacy set (jitsi-meet 2.0.8719-1 and the exact versions it depends on) beside the newer packages.
 
     Example:
         repo = build_standin_repo(Path("/var/cache/ensemble/jitsi-standin"))
         repo.path   # .../repo-1a2b3c4d5e6f7a8b-2DC1389C (holds jitsi-key.gpg.key and stable/)
+        build_standin_repo(revision=2).versions["jicofo"]     # "1.0-1140-1+ensemble.standin.2"
     """
+    if not isinstance(revision, int) or not 1 <= revision <= 99:
+        raise EnsembleError(f"Jitsi stand-in repository revision: an integer 1..99, got {revision!r}")
     cache_dir = Path(cache_dir)
     _require_tools()
     try:
@@ -424,15 +467,17 @@ def build_standin_repo(cache_dir: Path = DEFAULT_CACHE_DIR) -> StandinRepo:
     except OSError as exc:
         raise EnsembleError(f"Jitsi stand-in cache {cache_dir}: not writable ({exc.strerror}); run as root, as the "
                             "local provider does, or pass another cache_dir") from None
-    versions = {p.name: p.version for p in standin_packages()}
+    pkgs = standin_packages(revision) + (legacy_packages() if legacy else [])
+    versions = {p.name: p.version for p in standin_packages(revision)}
+    suffix = (f"-r{revision}" if revision > 1 else "") + ("-legacy" if legacy else "")
     with open(cache_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test processes building at once wait for each other
         home, fingerprint = ensure_signing_key(cache_dir)
-        repo_root = cache_dir / f"repo-{content_hash()[:16]}-{fingerprint[-8:]}"
+        repo_root = cache_dir / f"repo-{content_hash()[:16]}-{fingerprint[-8:]}{suffix}"
         if not (repo_root / SUITE / "InRelease").exists():
             with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".build-") as tmp:
                 staging = Path(tmp) / "repo"
-                _build_into(staging, home, fingerprint, Path(tmp) / "work")
+                _build_into(staging, home, fingerprint, Path(tmp) / "work", pkgs)
                 shutil.rmtree(repo_root, ignore_errors=True)
                 staging.rename(repo_root)
         _prune_old_repos(cache_dir, keep=repo_root)

@@ -301,8 +301,12 @@ class ScalewayStandIn:
         return 200, {key: chunk, "total_count": len(items)}
 
     @staticmethod
-    def _filter_tags(items: list[dict], query: dict) -> list[dict]:
+    def _filter_tags(items: list[dict], query: dict, any_of: bool = False) -> list[dict]:
+        """Instance lists keep items carrying every tag asked; Block's volume list (`any_of`) keeps items
+        carrying one or more of them (as each API documents its `tags` filter)."""
         wanted = [t for value in query.get("tags", []) for t in value.split(",") if t]
+        if any_of and wanted:
+            return [i for i in items if any(t in i.get("tags", []) for t in wanted)]
         return [i for i in items if all(t in i.get("tags", []) for t in wanted)]
 
     def _list_images(self, query: dict) -> tuple[int, dict]:
@@ -365,7 +369,9 @@ class ScalewayStandIn:
                 self.state.user_data[(server["id"], parts[2])] = body
                 return 204, None
             if method == "GET":
-                return 200, self.state.user_data.get((server["id"], parts[2]), b"")
+                if (server["id"], parts[2]) not in self.state.user_data:
+                    raise ApiError(404, "not_found", f"user data {parts[2]} not found")
+                return 200, self.state.user_data[(server["id"], parts[2])]
         raise ApiError(404, "not_found", f"no route {method} servers/{'/'.join(parts)}")
 
     def _security_groups(self, method: str, parts: list[str], query: dict, body: Any, zone: str):
@@ -404,7 +410,8 @@ class ScalewayStandIn:
         if parts[0] != "volumes":
             raise ApiError(404, "not_found", "no route")
         if len(parts) == 1:
-            return self._page("volumes", self._filter_tags(list(self.state.volumes.values()), query), query)
+            return self._page("volumes", self._filter_tags(list(self.state.volumes.values()), query, any_of=True),
+                              query)
         volume = self._get("volumes", parts[1])
         if method == "GET":
             return 200, volume

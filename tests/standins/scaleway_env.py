@@ -19,6 +19,8 @@ Example (in a test module)::
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +37,9 @@ ACCESS_KEY = "SCWTESTSTANDIN000001"
 SECRET_KEY = "11111111-2222-4333-8444-555555555555"
 PROJECT_ID = "66666666-7777-4888-9999-000000000000"
 SSHD = "/usr/sbin/sshd"
+# Where the stand-in's servers answer SSH. Several checkouts on one machine may run these tests at once:
+# each can pick its own /24 (ENSEMBLE_SCW_STANDIN_NET=127.0.77.) so their sshds never answer for each other.
+ADDRESS_PREFIX = os.environ.get("ENSEMBLE_SCW_STANDIN_NET", "127.0.10.")
 
 
 @dataclass
@@ -53,7 +58,13 @@ class SshdFarm:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "authorized_keys").write_text(authorized)
         host_key = folder / "host_key"
-        if not host_key.exists():
+        given = ((config or {}).get("ssh_keys") or {}).get("ed25519_private")
+        if given:  # as cloud-init's ssh module does: the user data's host key, the image's deleted
+            host_key.unlink(missing_ok=True)
+            host_key.touch(mode=0o600)
+            host_key.write_text(given)
+            (folder / "host_key.pub").write_text(config["ssh_keys"]["ed25519_public"] + "\n")
+        elif not host_key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
         self._run(address, folder)
 
@@ -137,7 +148,7 @@ api_timeout = {api_timeout}
 def _port22_free() -> bool:
     with socket.socket() as sock:
         try:
-            sock.bind(("127.0.10.1", 22))
+            sock.bind((f"{ADDRESS_PREFIX}1", 22))
         except OSError:
             return False
     return True
@@ -153,10 +164,11 @@ def scw(tmp_path, monkeypatch):
     require_root("the stand-in servers' sshd listen on 127.0.10.x:22, each in a mount namespace of its own")
     for tool in (SSHD, "ssh-keygen", "unshare"):
         require_tool(tool)
-    assert _port22_free(), "something listens on port 22 of every address; the stand-in hosts need 127.0.10.x:22"
+    assert re.fullmatch(r"127\.\d{1,3}\.\d{1,3}\.", ADDRESS_PREFIX), "ENSEMBLE_SCW_STANDIN_NET: like 127.0.77."
+    assert _port22_free(), f"something listens on port 22 of every address; stand-in hosts need {ADDRESS_PREFIX}x:22"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops@test", "-f",
                     str(tmp_path / "ops_key")], check=True)
-    api = ScalewayStandIn(secret_key=SECRET_KEY, project_id=PROJECT_ID).start()
+    api = ScalewayStandIn(secret_key=SECRET_KEY, project_id=PROJECT_ID, address_prefix=ADDRESS_PREFIX).start()
     farm = SshdFarm(tmp_path / "sshd")
     api.on_running = farm.start
     api.on_gone = farm.stop

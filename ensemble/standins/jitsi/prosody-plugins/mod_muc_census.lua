@@ -1,67 +1,57 @@
--- TEST STAND-IN (ensemble) for Jitsi's mod_muc_census; not Jitsi's software. Written from the
--- documented behaviour: load it on the shard's VirtualHost (modules_enabled = { "muc_census" }) and
+-- TEST STAND-IN (ensemble) for Jitsi's mod_muc_census; not Jitsi's software. Written from upstream's
+-- observable behaviour: load it on the shard's VirtualHost (modules_enabled = { "muc_census" }) and
 --   GET http://127.0.0.1:5280/room-census   (Host: <the VirtualHost>)
--- answers {"room_census":[{"room_name":"r@conference.D","participants":2,"created_time":..,"leaked":false}]}.
--- participants leaves out the focus (jicofo) and any JID in muc_census_excluded_jids.
--- created_time is in milliseconds; leaked marks a room with nobody but the focus left in it for longer
--- than muc_census_leak_seconds (a room jicofo forgot to destroy).
+-- answers, with no Content-Type header,
+--   {"room_census":[{"room_name":"r@conference.D","participants":2,"created_time":"1767225600000","leaked":false}]}
+-- - the MUC read is <muc_mapper_domain_prefix (default "conference")>.<the VirtualHost>; 400 when absent;
+-- - room_name is the room's JID as joined (the node jitsi-meet derived, %-encoded accents included);
+-- - participants is the number of occupants minus one for the focus, subtracted whether or not the
+--   focus is (still) there;
+-- - created_time is the room's created_timestamp, a STRING of milliseconds that mod_conference_duration
+--   sets once a second occupant joins: absent until then (and absent without that module);
+-- - leaked is true when participants > 0 and that many occupants have no live session;
+-- - jicofo's health-check rooms (__jicofo-health-check*) are left out; the brewery lives on another
+--   component (internal.auth.D) and is never read;
+-- - an empty census is {"room_census":[]} (cjson writes an empty table as {}, so the list is literal).
+-- Needs lua-cjson (cjson.safe), as upstream's does.
 
-local json = require "util.json";
-local jid_bare = require "util.jid".bare;
-local jid_host = require "util.jid".host;
-local jid_resource = require "util.jid".resource;
+local json = require "cjson.safe";
 
 module:depends("http");
 
-local base = module:get_option_string("muc_mapper_domain_base", module.host);
-local muc_domain = module:get_option_string("main_muc",
-	module:get_option_string("muc_mapper_domain_prefix", "conference") .. "." .. base);
-local excluded = module:get_option_set("muc_census_excluded_jids", { "focus@auth." .. base });
-local leak_seconds = module:get_option_number("muc_census_leak_seconds", 60);
+local muc_domain_prefix = module:get_option_string("muc_mapper_domain_prefix", "conference");
+local health_prefix = "__jicofo-health-check";
 
--- When each room was first seen (rooms carry no creation time of their own in prosody 0.12).
-local first_seen = setmetatable({}, { __mode = "k" });
-
-local function is_counted(occupant)
-	if excluded:contains(occupant.bare_jid) then return false; end
-	-- jicofo joins as nick "focus" from the auth domain even when its JID is not listed
-	return not (jid_resource(occupant.nick) == "focus" and jid_host(occupant.bare_jid) == "auth." .. base);
-end
-
-local function census_of(room, now)
-	local participants, others = 0, 0;
-	for _, occupant in room:each_occupant() do
-		if is_counted(occupant) then participants = participants + 1; else others = others + 1; end
+local function census_entry(room)
+	local count, missing = 0, 0;
+	if room._occupants then
+		for _, occupant in room:each_occupant() do
+			count = count + 1;
+			if prosody.full_sessions[occupant.jid] == nil then missing = missing + 1; end
+		end
+		count = count - 1; -- the focus
 	end
-	local created = room.created_timestamp or first_seen[room];
-	if not created then
-		created = now * 1000;
-		first_seen[room] = created;
-	end
-	local age = now - created / 1000;
 	return {
-		room_name = jid_bare(room.jid);
-		participants = participants;
-		created_time = math.floor(created);
-		leaked = participants == 0 and others > 0 and age > leak_seconds;
+		room_name = room.jid;
+		participants = count;
+		created_time = room.created_timestamp; -- nil: the key is left out
+		leaked = count > 0 and missing == count;
 	};
 end
 
-local function handle_census(event)
-	local host = prosody.hosts[muc_domain];
-	local muc = host and host.modules.muc;
-	if not muc then
-		module:log("warn", "room census: no MUC component at %s", muc_domain);
-		return 404;
+local function handle_census()
+	local host = prosody.hosts[muc_domain_prefix .. "." .. module.host];
+	if not host or not host.modules.muc then
+		return { status_code = 400 };
 	end
-	local now, rooms = os.time(), {};
-	local each = muc.live_rooms or muc.each_room;
-	for room in each() do
-		rooms[#rooms + 1] = census_of(room, now);
+	local rooms = {};
+	for room in host.modules.muc.each_room() do
+		if room.jid:sub(1, #health_prefix) ~= health_prefix then
+			rooms[#rooms + 1] = census_entry(room);
+		end
 	end
-	event.response.headers.content_type = "application/json";
-	if #rooms == 0 then return [[{"room_census":[]}]]; end  -- util.json writes {} for an empty table
-	return json.encode({ room_census = rooms });
+	local list = #rooms == 0 and "[]" or json.encode(rooms);
+	return { status_code = 200; body = '{"room_census":' .. list .. '}' };
 end
 
 module:provides("http", {
@@ -69,4 +59,4 @@ module:provides("http", {
 	route = { ["GET room-census"] = handle_census };
 });
 
-module:log("info", "TEST STAND-IN room census for %s on /room-census", muc_domain);
+module:log("info", "TEST STAND-IN room census for %s.%s on /room-census", muc_domain_prefix, module.host);
