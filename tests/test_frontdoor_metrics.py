@@ -208,3 +208,12 @@ def test_a_real_prometheus_scrapes_the_front_door(door, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_metrics_file_follows_the_state_file_unless_set():
+    from ensemble.frontdoor.render import FrontdoorLayout
+    from ensemble.paths import FRONTDOOR_METRICS
+
+    assert FrontdoorLayout().metrics_file() == FRONTDOOR_METRICS
+    assert FrontdoorLayout(state_path="/tmp/x/state.json").metrics_file() == "/tmp/x/metrics.prom"
+    assert FrontdoorLayout(state_path="/tmp/x/state.json", metrics_path="/m.prom").metrics_file() == "/m.prom"

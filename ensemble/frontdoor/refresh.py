@@ -238,6 +238,6 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
                      "stats": _next_stats(state, now, time.monotonic() - started, failed, routes)}
         write_atomic(state_path, json.dumps(new_state, indent=1, sort_keys=True) + "\n", 0o640)
         # the metrics nginx serves to the allow-listed scrapers (0644: nginx's workers read it)
-        write_atomic(Path(layout.metrics_path), metrics_text(new_state), 0o644)
+        write_atomic(Path(layout.metrics_file()), metrics_text(new_state), 0o644)
     return RefreshResult(plan=plan, changed=changed, reloaded=reloaded, seconds=time.monotonic() - started,
                          unreadable=[r.name for r in readings if not r.ok])
