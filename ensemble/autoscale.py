@@ -280,7 +280,7 @@ def save_memory(path: Path, memory: AutoscaleMemory) -> None:
     """Replace the state file in one rename (0600: it names the fleet's hosts)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(memory.to_json(), sort_keys=True) + "\n")
         fh.flush()
@@ -386,9 +386,11 @@ def autoscale_once(spec: FleetSpec, *, dry_run: bool = False, state_path: Path |
 
 def autoscale_forever(spec: FleetSpec, interval: float, round_done: Callable[[RoundResult], None], *,
                       dry_run: bool = False, state_path: Path | None = None, progress: Progress = None,
-                      rounds: int | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                      rounds: int | None = None, sleep: Callable[[float], None] = time.sleep,
+                      one_round: Callable[..., RoundResult] | None = None) -> None:
     """Rounds every `interval` seconds (after the previous one ends) until interrupted; a failing
-    round (SSH, cloud API) is reported through `round_done`'s caller via progress and retried next time.
+    round (SSH, cloud API) is reported through `progress` and tried again at the next interval; bad
+    input (UsageError) stops the loop.
 
     Example::
 
@@ -397,7 +399,7 @@ def autoscale_forever(spec: FleetSpec, interval: float, round_done: Callable[[Ro
     done = 0
     while rounds is None or done < rounds:
         try:
-            round_done(autoscale_once(spec, dry_run=dry_run, state_path=state_path, progress=progress))
+            round_done((one_round or autoscale_once)(spec, dry_run=dry_run, state_path=state_path, progress=progress))
         except UsageError:
             raise
         except EnsembleError as exc:

@@ -376,3 +376,36 @@ def test_status_watch_redraws_until_interrupted(tmp_path):
     assert "s1.example.org" in out and "ready" in out and "Traceback" not in err
     assert out.count("every 1s, Ctrl-C to stop") >= 2  # redrawn
     assert " 11 " in out  # the redraw read the file again
+
+
+def test_the_long_running_loop_survives_a_failing_round_but_not_bad_input(tmp_path):
+    from ensemble.autoscale import Decision, RoundResult, autoscale_forever
+    from ensemble.errors import UsageError
+
+    answers = [EnsembleError("front door t-asu.test: ssh refused"),
+               RoundResult(Decision("hold", 1, 1, "enough free places"), dry_run=False)]
+    said, done, slept = [], [], []
+
+    def one_round(spec, **kw):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    autoscale_forever(round_spec(), 30, done.append, progress=said.append, rounds=2, sleep=slept.append,
+                      one_round=one_round)
+    assert "retrying in 30s" in said[0] and "ssh refused" in said[0]
+    assert [r.decision.action for r in done] == ["hold"] and slept == [30]
+    with pytest.raises(UsageError):
+        autoscale_forever(round_spec(), 30, done.append, rounds=1, one_round=lambda spec, **kw: (_ for _ in ()).throw(
+            UsageError("--state-file: x is not a regular file")))
+
+
+def test_a_state_file_that_is_not_a_regular_file_is_refused(tmp_path):
+    from ensemble.errors import UsageError
+
+    with pytest.raises(UsageError, match="not a regular file"):
+        load_memory(tmp_path)
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(UsageError, match="not a regular file"):
+        load_memory(tmp_path / "link")
