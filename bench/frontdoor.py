@@ -78,7 +78,8 @@ end
 
 def make_spec(shards: int, mode: str = "redirect"):
     return spec_from_dict({"fleet": {"name": "bench", "domain": "fd.bench.test", "shards": shards},
-                           "frontdoor": {"mode": mode, "capacity_per_shard": 200}})
+                           # one wrk client plays every user: no per-client limit of new rooms
+                           "frontdoor": {"mode": mode, "capacity_per_shard": 200, "new_rooms_per_minute": 1_000_000}})
 
 
 def readings_for(spec, rooms: int, seed: int = 1) -> list[ShardReading]:

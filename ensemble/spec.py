@@ -331,6 +331,9 @@ class FrontdoorSection:
     refresh_interval: int = _opt(15, "seconds between occupancy refreshes", bounds=(1, 3600))
     grace_period: int = _opt(120, "seconds an unreadable shard keeps its pins", bounds=(1, 86400))
     ready_after: int = _opt(3, "successful reads before a shard takes new rooms again", bounds=(1, 100))
+    new_rooms_per_minute: int = _opt(60, "new meetings one client (an IPv4 address, an IPv6 /64) may open per "
+                                     "minute at the front door (bursts of as many allowed); more get 429",
+                                     bounds=(1, 1_000_000))
     metrics_allowed_cidrs: list[str] = _opt(["127.0.0.1/32", "::1/128"], "who may read the front door's "
                                             "Prometheus metrics (/_ensemble/metrics): 0-64 CIDRs (your "
                                             "Prometheus server); everyone else gets 403", check=_check_cidrs)

@@ -28,11 +28,12 @@ TOKEN = "test-occupancy-token"
 CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47}  # chi-square critical values, p = 0.001
 
 
-def make_spec(mode: str = "redirect", capacity: int = 100):
+def make_spec(mode: str = "redirect", capacity: int = 100, new_rooms_per_minute: int = 60000):
+    # these tests play thousands of users from one address: no per-client limit unless asked for
     return spec_from_dict({
         "fleet": {"name": "fdt", "domain": "fd.ensemble.test", "shards": 4},
         "frontdoor": {"mode": mode, "capacity_per_shard": capacity, "refresh_interval": 15, "grace_period": 60,
-                      "ready_after": 2},
+                      "ready_after": 2, "new_rooms_per_minute": new_rooms_per_minute},
     })
 
 

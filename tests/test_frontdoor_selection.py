@@ -124,7 +124,7 @@ def test_recent_routes_pin_until_census_or_ttl():
 
 def test_memory_json_is_forgiving():
     assert memory_from_json({"shards": "junk"}) == Memory()
-    assert parse_routes("1.5 room s1\njunk\n2 a.b s1\n3 x -\n") == [(1.5, "room", "s1")]
+    assert parse_routes("1.5 room s1\njunk\n2 a.b s1\n3 x -\n") == [(1.5, "room", "s1", "")]
     assert parse_census({"room_census": [{"room_name": "a@c", "participants": 2, "leaked": True}]}) == ()
 
 

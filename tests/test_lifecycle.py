@@ -1,7 +1,7 @@
 """Fleet life cycle (list / scale / destroy / inventory / janitor / smoke) against the Scaleway STAND-IN.
 
 The CLI runs as a real subprocess; the real SDK reaches the stand-in through SCW_API_URL; every
-server answers SSH from a real sshd on 127.0.10.x whose /var/lib is a folder of the test's own
+server answers SSH from a real sshd on 127.1.<pid>.x whose /var/lib is a folder of the test's own
 (tests/standins/scaleway_env.py): nothing is written on this machine outside temporary folders.
 """
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ensemble.frontdoor.occupancy import occupancy_authorization
 from ensemble.profiles import PROFILES
 from ensemble.providers.base import Host
 from ensemble.render import shard_files
@@ -284,9 +285,10 @@ def test_signalling_and_etherpad_reach_their_backends(served_shard):
 ])
 def test_occupancy_endpoints_need_token_and_allowed_address(served_shard, path, backend, backend_path):
     s = served_shard
-    auth = {"Authorization": f"Bearer {s['token']}"}
+    auth = {"Authorization": occupancy_authorization(s["token"], path, s["domain"])}
     assert _get(s["https"], path, s["domain"])[0].status == 403
     assert _get(s["https"], path, s["domain"], {"Authorization": "Bearer wrong"})[0].status == 403
+    assert _get(s["https"], path, s["domain"], {"Authorization": f"Bearer {s['token']}"})[0].status == 403
     # right token from an address that is neither the front door nor this host
     assert _get(s["https"], path, s["domain"], auth, source="127.0.0.2")[0].status == 403
     for source in ("127.0.0.1", "127.0.0.3"):  # this host, the front door
@@ -301,7 +303,8 @@ def test_occupancy_endpoints_need_token_and_allowed_address(served_shard, path, 
 def test_state_endpoint_serves_the_drain_flag(served_shard):
     s = served_shard
     assert _get(s["https"], "/_ensemble/state", s["domain"])[0].status == 403
-    resp, body = _get(s["https"], "/_ensemble/state", s["domain"], {"Authorization": f"Bearer {s['token']}"})
+    auth = {"Authorization": occupancy_authorization(s["token"], "/_ensemble/state", s["domain"])}
+    resp, body = _get(s["https"], "/_ensemble/state", s["domain"], auth)
     assert resp.status == 200
     assert resp.getheader("Content-Type") == "application/json"
     assert json.loads(body) == {"drain": False}

@@ -13,7 +13,10 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
+import math
 import os
 import subprocess
 import time
@@ -86,23 +89,45 @@ def selection_params(spec: FleetSpec) -> SelectionParams:
 
 # ---------------------------------------------------------------- facts: files
 
-def parse_routes(text: str) -> list[tuple[float, str, str]]:
-    """Lines "<msec> <room key> <shard>" of the routes log -> (time, key, shard); junk lines skipped.
+def client_group(address: str) -> str:
+    """Who a route counts against: an IPv4 address, or the /64 of an IPv6 address (one subscriber's
+    network); "" when it is not an address.
 
     Example::
 
-        parse_routes("1700000000.123 myroom demo-1.meet.example.org\\n")
-        # [(1700000000.123, "myroom", "demo-1.meet.example.org")]
+        client_group("2001:db8:1:2::7"), client_group("192.0.2.1")   # ("2001:db8:1:2::/64", "192.0.2.1")
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def parse_routes(text: str) -> list[tuple[float, str, str, str]]:
+    """Lines "<msec> <room key> <shard> [<client address>]" of the routes log -> (time, key, shard,
+    client group); junk lines skipped.
+
+    Example::
+
+        parse_routes("1700000000.123 myroom demo-1.meet.example.org 192.0.2.1\n")
+        # [(1700000000.123, "myroom", "demo-1.meet.example.org", "192.0.2.1")]
     """
     routes = []
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) != 3 or room_key(parts[1]) != parts[1] or parts[2] == "-":
+        if len(parts) not in (3, 4) or room_key(parts[1]) != parts[1] or parts[2] == "-":
             continue
         try:
-            routes.append((float(parts[0]), parts[1], parts[2]))
+            at = float(parts[0])
         except ValueError:
             continue
+        if math.isfinite(at):
+            routes.append((at, parts[1], parts[2], client_group(parts[3]) if len(parts) == 4 else ""))
     return routes
 
 
@@ -149,7 +174,7 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-def read_new_routes(log_path: Path, position: dict) -> tuple[list[tuple[float, str, str]], dict]:
+def read_new_routes(log_path: Path, position: dict) -> tuple[list[tuple[float, str, str, str]], dict]:
     """Routes logged since the saved position {"inode", "offset"}; a rotated log is read from its start."""
     try:
         stat = log_path.stat()
@@ -173,30 +198,52 @@ def _run(command: tuple[str, ...]) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(command, 1, "", str(exc))
 
 
-def install_maps(path: Path, text: str, nginx: NginxControl) -> tuple[bool, bool]:
+class ReloadFailed(EnsembleError):
+    """nginx did not take the maps now on disk: the next refresh reloads again."""
+
+
+def maps_digest(text: str) -> str:
+    """Fingerprint of a maps text, kept in the state file as the maps nginx was last reloaded with.
+
+    Example::
+
+        maps_digest("map ...")[:8]
+    """
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def install_maps(path: Path, text: str, nginx: NginxControl, in_service: str | None = None) -> tuple[bool, bool]:
     """Write the maps if they differ, `nginx -t`, reload. (changed, reloaded).
 
-    On a failed `nginx -t` the previous maps are restored and EnsembleError names nginx's complaint.
+    `in_service` is the digest of the maps of the last successful reload: when the file already holds
+    `text` but nginx never took it (a reload failed, or the refresher was killed before it), the
+    reload is retried, so a failed reload is never mistaken for maps in service.
+    On a failed `nginx -t` the previous maps are restored and EnsembleError names nginx's complaint;
+    a failed reload raises EnsembleError (the next refresh retries it).
     """
     try:
         old = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, UnicodeDecodeError):
         old = None
-    if old == text:
+    changed = old != text
+    if not changed and (in_service is None or in_service == maps_digest(text)):
         return False, False
-    write_atomic(path, text)
+    if changed:
+        write_atomic(path, text)
     check = _run(nginx.test)
     if check.returncode != 0:
-        if old is None:
-            path.unlink(missing_ok=True)
-        else:
-            write_atomic(path, old)
+        if changed:
+            if old is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_atomic(path, old)
         raise EnsembleError(f"frontdoor refresh: nginx -t rejected the new maps, the old ones stay in service: "
                             f"{first_complaint(check.stderr or check.stdout)}")
     reload = _run(nginx.reload)
     if reload.returncode != 0:
-        raise EnsembleError(f"frontdoor refresh: nginx reload failed: {(reload.stderr or reload.stdout).strip()}")
-    return True, True
+        raise ReloadFailed(f"frontdoor refresh: nginx reload failed (retried at the next refresh): "
+                            f"{first_complaint(reload.stderr or reload.stdout)}")
+    return changed, True
 
 
 def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, nginx: NginxControl,
@@ -217,10 +264,17 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
     log = Path(layout.routes_log)
     _run(nginx.reopen)  # the route log is buffered: flush it right before reading it
     routed, position = read_new_routes(log, state.get("routes_log", {}))
-    plan, memory = select(readings, memory, now, selection_params(spec), routed)
+    params = selection_params(spec)
+    plan, memory = select(readings, memory, now, params, routed)
+    routing_path = Path(layout.routing_path)
+    in_service = state.get("in_service") if isinstance(state.get("in_service"), str) else None
+    changed = reloaded = False
     routes, failed = len(routed), True
     try:
-        changed, reloaded = install_maps(Path(layout.routing_path), routing_conf(plan, spec, layout), nginx)
+        text = routing_conf(plan, spec, layout)
+        changed, reloaded = install_maps(routing_path, text, nginx, in_service)
+        if reloaded:
+            in_service = maps_digest(text)
         if reloaded and nginx.settle > 0:
             # rooms routed by the old maps between the read above and the reload: pin them too
             time.sleep(nginx.settle)
@@ -229,12 +283,18 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
             late = [route for route in late if route[1] not in plan.pins]
             routes += len(late)
             if late:
-                plan, memory = pin_routed(plan, memory, late)
-                install_maps(Path(layout.routing_path), routing_conf(plan, spec, layout), nginx)
+                plan, memory = pin_routed(plan, memory, late, params)
+                text = routing_conf(plan, spec, layout)
+                if install_maps(routing_path, text, nginx, in_service)[1]:
+                    in_service = maps_digest(text)
         failed = False
+    except ReloadFailed:
+        in_service = "reload failed"  # never a digest: the next refresh reloads whatever the file holds
+        raise
     finally:
         new_state = {"memory": memory_to_json(memory), "routes_log": position, "plan": plan_to_json(plan),
                      "refreshed_at": now, "errors": {r.name: r.error for r in readings if r.error},
+                     "in_service": in_service,
                      "stats": _next_stats(state, now, time.monotonic() - started, failed, routes)}
         write_atomic(state_path, json.dumps(new_state, indent=1, sort_keys=True) + "\n", 0o640)
         # the metrics nginx serves to the allow-listed scrapers (0644: nginx's workers read it)

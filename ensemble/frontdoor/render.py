@@ -36,6 +36,11 @@ PCRE_JIT_PATH = "/etc/nginx/modules-enabled/50-ensemble-pcre-jit.conf"  # main c
 
 PCRE_JIT_CONF = "# Managed by ensemble: the front door's room regexes are compiled with PCRE's JIT.\npcre_jit on;\n"
 
+# TLS 1.2 suites: ECDHE (forward secrecy) with AEAD ciphers (GCM, ChaCha20-Poly1305) only, as Mozilla's
+# "intermediate" profile without its DHE suites; TLS 1.3 suites are all AEAD (OpenSSL's defaults).
+TLS12_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+                 "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305")
+
 LANDING_TEXT = {
     "fr": {"lang": "fr", "title": "Réunions vidéo",
            "lead": "Choisissez un nom de réunion ou laissez-nous en trouver un.",
@@ -50,6 +55,8 @@ LANDING_TEXT = {
 ERROR_TEXT = {
     400: ("Nom de réunion invalide", "Invalid meeting name: use letters, digits and dashes."),
     503: ("Aucun serveur disponible pour le moment", "No server is available right now; please retry in a minute."),
+    429: ("Trop de nouvelles réunions depuis votre adresse", "Too many new meetings from your address: please "
+          "retry in a minute."),
 }
 
 
@@ -77,6 +84,7 @@ class FrontdoorLayout:
     secrets_path: str = paths.SECRETS_FILE
     ensemble_bin: str = paths.ENSEMBLE_BIN
     listen: tuple[str, ...] = ("443 ssl http2", "[::]:443 ssl http2")
+    http_listen: tuple[str, ...] = ("80", "[::]:80")  # the redirect to https (and ACME challenges), with tls
     tls: bool = True
     tls_dir: str = TLS_DIR  # <tls_dir>/<domain>/{fullchain,privkey}.pem, from the TLS deploy
     acme_webroot: str = ACME_WEBROOT
@@ -147,6 +155,9 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "metrics_allowed": list(spec.frontdoor.metrics_allowed_cidrs),
         "webroot": layout.webroot,
         "listen": list(layout.listen),
+        "http_listen": list(layout.http_listen),
+        "tls12_ciphers": ":".join(TLS12_CIPHERS),
+        "new_rooms_per_minute": spec.frontdoor.new_rooms_per_minute,
         "tls": layout.tls,
         "cert": f"{layout.tls_dir}/{domain}/fullchain.pem",
         "key": f"{layout.tls_dir}/{domain}/privkey.pem",

@@ -21,6 +21,12 @@ Rules:
   better with a low margin and the growth estimate). The room is quantised in
   steps of 5 % so small changes do not move new rooms; in 0.01 % units summing to 10000 (nginx
   split_clients' precision). If every ready shard is full, new rooms spread by capacity.
+- unconfirmed routes (routed as new, in no census yet) are what anyone can create by requesting
+  names, so their effect is bounded: one client (an IPv4 address, an IPv6 /64) counts as pending
+  for its ``unconfirmed_per_client`` newest rooms only, all of them together add at most
+  ``unconfirmed_share`` of a shard's capacity to its used fraction, and at most
+  ``max_unconfirmed_pins`` of them are pinned (the newest). A room confirmed by a census counts in
+  full. nginx limits how many new rooms a client may open per minute (limit_req, see render.py).
 
 Example::
 
@@ -84,6 +90,9 @@ class SelectionParams:
     quantum: float = 0.05
     margin: float = 0.05
     growth_window: float = 600.0
+    unconfirmed_per_client: int = 3  # newest routed-not-joined rooms of one client counted as pending
+    unconfirmed_share: float = 0.05  # at most this much of a shard's capacity pending from unconfirmed routes
+    max_unconfirmed_pins: int = 5000  # routed-not-joined rooms pinned (the newest): bounds the maps
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,8 @@ class Memory:
     """The refresher's memory of the fleet: per-shard damping and pins, recently routed rooms."""
 
     shards: dict[str, ShardMemory] = field(default_factory=dict)
-    recent: dict[str, tuple[str, float]] = field(default_factory=dict)  # room key -> (shard, routed at)
+    # room key -> (shard, routed at, client): rooms routed as new, not (yet) in any census
+    recent: dict[str, tuple[str, float, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class ShardDecision:
     capacity: int
     weight: int  # 0.01 % units of new rooms
     pinned: int
+    used: float = 0.0  # used fraction the weights saw: participants + pending, or stress (ready shards)
 
 
 @dataclass(frozen=True)
@@ -263,9 +274,47 @@ def merge_pins(candidates: list[tuple[str, str, int, float]]) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the selection
 
+def route_client(route: tuple) -> str:
+    """The client of a route (time, key, shard[, client]); "" when unknown.
+
+    Example::
+
+        route_client((1.0, "a", "s1", "192.0.2.7")), route_client((1.0, "a", "s1"))   # ("192.0.2.7", "")
+    """
+    return str(route[3]) if len(route) > 3 else ""
+
+
+def bound_unconfirmed(recent: dict[str, tuple[str, float, str]], params: SelectionParams,
+                      capacity: dict[str, int], room_size: float) -> tuple[dict[str, tuple[str, float, str]],
+                                                                         dict[str, float]]:
+    """Unconfirmed routes -> (the ones kept as pins, pending participants per shard), both bounded:
+    the newest `max_unconfirmed_pins` are kept; a client's newest `unconfirmed_per_client` count
+    `room_size` each (an unknown client "" is not grouped), at most `unconfirmed_share` x capacity
+    per shard.
+
+    Example::
+
+        bound_unconfirmed({f"r{i}": ("s1", float(i), "198.51.100.9") for i in range(1000)},
+                          SelectionParams(capacity=100), {"s1": 100}, 2.0)[1]     # {"s1": 5.0}: 3 x 2, capped at 5
+    """
+    newest = sorted(recent.items(), key=lambda item: (-item[1][1], item[0]))[:max(0, params.max_unconfirmed_pins)]
+    kept = dict(sorted(newest))
+    per_client: dict[str, int] = {}
+    pending: dict[str, float] = {}
+    for _, (shard, _, client) in newest:
+        if client:
+            per_client[client] = per_client.get(client, 0) + 1
+            if per_client[client] > params.unconfirmed_per_client:
+                continue
+        pending[shard] = pending.get(shard, 0.0) + room_size
+    caps = {shard: params.unconfirmed_share * capacity.get(shard, params.capacity) for shard in pending}
+    return kept, {shard: min(value, caps[shard]) for shard, value in pending.items()}
+
+
 def select(readings: list[ShardReading], memory: Memory, now: float, params: SelectionParams,
-           routed: list[tuple[float, str, str]] = ()) -> tuple[RoutingPlan, Memory]:
-    """Compute the routing plan and the next memory. `routed`: (time, room key, shard) of new rooms.
+           routed: list[tuple] = ()) -> tuple[RoutingPlan, Memory]:
+    """Compute the routing plan and the next memory. `routed`: (time, room key, shard[, client]) of
+    new rooms from nginx's route log.
 
     Example::
 
@@ -289,19 +338,22 @@ def select(readings: list[ShardReading], memory: Memory, now: float, params: Sel
             alive.add(reading.name)
         decisions.append((reading, state, reason, capacity))
     pins = merge_pins(candidates)
-    recent = {key: (shard, at) for key, (shard, at) in memory.recent.items() if now - at <= params.recent_ttl}
-    for at, key, shard in routed:
+    recent = {key: value for key, value in memory.recent.items() if now - value[1] <= params.recent_ttl}
+    for route in routed:
+        at, key, shard = route[:3]
         if now - at <= params.recent_ttl and (key not in recent or recent[key][1] < at):
-            recent[key] = (shard, at)
+            recent[key] = (shard, at, route_client(route))
     recent = {key: value for key, value in recent.items() if key not in pins and value[0] in alive}
-    pins.update({key: shard for key, (shard, _) in recent.items()})
     # rooms still filling up will bring about as many people as the fleet's settled rooms have
     room_size = settled_room_size(readings, now, params.growth_window)
+    recent, unconfirmed = bound_unconfirmed(recent, params, {r.name: cap for r, _, _, cap in decisions}, room_size)
+    pins.update({key: shard for key, (shard, _, _) in recent.items()})
     pending = {r.name: growth_expected(r, now, params.growth_window, room_size) for r in readings if r.ok}
-    for shard, _ in recent.values():
-        pending[shard] = pending.get(shard, 0.0) + room_size
+    for shard, extra in unconfirmed.items():
+        pending[shard] = pending.get(shard, 0.0) + extra
     ready = [(r.name, used_fraction(r, cap, pending.get(r.name, 0.0)), cap)
              for r, state, _, cap in decisions if state == "ready"]
+    used = {name: round(u, 4) for name, u, _ in ready}
     weights = fill_weights(ready, params.margin, params.quantum)
     if ready and sum(w for _, w in weights) <= 0:
         # every ready shard is full: spread by capacity rather than refuse meetings
@@ -315,14 +367,16 @@ def select(readings: list[ShardReading], memory: Memory, now: float, params: Sel
     shards = tuple(
         ShardDecision(name=r.name, state=state, reason=reason, conferences=r.conferences,
                       participants=r.participants, stress=r.stress, capacity=capacity,
-                      weight=units.get(r.name, 0), pinned=pinned_count.get(r.name, 0))
+                      weight=units.get(r.name, 0), pinned=pinned_count.get(r.name, 0), used=used.get(r.name, 0.0))
         for r, state, reason, capacity in decisions)
     return RoutingPlan(shards=shards, pins=pins, split=split), replace(memory, shards=shard_memory,
                                                                         recent=dict(sorted(recent.items())))
 
 
-def pin_routed(plan: RoutingPlan, memory: Memory, routed: list[tuple[float, str, str]]) -> tuple[RoutingPlan, Memory]:
-    """Add rooms routed as new (time, key, shard) to the pins and the memory, weights unchanged.
+def pin_routed(plan: RoutingPlan, memory: Memory, routed: list[tuple],
+               params: SelectionParams | None = None) -> tuple[RoutingPlan, Memory]:
+    """Add rooms routed as new (time, key, shard[, client]) to the pins and the memory, weights
+    unchanged, at most `params.max_unconfirmed_pins` unconfirmed pins in all (the newest).
 
     Example::
 
@@ -330,9 +384,15 @@ def pin_routed(plan: RoutingPlan, memory: Memory, routed: list[tuple[float, str,
     """
     pins = dict(plan.pins)
     recent = dict(memory.recent)
-    for at, key, shard in routed:
-        pins.setdefault(key, shard)
-        recent.setdefault(key, (shard, at))
+    for route in routed:
+        at, key, shard = route[:3]
+        if key not in pins:
+            pins[key] = shard
+            recent[key] = (shard, at, route_client(route))
+    limit = max(0, (params or SelectionParams()).max_unconfirmed_pins)
+    for key, _ in sorted(recent.items(), key=lambda item: (-item[1][1], item[0]))[limit:]:
+        del recent[key]  # the oldest unconfirmed routes go first
+        pins.pop(key, None)
     counts: dict[str, int] = {}
     for shard in pins.values():
         counts[shard] = counts.get(shard, 0) + 1
@@ -348,7 +408,7 @@ def memory_to_json(memory: Memory) -> dict:
     return {
         "shards": {name: {"last_ok": m.last_ok, "streak": m.streak, "damped": m.damped, "pins": list(m.pins)}
                    for name, m in sorted(memory.shards.items())},
-        "recent": {key: [shard, at] for key, (shard, at) in sorted(memory.recent.items())},
+        "recent": {key: list(value) for key, value in sorted(memory.recent.items())},
     }
 
 
@@ -358,8 +418,9 @@ def memory_from_json(data: dict) -> Memory:
         shards = {name: ShardMemory(last_ok=m.get("last_ok"), streak=int(m.get("streak", 0)),
                                     damped=bool(m.get("damped", False)), pins=tuple(m.get("pins", ())))
                   for name, m in data.get("shards", {}).items()}
-        recent = {key: (str(v[0]), float(v[1])) for key, v in data.get("recent", {}).items()}
-    except (AttributeError, TypeError, ValueError, IndexError):
+        recent = {key: (str(v[0]), float(v[1]), str(v[2]) if len(v) > 2 else "")
+                  for key, v in data.get("recent", {}).items()}
+    except (AttributeError, TypeError, ValueError, IndexError, OverflowError):
         return Memory()
     return Memory(shards=shards, recent=recent)
 

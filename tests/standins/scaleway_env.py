@@ -38,8 +38,9 @@ SECRET_KEY = "11111111-2222-4333-8444-555555555555"
 PROJECT_ID = "66666666-7777-4888-9999-000000000000"
 SSHD = "/usr/sbin/sshd"
 # Where the stand-in's servers answer SSH. Several checkouts on one machine may run these tests at once:
-# each can pick its own /24 (ENSEMBLE_SCW_STANDIN_NET=127.0.77.) so their sshds never answer for each other.
-ADDRESS_PREFIX = os.environ.get("ENSEMBLE_SCW_STANDIN_NET", "127.0.10.")
+# each test process takes a /24 of its own (from its pid; ENSEMBLE_SCW_STANDIN_NET=127.0.77. picks one) so
+# their sshds never answer for each other (seen: "host key changed" when two runs shared 127.0.10.x).
+ADDRESS_PREFIX = os.environ.get("ENSEMBLE_SCW_STANDIN_NET", f"127.1.{os.getpid() % 250}.")
 
 
 @dataclass

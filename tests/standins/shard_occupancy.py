@@ -221,12 +221,21 @@ def shard_servers_conf(shards: list[str], port: int, standin_port: int, token: s
     """nginx servers playing the shards: room pages naming the shard, and the private locations."""
     blocks = []
     for shard in shards:
-        guard = f'if ($http_authorization != "Bearer {token}") {{ return 403; }}'
+        guard = "auth_request /_ensemble/auth;"  # as templates/nginx/site.conf.j2 (the occupancy tag)
         blocks.append(f"""
 server {{
     listen 127.0.0.1:{port};
     server_name {shard};
     default_type text/plain;
+    location = /_ensemble/auth {{
+        internal;
+        set $occupancy_tag "";
+        if ($http_authorization ~ "^Ensemble ([A-Za-z0-9_-]{{22}},[0-9]{{1,12}})$") {{ set $occupancy_tag $1; }}
+        secure_link $occupancy_tag;
+        secure_link_md5 "$secure_link_expires$request_uri$host {token}";
+        if ($secure_link != "1") {{ return 403; }}
+        return 204;
+    }}
     location = /_ensemble/census {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/room-census; }}
     location = /_ensemble/stats {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/colibri/stats; }}
     location = /_ensemble/health {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/about/health; }}
