@@ -294,7 +294,8 @@ class FrontdoorUnderTest(NginxInstance):
         self.layout = FrontdoorLayout(
             site_path=str(prefix / "conf/site.conf"), proxy_params_path=str(prefix / "conf/proxy.conf"),
             routing_path=str(prefix / "var/routing.conf"), seed_path=str(prefix / "conf/routing.seed.conf"),
-            state_path=str(prefix / "var/state.json"), webroot=str(prefix / "www"),
+            state_path=str(prefix / "var/state.json"), metrics_path=str(prefix / "var/metrics.prom"),
+            webroot=str(prefix / "www"),
             routes_log=str(prefix / "logs/routes.log"), listen=(f"127.0.0.1:{self.port}",), tls=False,
             shard_scheme="http", shard_port=shards.port,
             shard_addresses={n: f"127.0.0.1:{shards.port}" for n in names})
