@@ -140,3 +140,32 @@ def test_a_rejected_ruleset_never_replaces_the_live_one(tmp_path, candidate, acc
     else:
         assert live.read_text() == old_text  # on disk for the next boot
         assert "10.1.2.0/24" in run.stdout and "policy drop" in run.stdout  # and loaded
+
+
+@pytest.mark.parametrize("turn", [True, False])
+@pytest.mark.parametrize("role", ["frontdoor", "shard"])
+def test_the_cloud_firewall_opens_exactly_what_the_host_firewall_opens(role, turn):
+    """One list (ensemble.publicports) for both firewalls: the rendered nftables file of a role and the
+    rules of its Scaleway security group name the same public ports; the front door has no UDP in either."""
+    from ensemble.providers.scalewaytags import firewall_rules
+
+    spec = spec_from_dict({"fleet": {"shards": 1}, "turn": {"enabled": turn},
+                           "provider": {"scaleway": {"ssh_allowed_cidrs": ["192.0.2.0/24"]}}})
+    store: dict = {}
+    complete_secrets(store, spec)
+    host = spec.fleet.domain if role == "frontdoor" else spec.shard_name(1)
+    files = {f.path: f for f in fleet_files(spec, store)[host]}
+    tcp, udp = public_ports(role, spec)
+    assert files[paths.NFTABLES_CONF].content == nftables_conf(["192.0.2.0/24"], udp_ports=udp, tcp_ports=tcp)
+    cloud = firewall_rules(["192.0.2.0/24"], role, spec)
+
+    def spelled(port):
+        return str(port) if isinstance(port, int) else port
+    public = {(p, f"{a}" if a == b else f"{a}-{b}") for p, a, b, cidr in cloud if cidr in ("0.0.0.0/0", "::/0")}
+    assert public == {("tcp", spelled(t)) for t in tcp} | {("udp", spelled(u)) for u in udp}
+    admin = {(p, a, cidr) for p, a, _, cidr in cloud if cidr not in ("0.0.0.0/0", "::/0")}
+    assert admin == {("tcp", 22, "192.0.2.0/24")}
+    if role == "frontdoor":
+        assert udp == () and not any(p == "udp" for p, *_ in cloud)
+    else:
+        assert ("udp", "10000") in public and (("udp", "49152-49999") in public) == turn
