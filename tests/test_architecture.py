@@ -23,7 +23,7 @@ LAYERS = [
     ["ensemble.ssh"],
     ["ensemble.providers.base"],
     ["ensemble.spec", "ensemble.profiles", "ensemble.etherpad_source", "ensemble.cloudinit"],
-    ["ensemble.userfiles", "ensemble.grammar", "ensemble.outtree"],
+    ["ensemble.userfiles", "ensemble.grammar", "ensemble.outtree", "ensemble.fleetca"],
     ["ensemble.errors", "ensemble.paths"],
 ]
 

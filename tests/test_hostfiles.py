@@ -48,7 +48,12 @@ def test_provider_settings_reach_the_rendered_files():
     env = DeployEnv(spec=spec, admin_cidrs=["10.9.8.0/24"], apt_direct=["10.9.8.1"], hosts_file=True)
     files = fleet_files(spec, store, env=env)[spec.shard_name(1)]
     by_path = {f.path: f for f in files}
-    assert by_path[paths.NFTABLES_CONF].content == nftables_conf(["10.9.8.0/24"])
+    # the private occupancy port: from the front door's address only (the placeholder here)
+    assert by_path[paths.NFTABLES_CONF].content == nftables_conf(["10.9.8.0/24"], occupancy_from=["198.51.100.1"])
+    rule = f"ip saddr {{ 198.51.100.1 }} tcp dport {paths.OCCUPANCY_PORT} accept"
+    assert rule in by_path[paths.NFTABLES_CONF].content
+    door = {f.path: f for f in fleet_files(spec, store, env=env)[spec.fleet.domain]}
+    assert str(paths.OCCUPANCY_PORT) not in door[paths.NFTABLES_CONF].content
     assert "Proxy::10.9.8.1" in by_path[paths.APT_DIRECT_FILE].content
 
 
