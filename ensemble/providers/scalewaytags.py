@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from ensemble import paths
+
 if TYPE_CHECKING:
     from ensemble.providers.base import Host
     from ensemble.spec import FleetSpec
@@ -163,7 +165,9 @@ def firewall_rules(ssh_cidrs: list[str]) -> list[tuple[str, int, str]]:
         firewall_rules(["198.51.100.0/24"])[:2]   # [("tcp", 80, "0.0.0.0/0"), ("tcp", 80, "::/0")]
     """
     rules = []
-    for protocol, port in (("tcp", 80), ("tcp", 443), ("udp", 10000)):
+    # the shards' occupancy port is let through the group (rules are fleet-wide and set before the
+    # front door has an address); each shard's nftables then accepts it from the front door only
+    for protocol, port in (("tcp", 80), ("tcp", 443), ("udp", paths.JVB_MEDIA_PORT), ("tcp", paths.OCCUPANCY_PORT)):
         rules += [(protocol, port, "0.0.0.0/0"), (protocol, port, "::/0")]
     rules += [("tcp", 22, cidr) for cidr in ssh_cidrs]
     return rules
