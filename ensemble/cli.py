@@ -66,6 +66,13 @@ def config_option(fn):
     )(fn)
 
 
+def wait_lock_option(fn):
+    return click.option(
+        "--wait-lock", "wait_lock", type=click.IntRange(0, 86400), default=0, metavar="SECONDS",
+        help="Wait up to SECONDS for another command holding the fleet's lock (default: stop at once).",
+    )(fn)
+
+
 def json_option(fn):
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
 
@@ -145,15 +152,19 @@ def render(config: Path | None, out: Path, secrets: Path | None) -> None:
 
 @main.command()
 @config_option
+@click.option("--allow-disruptive", is_flag=True,
+              help="Apply changes that disrupt the live fleet (domain, TLS mode, shard naming, OS profile).")
+@wait_lock_option
 @json_option
 @handle_errors
-def deploy(config: Path | None, as_json: bool) -> None:
+def deploy(config: Path | None, allow_disruptive: bool, wait_lock: int, as_json: bool) -> None:
     """Create missing hosts, deploy every shard and the front door."""
     from ensemble.fleet import deploy_fleet, summary_table
 
     spec = get_spec(config, files=True)
     # Progress goes to stderr so that --json leaves stdout to the machine-readable result.
-    result = deploy_fleet(spec, progress=lambda line: click.echo(line, err=True))
+    result = deploy_fleet(spec, progress=lambda line: click.echo(line, err=True), allow_disruptive=allow_disruptive,
+                          wait_lock=wait_lock)
     if as_json:
         print_json(result.as_dict())
     else:
@@ -187,13 +198,15 @@ def plan(config: Path | None, as_json: bool) -> None:
 @config_option
 @click.option("--timeout", type=click.IntRange(1, MAX_WAIT), default=3600, show_default=True,
               help="Seconds to wait for each shard to empty.")
+@wait_lock_option
 @json_option
 @handle_errors
-def upgrade(config: Path | None, timeout: int, as_json: bool) -> None:
+def upgrade(config: Path | None, timeout: int, wait_lock: int, as_json: bool) -> None:
     """Rolling upgrade: drain, wait empty, redeploy, check, undrain; one shard at a time."""
     from ensemble.lifecycle import upgrade_fleet
 
-    results = upgrade_fleet(get_spec(config, files=True), timeout, progress=lambda line: click.echo(line, err=True))
+    results = upgrade_fleet(get_spec(config, files=True), timeout, progress=lambda line: click.echo(line, err=True),
+                            wait_lock=wait_lock)
     if as_json:
         print_json({"upgraded": results})
     else:
@@ -229,15 +242,17 @@ def fleet_list(config: Path | None, as_json: bool) -> None:
 @click.option("--timeout", type=click.IntRange(1, MAX_WAIT), default=3600, show_default=True,
               help="Seconds to wait for drains.")
 @click.option("--hosts-only", is_flag=True, help="Only create/destroy hosts; deploy later with `ensemble deploy`.")
+@wait_lock_option
 @json_option
 @handle_errors
-def fleet_scale(config: Path | None, count: int, force: bool, timeout: int, hosts_only: bool, as_json: bool) -> None:
+def fleet_scale(config: Path | None, count: int, force: bool, timeout: int, hosts_only: bool, wait_lock: int,
+                as_json: bool) -> None:
     """Grow or shrink the fleet to COUNT shards (shrinking drains the highest numbers first)."""
     from ensemble.lifecycle import scale_fleet
 
     # Growing deploys the new shards; shrinking drains the surplus through the front door and waits.
     result = scale_fleet(get_spec(config, files=True), count, force=force, timeout=timeout, deploy=not hosts_only,
-                         progress=lambda line: click.echo(line, err=True))
+                         progress=lambda line: click.echo(line, err=True), wait_lock=wait_lock)
     if as_json:
         print_json(result.as_dict())
     else:
@@ -248,37 +263,40 @@ def fleet_scale(config: Path | None, count: int, force: bool, timeout: int, host
 @fleet.command("destroy")
 @config_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@wait_lock_option
 @handle_errors
-def fleet_destroy(config: Path | None, yes: bool) -> None:
+def fleet_destroy(config: Path | None, yes: bool, wait_lock: int) -> None:
     """Destroy every host of the fleet with its addresses and volumes."""
     from ensemble.lifecycle import destroy_fleet
 
     names = destroy_fleet(get_spec(config), yes=yes, confirm=lambda q: click.confirm(q, default=False, err=True),
-                          progress=lambda line: click.echo(line, err=True))
+                          progress=lambda line: click.echo(line, err=True), wait_lock=wait_lock)
     click.echo(f"destroyed {len(names)} host(s){': ' + ', '.join(names) if names else ''}")
 
 
 @fleet.command("drain")
 @config_option
 @click.argument("shard")
+@wait_lock_option
 @handle_errors
-def fleet_drain(config: Path | None, shard: str) -> None:
+def fleet_drain(config: Path | None, shard: str, wait_lock: int) -> None:
     """Stop sending new rooms to SHARD (live rooms stay)."""
     from ensemble.lifecycle import drain_shard
 
-    host = drain_shard(get_spec(config), shard, True)
+    host = drain_shard(get_spec(config), shard, True, wait_lock=wait_lock)
     click.echo(f"{host.name}: drained (no new rooms after the front door's next refresh; live rooms stay)")
 
 
 @fleet.command("undrain")
 @config_option
 @click.argument("shard")
+@wait_lock_option
 @handle_errors
-def fleet_undrain(config: Path | None, shard: str) -> None:
+def fleet_undrain(config: Path | None, shard: str, wait_lock: int) -> None:
     """Let SHARD take new rooms again."""
     from ensemble.lifecycle import drain_shard
 
-    host = drain_shard(get_spec(config), shard, False)
+    host = drain_shard(get_spec(config), shard, False, wait_lock=wait_lock)
     click.echo(f"{host.name}: undrained (takes new rooms after the front door's next refresh)")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ensemble.contexts import fleet_contexts
-from ensemble.errors import EnsembleError
+from ensemble.errors import EnsembleError, UsageError
 from ensemble.inventory import targets_for
 from ensemble.kept import (
     KEPT_COMMAND,
@@ -38,7 +38,7 @@ from ensemble.kept import (
 )
 from ensemble.keyring import jitsi_keyring
 from ensemble.providers.base import Host, Provider
-from ensemble.secrets import merge_secrets
+from ensemble.secrets import FLEET_KEY, merge_secrets
 from ensemble.spec import FleetSpec
 
 
@@ -100,7 +100,8 @@ def wanted_names(spec: FleetSpec) -> list[str]:
 
 def deploy_fleet(spec: FleetSpec, *, provider: Provider | None = None, dry: bool = False, progress=print,
                  hosts: list[Host] | None = None, only: list[str] | None = None,
-                 size: int | None = None, upgrade_packages: bool = False) -> FleetResult:
+                 size: int | None = None, upgrade_packages: bool = False, allow_disruptive: bool = False,
+                 wait_lock: float = 0) -> FleetResult:
     """Create missing hosts (not when dry), then deploy (or dry-run) the hosts in parallel.
 
     Every host is rendered with the whole fleet's facts; `only` limits which hosts are deployed
@@ -109,23 +110,64 @@ def deploy_fleet(spec: FleetSpec, *, provider: Provider | None = None, dry: bool
     default: `fleet_size`. `upgrade_packages`: take the newest packages (`ensemble upgrade`, on a
     drained shard); a plain deploy never upgrades a package under live meetings.
 
+    Before any host is touched: the fleet lock is taken (not for a dry run; `wait_lock` seconds to
+    wait for it, ensemble.fleetlock), the fleet found under the spec's name must be this spec's
+    (ensemble.identity: else UsageError, nothing changed), and disruptive changes (domain, TLS mode,
+    shard naming, OS profile) need `allow_disruptive` (a dry run lists them in the notes).
+
     Example::
 
         deploy_fleet(spec).ok
         deploy_fleet(spec, only=["demo-2.meet.example.org"])      # shard 2 alone, same files as a full deploy
     """
+    from ensemble.fleetlock import fleet_lock
+    from ensemble.identity import provider_account
     from ensemble.providers import get_provider
+
+    provider = provider or get_provider(spec)
+    if dry:
+        return _deploy_fleet(spec, provider, True, progress, hosts, only, size, upgrade_packages, allow_disruptive)
+    with fleet_lock(spec.fleet.name, provider_account(provider), wait=wait_lock, progress=progress):
+        return _deploy_fleet(spec, provider, False, progress, hosts, only, size, upgrade_packages, allow_disruptive)
+
+
+def _deploy_fleet(spec: FleetSpec, provider: Provider, dry: bool, progress, hosts: list[Host] | None,
+                  only: list[str] | None, size: int | None, upgrade_packages: bool,
+                  allow_disruptive: bool) -> FleetResult:
+    from ensemble.identity import (
+        check_identity,
+        disruptive_changes,
+        found_identity,
+        provider_account,
+        record_path_for,
+        refuse_disruptive,
+        remember,
+        stamp_labels,
+    )
     from ensemble.runner import run_deploy
 
     started = time.monotonic()
-    provider = provider or get_provider(spec)
     result = FleetResult(dry=dry)
     existing = list(provider.list_hosts(spec)) if hosts is None else list(hosts)
+    found = found_identity(spec.fleet.name, existing)
+    verdict = check_identity(spec, provider_account(provider), found, record_path_for(spec),
+                             "plan" if dry else "deploy", create=not dry)
+    identity = verdict.identity
     kept = read_kept(existing)  # a stopped host is read again once ensure_hosts has started it
+    kept_id = _kept_fleet_id(kept)
+    if kept_id and identity.fleet_id and kept_id != identity.fleet_id:
+        raise UsageError(f"fleet.name: the hosts of {found.describe() if found else spec.fleet.name} keep fleet id "
+                         f"{kept_id} in /etc/ensemble, not {identity.fleet_id}: another fleet; nothing changed")
+    disruptive = disruptive_changes(spec, found, kept.deployed) if found else []
+    if dry:
+        result.notes += [f"DISRUPTIVE: {change}; deploy needs --allow-disruptive" for change in disruptive]
+    else:
+        refuse_disruptive(disruptive, "deploy", allow_disruptive)
+        remember(spec, identity)  # kept beside the spec's secrets before any host is made
     size = size if size is not None else fleet_size(spec, kept.recorded)
     refuse_shards_beyond(spec, size, existing)
     target = spec.with_shards(size)
-    result.notes = size_notes(spec, size)
+    result.notes += size_notes(spec, size)
     names = {h.name for h in existing}
     result.created = [n for n in wanted_names(target) if n not in names]
     if only is not None:
@@ -135,24 +177,42 @@ def deploy_fleet(spec: FleetSpec, *, provider: Provider | None = None, dry: bool
     elif (result.created or kept.unreachable) and not dry:
         if result.created:
             progress(f"creating {len(result.created)} host(s): {', '.join(result.created)}")
-        existing = provider.ensure_hosts(target, progress=progress)  # also starts stopped hosts
+        # also starts stopped hosts
+        existing = provider.ensure_hosts(target, progress=progress, labels=stamp_labels(identity, spec))
     if kept.unreachable and not dry and only is None:
         # hosts that were stopped are running now; the others still unreachable stop the deploy below
         again = read_kept([h for h in existing if h.name in kept.unreachable])
         kept = KeptState(secrets={**kept.secrets, **again.secrets}, recorded=kept.recorded,
-                         unreachable=again.unreachable)
+                         deployed=kept.deployed, unreachable=again.unreachable)
     require_all_read(kept)
     fleet = list(existing)
     if fleet:
         env = provider.deploy_environment(target)
         keyring = jitsi_keyring(env.spec)
         store, _ = merge_secrets(env.spec, {h.name: kept.secrets.get(h.name, "") for h in fleet}, fleet)
+        if identity.fleet_id:
+            store[FLEET_KEY]["fleet_id"] = identity.fleet_id  # every host keeps it beside its secrets
         contexts = fleet_contexts(env, store, fleet, keyring=keyring, only=only, spec_shards=spec.fleet.shards,
                                   upgrade_packages=upgrade_packages)
         targets = targets_for([h for h in fleet if h.name in contexts])
         result.results = run_deploy(targets, FLEET_HOST_DEPLOY, {"contexts": contexts}, dry=dry, progress=progress)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _kept_fleet_id(kept: KeptState) -> str:
+    """The fleet id the hosts keep (the fleet-id record, else the fleet entry of a secrets file), or ""."""
+    if kept.deployed and kept.deployed.get("fleet_id"):
+        return kept.deployed["fleet_id"]
+    for text in kept.secrets.values():
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            continue
+        fleet = data.get(FLEET_KEY) if isinstance(data, dict) else None
+        if isinstance(fleet, dict) and isinstance(fleet.get("fleet_id"), str) and fleet["fleet_id"]:
+            return fleet["fleet_id"]
+    return ""
 
 
 def summary_table(result: FleetResult) -> str:

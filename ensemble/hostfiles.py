@@ -267,6 +267,20 @@ def fleet_size_record(shards: int, spec_shards: int) -> str:
     return json.dumps({"shards": shards, "spec_shards": spec_shards}, sort_keys=True) + "\n"
 
 
+def fleet_id_record(spec: FleetSpec, fleet_id: str) -> str:
+    """The host's record of the fleet it belongs to and how it was deployed (paths.FLEET_ID_FILE): read back
+    before the next deploy, it shows which changes would disrupt the live fleet (ensemble.identity).
+
+    Example::
+
+        fleet_id_record(spec, "f-3k9q2m8x1cwe")
+        # '{"domain": "meet.example.org", "fleet_id": "f-3k9q2m8x1cwe", "name": "demo", "os": ..., ...}\n'
+    """
+    return json.dumps({"name": spec.fleet.name, "domain": spec.fleet.domain, "fleet_id": fleet_id,
+                       "tls_mode": spec.tls.mode, "shard_name": spec.fleet.shard_name, "os": spec.fleet.os},
+                      sort_keys=True) + "\n"
+
+
 def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, *,
                keyring: bytes | None = None, spec_shards: int | None = None,
                frontdoor_addresses: Iterable[str] = ()) -> list[RenderedFile]:
@@ -285,7 +299,9 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
     """
     shard = host.role == "shard"
     tcp, udp = public_ports(host.role)
-    out = [RenderedFile(paths.SECRETS_FILE, secrets_json(host_secrets), 0o600, component="secrets")]
+    fleet_id = str((host_secrets.get("fleet") or {}).get("fleet_id", ""))
+    out = [RenderedFile(paths.SECRETS_FILE, secrets_json(host_secrets), 0o600, component="secrets"),
+           RenderedFile(paths.FLEET_ID_FILE, fleet_id_record(spec, fleet_id), component="secrets")]
     if env.apt_direct:
         out.append(RenderedFile(paths.APT_DIRECT_FILE, apt_direct_conf(env.apt_direct), component="apt"))
     if shard:

@@ -105,10 +105,11 @@ def inventory_of(spec: FleetSpec, provider: Provider | None = None) -> dict[str,
 
         inventory_of(spec)["hosts"]["demo-1.meet.example.org"]["ssh_hostname"]
     """
+    from ensemble.identity import guard
     from ensemble.providers import get_provider
 
     provider = provider or get_provider(spec)
-    hosts = provider.list_hosts(spec)
+    hosts, _ = guard(spec, provider, "inventory", disruptive_ok=True)  # this spec's fleet, or one line
     targets = targets_for(hosts)
     roles = {h.name: h.role for h in hosts}
     return {"hosts": {t.name: t.data for t in targets},

@@ -17,14 +17,16 @@ import json
 from dataclasses import dataclass
 
 from ensemble.errors import EnsembleError, UsageError
-from ensemble.paths import FLEET_SIZE_FILE, SECRETS_FILE
+from ensemble.paths import FLEET_ID_FILE, FLEET_SIZE_FILE, SECRETS_FILE
 from ensemble.providers.base import Host
 from ensemble.spec import MAX_SHARDS, FleetSpec
 
 SIZE_MARK = "#ensemble-fleet-size"
+ID_MARK = "#ensemble-fleet-id"
 SECRETS_MARK = "#ensemble-secrets"  # printed only when the secrets file exists: an empty file is not a missing one
 KEPT_COMMAND = (f"if [ -e {SECRETS_FILE} ]; then echo '{SECRETS_MARK}'; cat {SECRETS_FILE}; fi; echo; "
-                f"echo '{SIZE_MARK}'; cat {FLEET_SIZE_FILE} 2>/dev/null; true")
+                f"echo '{SIZE_MARK}'; cat {FLEET_SIZE_FILE} 2>/dev/null; "
+                f"echo; echo '{ID_MARK}'; cat {FLEET_ID_FILE} 2>/dev/null; true")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class KeptState:
 
     secrets: dict[str, str]  # host name -> text of its secrets file ("" when none)
     recorded: dict | None = None  # {"shards": N, "spec_shards": M} from the front door, if any
+    deployed: dict | None = None  # the fleet-id record (hostfiles.fleet_id_record): the front door's, else a shard's
     unreachable: tuple[str, ...] = ()  # hosts that could not be read
 
 
@@ -47,6 +50,14 @@ def _record(text: str) -> dict | None:
     if all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SHARDS for v in values):
         return {"shards": values[0], "spec_shards": values[1]}
     return None
+
+
+def _deployed(text: str) -> dict | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else None
 
 
 def check_kept_secrets(host: str, text: str) -> str:
@@ -81,17 +92,20 @@ def parse_kept(outputs: dict[str, str | None], hosts: list[Host]) -> KeptState:
 
         parse_kept({"meet.test": '#ensemble-secrets\\n{"fleet": {}}\\n#ensemble-fleet-size\\n{"shards": 3}'}, hosts)
     """
-    secrets, recorded = {}, None
+    secrets, recorded, deployed = {}, None, None
     doors = {h.name for h in hosts if h.role == "frontdoor"}
-    for name, text in outputs.items():
+    for name, text in sorted(outputs.items(), key=lambda item: item[0] not in doors):  # the front door first
         if text is None:
             continue
-        kept, _, size = text.partition(SIZE_MARK)
+        kept, _, rest = text.partition(SIZE_MARK)
+        size, _, ident = rest.partition(ID_MARK)
         _, present, content = kept.partition(SECRETS_MARK)
         secrets[name] = check_kept_secrets(name, content) if present else ""
         if name in doors and size.strip():
             recorded = _record(size)
-    return KeptState(secrets=secrets, recorded=recorded,
+        if deployed is None and ident.strip():
+            deployed = _deployed(ident)
+    return KeptState(secrets=secrets, recorded=recorded, deployed=deployed,
                      unreachable=tuple(sorted(n for n, t in outputs.items() if t is None)))
 
 

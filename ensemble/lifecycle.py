@@ -50,6 +50,33 @@ def _say(progress: Progress, line: str) -> None:
         progress(line)
 
 
+def guard_identity(spec: FleetSpec, provider: Provider, command: str, hosts: list[Host] | None = None,
+                   disruptive_ok: bool = False) -> tuple[list[Host], Any]:
+    """The fleet's hosts once it is this spec's fleet: ensemble.identity.guard (UsageError otherwise).
+
+    Example::
+
+        hosts, verdict = guard_identity(spec, provider, "fleet scale")
+    """
+    from ensemble.identity import guard
+
+    return guard(spec, provider, command, hosts, disruptive_ok=disruptive_ok)
+
+
+def locked(spec: FleetSpec, provider: Provider, wait_lock: float = 0, progress: Progress = None):
+    """The fleet lock (ensemble.fleetlock) for a command that changes the fleet.
+
+    Example::
+
+        with locked(spec, provider, wait_lock=60):
+            ...
+    """
+    from ensemble.fleetlock import fleet_lock
+    from ensemble.identity import provider_account
+
+    return fleet_lock(spec.fleet.name, provider_account(provider), wait=wait_lock, progress=progress)
+
+
 # ---- list / inventory ----
 
 def host_row(host: Host) -> dict[str, Any]:
@@ -67,7 +94,8 @@ def host_row(host: Host) -> dict[str, Any]:
 def list_fleet(spec: FleetSpec, provider: Provider | None = None) -> list[dict[str, Any]]:
     """The fleet's hosts as the provider reports them, front door first then shards by number."""
     provider = provider or provider_for(spec)
-    hosts = sorted(provider.list_hosts(spec), key=lambda h: (h.role != "frontdoor", h.shard or 0, h.name))
+    listed, _ = guard_identity(spec, provider, "fleet list", disruptive_ok=True)
+    hosts = sorted(listed, key=lambda h: (h.role != "frontdoor", h.shard or 0, h.name))
     return [host_row(h) for h in hosts]
 
 
@@ -184,7 +212,7 @@ def scale_fleet(spec: FleetSpec, count: int, *, force: bool = False, timeout: in
                 provider: Provider | None = None, progress: Progress = None,
                 drain_and_wait: DrainHook | None = None, deploy: bool = True,
                 frontdoor_view: FrontdoorView | None = None, ready_wait: ReadyWait | None = None,
-                read_shard: ShardReader | None = None) -> ScaleResult:
+                read_shard: ShardReader | None = None, wait_lock: float = 0) -> ScaleResult:
     """Grow or shrink the fleet to `count` shards, all the way: the fleet is in service at the end.
 
     The count is recorded on the front door first (kept.fleet_size: later `deploy` and `plan` keep
@@ -203,7 +231,17 @@ def scale_fleet(spec: FleetSpec, count: int, *, force: bool = False, timeout: in
         raise UsageError(f"COUNT: must be between 1 and {MAX_SHARDS}, got {count} "
                          "(use `ensemble fleet destroy` to remove everything)")
     provider = provider or provider_for(spec)
-    before = provider.list_hosts(spec)
+    with locked(spec, provider, wait_lock, progress):
+        return _scale_fleet(spec, count, force, timeout, provider, progress, drain_and_wait, deploy,
+                            frontdoor_view, ready_wait, read_shard)
+
+
+def _scale_fleet(spec: FleetSpec, count: int, force: bool, timeout: int, provider: Provider, progress: Progress,
+                 drain_and_wait: DrainHook | None, deploy: bool, frontdoor_view: FrontdoorView | None,
+                 ready_wait: ReadyWait | None, read_shard: ShardReader | None) -> ScaleResult:
+    from ensemble.identity import remember, stamp_labels
+
+    before, verdict = guard_identity(spec, provider, "fleet scale")
     door = _frontdoor(before)
     if door is not None:
         from ensemble.frontdoor.control import write_size_record
@@ -230,7 +268,13 @@ def scale_fleet(spec: FleetSpec, count: int, *, force: bool = False, timeout: in
         result.removed = [h.name for h in doomed]
     names_before = {h.name for h in before}
     target = spec.with_shards(count)
-    hosts = provider.ensure_hosts(target, progress=progress)
+    identity = verdict.identity
+    if not identity.fleet_id:  # a fleet made before fleet ids (or none yet): it gets one now
+        from ensemble.identity import new_fleet_id
+
+        identity = replace(identity, fleet_id=new_fleet_id())
+    remember(spec, identity)
+    hosts = provider.ensure_hosts(target, progress=progress, labels=stamp_labels(identity, spec))
     result.created = sorted(h.name for h in hosts if h.name not in names_before)
     if deploy:
         door = _frontdoor(hosts)
@@ -271,7 +315,7 @@ def _default_drain(progress: Progress) -> DrainHook:
 # ---- drain ----
 
 def drain_shard(spec: FleetSpec, shard: str, drain: bool, hosts: list[Host] | None = None,
-                provider: Provider | None = None) -> Host:
+                provider: Provider | None = None, wait_lock: float = 0) -> Host:
     """Set or clear one shard's drain flag (the front door's next refresh applies it); returns the shard.
 
     Example::
@@ -280,15 +324,18 @@ def drain_shard(spec: FleetSpec, shard: str, drain: bool, hosts: list[Host] | No
     """
     from ensemble.frontdoor.drain import find_shard, set_drain
 
-    host = find_shard(hosts if hosts is not None else (provider or provider_for(spec)).list_hosts(spec), shard)
-    set_drain(host, drain)
+    provider = provider or provider_for(spec)
+    with locked(spec, provider, wait_lock):
+        listed, _ = guard_identity(spec, provider, "fleet drain" if drain else "fleet undrain", hosts)
+        host = find_shard(listed, shard)
+        set_drain(host, drain)
     return host
 
 
 # ---- rolling upgrade ----
 
 def upgrade_fleet(spec: FleetSpec, timeout: int, *, provider: Provider | None = None, progress: Progress = None,
-                  ready_wait: ReadyWait | None = None) -> list[dict]:
+                  ready_wait: ReadyWait | None = None, wait_lock: float = 0) -> list[dict]:
     """Rolling upgrade of every shard: drain, wait empty, redeploy (rendered with the whole fleet),
     check, undrain, and back in service only when the front door itself reads the shard as ready.
 
@@ -299,13 +346,19 @@ def upgrade_fleet(spec: FleetSpec, timeout: int, *, provider: Provider | None = 
 
         upgrade_fleet(spec, 3600, progress=print)     # [{"shard": "demo-1...", "seconds": 31.5}, ...]
     """
+    provider = provider or provider_for(spec)
+    with locked(spec, provider, wait_lock, progress):
+        return _upgrade_fleet(spec, timeout, provider, progress, ready_wait)
+
+
+def _upgrade_fleet(spec: FleetSpec, timeout: int, provider: Provider, progress: Progress,
+                   ready_wait: ReadyWait | None) -> list[dict]:
     from ensemble.fleet import deploy_fleet, read_kept
     from ensemble.frontdoor.control import refresh_now, shard_states
     from ensemble.frontdoor.drain import rolling_upgrade
     from ensemble.kept import fleet_size
 
-    provider = provider or provider_for(spec)
-    hosts = provider.list_hosts(spec)
+    hosts, _ = guard_identity(spec, provider, "upgrade")
     shards = [h for h in hosts if h.role == "shard"]
     door = _frontdoor(hosts)
     if not shards or door is None:
@@ -348,10 +401,21 @@ def upgrade_fleet(spec: FleetSpec, timeout: int, *, provider: Provider | None = 
 # ---- destroy ----
 
 def destroy_fleet(spec: FleetSpec, *, yes: bool = False, confirm: Callable[[str], bool] | None = None,
-                  provider: Provider | None = None, progress: Progress = None) -> list[str]:
-    """Destroy every host of the fleet (and what it owns); asks `confirm` unless yes. Returns names."""
+                  provider: Provider | None = None, progress: Progress = None, wait_lock: float = 0) -> list[str]:
+    """Destroy every host of the fleet (and what it owns); asks `confirm` unless yes. Returns names.
+
+    Only this spec's fleet (ensemble.identity): another fleet under the same name is refused.
+    """
     provider = provider or provider_for(spec)
-    hosts = provider.list_hosts(spec)
+    with locked(spec, provider, wait_lock, progress):
+        return _destroy_fleet(spec, yes, confirm, provider, progress)
+
+
+def _destroy_fleet(spec: FleetSpec, yes: bool, confirm: Callable[[str], bool] | None, provider: Provider,
+                   progress: Progress) -> list[str]:
+    from ensemble.identity import forget_record, record_path_for
+
+    hosts, verdict = guard_identity(spec, provider, "fleet destroy", disruptive_ok=True)
     names = [h.name for h in hosts]
     if not yes:
         question = (f"Destroy fleet {spec.fleet.name} ({provider.name}): {len(hosts)} host(s) "
@@ -359,6 +423,8 @@ def destroy_fleet(spec: FleetSpec, *, yes: bool = False, confirm: Callable[[str]
         if confirm is None or not confirm(question):
             raise EnsembleError("not confirmed; nothing destroyed (pass --yes to skip the question)")
     provider.destroy_all(spec, progress=progress)
+    if hosts:
+        forget_record(record_path_for(spec), verdict.identity if verdict.identity.fleet_id else None)
     return names
 
 

@@ -157,6 +157,7 @@ def shard_context(spec: FleetSpec, n: int, secrets: Secrets, host: Host | None =
         "shard_number": n,
         "fleet_name": spec.fleet.name,
         "frontdoor_domain": spec.fleet.domain,
+        "frontdoor_mode": spec.frontdoor.mode,
         "frontdoor_addresses": host_addresses(frontdoor),
         "public_ipv4": public,
         "local_ipv4": local,

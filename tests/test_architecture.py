@@ -18,6 +18,7 @@ LAYERS = [
     ["ensemble.contexts"],
     ["ensemble.render", "ensemble.inventory", "ensemble.keyring", "ensemble.kept", "ensemble.frontdoor.refresh"],
     ["ensemble.hostfiles", "ensemble.frontdoor.render", "ensemble.frontdoor.occupancy"],
+    ["ensemble.identity", "ensemble.fleetlock"],
     ["ensemble.providers", "ensemble.secrets", "ensemble.templating", "ensemble.frontdoor.selection",
      "ensemble.frontdoor.rooms", "ensemble.standins"],
     ["ensemble.ssh"],

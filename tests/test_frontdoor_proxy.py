@@ -55,7 +55,7 @@ def test_all_traffic_of_a_room_reaches_one_shard(proxy_fleet):
         assert served_by(client, "/libs/app.bundle.min.js", {"Referer": f"http://{spec.fleet.domain}/{room}"}) == page
         seen.add(page)
     assert seen == set(spec.shard_names()) and len(takers) == 3
-    assert client.get("/http-bind?room=a%20b")[0] == 400
+    assert client.get("/http-bind?room=A%20B")[0] == 400  # not a key: jitsi-meet sends them lower-case
     assert client.get("/xmpp-websocket")[0] == 400  # signalling without a room cannot be routed
 
 
@@ -109,3 +109,31 @@ def test_production_layout_passes_nginx_t(tmp_path, mode):
     assert "pcre_jit on;" in Path(layout.pcre_jit_path).read_text()
     check = subprocess.run(nginx.command("-t"), capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+def test_config_js_follows_its_room_argument(proxy_fleet):
+    """Apps load /config.js?room=<key> without a Referer: it comes from the room's shard (proxy mode)."""
+    spec, standin, door, client = proxy_fleet
+    names = spec.shard_names()
+    standin.set_rooms(names[3], {"r%c3%a9union": 2, "bravoroom": 1})
+    door.refresh()
+    assert served_by(client, "/config.js?room=r%c3%a9union") == names[3]
+    assert served_by(client, "/config.js?room=bravoroom") == names[3]
+    assert served_by(client, "/config.js", {"Referer": f"http://{spec.fleet.domain}/BravoRoom"}) == names[3]
+    referer = f"http://{spec.fleet.domain}/R%C3%A9union?ensemble_room=r%c3%a9union"
+    assert served_by(client, "/config.js", {"Referer": referer}) == names[3]
+    assert served_by(client, "/libs/app.bundle.min.js", {"Referer": referer}) == names[3]
+    assert served_by(client, "/conference-request/v1?room=r%c3%a9union") == names[3]
+    assert client.get("/config.js?room=R%C3%A9union")[0] == 400
+
+
+def test_etherpad_goes_to_the_shard_named_in_its_path(proxy_fleet):
+    """A pad's own requests (relative URLs, socket.io) carry no room: config.js names the shard in the path."""
+    spec, _, _, client = proxy_fleet
+    names = spec.shard_names()
+    for name in names:
+        status, body = client.get(f"/_shard/{name}/etherpad/p/abc%20d?showChat=false")
+        assert status == 200 and f"shard={name} page=/etherpad/p/abc d" in body, body
+        assert served_by(client, f"/_shard/{name}/etherpad/socket.io/?EIO=4") == name
+    for bad in ("/_shard/127.0.0.1/etherpad/p/x", "/_shard/evil.example/etherpad/p/x", "/_shard/fdt-1/etherpad/"):
+        assert client.get(bad)[0] in (400, 404, 503), bad

@@ -61,10 +61,16 @@ def fleet(tmp_path, request):
 
 
 def shard_of(client: Client, room: str) -> str:
+    """The shard the front door sends a page /<room> to, following the canonicalising step as a browser
+    does (its room.js computes what rooms.room_key computes: tests/test_frontdoor_rooms.py)."""
     status, location = client.get(f"/{room}")
+    query = ""
+    if status == 200 and "/_ensemble/room.js" in location:
+        query = f"?ensemble_room={room_key(room)}"
+        status, location = client.get(f"/{room}{query}")
     assert status == 302, (room, status, location)
     match = re.fullmatch(r"http://([^/:]+):\d+/(.*)", location)
-    assert match and match.group(2) == room, location
+    assert match and match.group(2) == room + query, location
     return match.group(1)
 
 
@@ -86,14 +92,21 @@ def test_landing_page_and_malformed_rooms(fleet):
     for asset in ("/_ensemble/landing.js", "/_ensemble/landing.css", "/", "/?lang=en"):
         _, text = client.get(asset)
         assert not re.search(r"(src|href)=\"(https?:)?//", text) and "url(http" not in text  # no third party
-    for bad in ("/a%20b", "/a.b", "/a%2Fb", "/a/b", "/%25C3%25A9", "/x%41", "/" + "a" * 81, "/A" + "b" * 80,
-                "/..%2F..%2Fetc", "/_ensemble/go?room=%2F%2Fevil.example", "/a'b", "/a%22b"):
+    for bad in ("/a.b", "/a/b", "/..%2F..%2Fetc", "/_ensemble/go?room=%2F%2Fevil.example", "/a%zz", "/a%2",
+                "/a<b", '/a"b', "/a%C3%A9?ensemble_room=A%C3%A9", "/a%C3%A9?ensemble_room=~a",
+                "/a%C3%A9?ensemble_room=a%2", "/a%C3%A9?ensemble_room=a%20B", "/a%2Fb", "/a%2eb", "/" + "%C3%A9" * 171,
+                "/_ensemble/room.html"):
         status, _ = client.get(bad)
-        assert status == 400, bad
+        assert status in (400, 404), bad
+    # names jitsi-meet accepts but nginx cannot turn into a key: the browser computes it (room.js)
+    for other in ("/a%20b", "/%25C3%25A9", "/x%41", "/" + "a" * 81, "/A" + "b" * 80, "/a'b", "/a%22b",
+                  "/R%C3%A9union", "/%F0%9F%8E%89"):
+        status, body = client.get(other)
+        assert status == 200 and '<script src="/_ensemble/room.js">' in body, other
     assert client.get("/_ensemble/go?room=Team-1")[1].endswith("/Team-1")
     assert re.search(r"/reunion-[0-9a-f]{32}$", client.get("/_ensemble/go?room=")[1])
     # case and percent-encoding normalised: the same room whatever its spelling
-    spellings = ("R%C3%A9union-X", "r%c3%a9union-x", "R%c3%A9UNION-x")
+    spellings = ("R%C3%A9union-X", "r%c3%a9union-x", "R%c3%A9UNION-x", "R%C3%89UNION-X", "Re%CC%81union-x")
     assert len({shard_of(client, room) for room in spellings}) == 1
     # every lower-casing path of the config (none, up to 4 capitals, up to 12, more) gives Python's key
     bounds = split_bounds(seed_plan(spec).split)
@@ -199,3 +212,41 @@ def test_refresh_reloads_only_on_change(fleet):
     assert door.refresh().reloaded
     unchanged = door.refresh()
     assert not unchanged.changed and not unchanged.reloaded
+
+
+def test_live_accented_rooms_are_pinned_whatever_their_spelling(fleet):
+    """The census reports nodes as jitsi-meet joined them (r%c3%a9union...): every live room is pinned, and
+    every spelling of its name reaches it; map keys that nginx would read as keywords or escapes stay literal."""
+    spec, standin, _, door, client = fleet
+    names = spec.shard_names()
+    team = "r%c3%a9union%20d%c3%a9quipe"
+    live = {team: 3, "%c3%a9quipe": 2, "%f0%9f%8e%89f%c3%aate": 2, "default": 1, "include": 1, "hostnames": 1,
+            "volatile": 1, "test": 1, "nuit": 1, "room": 1, "~": 0}
+    # put each room on a shard split_clients would NOT choose, so only a pin can send it there
+    bounds = split_bounds(door.refresh().plan.split)
+    placed: dict[str, str] = {}
+    for key in live:
+        placed[key] = next(n for n in names if n != split_choice(key, bounds))
+    for shard in names:
+        standin.set_rooms(shard, {k: n for k, n in live.items() if placed[k] == shard and n})
+    result = door.refresh()
+    assert {key for key in live if live[key]} <= set(result.plan.pins)
+    spellings = ["R%C3%A9union%20d'%C3%A9quipe", "r%c3%a9union%20d'%c3%a9quipe", "RE%CC%81UNION%20D'E%CC%81QUIPE",
+                 "R%C3%89union%20d'%C3%89quipe", "r%C3%A9union%20D%C3%A9quipe"]
+    assert {shard_of(client, s) for s in spellings} == {placed[team]}
+    assert {shard_of(client, s) for s in ("%C3%89quipe", "%c3%a9quipe", "E%CC%81QUIPE")} == {placed["%c3%a9quipe"]}
+    assert shard_of(client, "%F0%9F%8E%89F%C3%8ATE") == placed["%f0%9f%8e%89f%c3%aate"]
+    for key in ("default", "include", "hostnames", "volatile", "test", "nuit", "room"):
+        assert shard_of(client, key.capitalize()) == placed[key], key
+    # a room that is not live still follows the split (the keyword entries did not become the default)
+    assert shard_of(client, "SomeOtherRoom") == split_choice("someotherroom", split_bounds(result.plan.split))
+
+
+def test_config_js_redirects_to_its_rooms_shard(fleet):
+    spec, standin, _, door, client = fleet
+    names = spec.shard_names()
+    standin.set_rooms(names[1], {"%c3%a9quipe": 2})
+    door.refresh()
+    status, location = client.get("/config.js?room=%c3%a9quipe")
+    assert status == 302 and re.fullmatch(rf"http://{re.escape(names[1])}:\d+/config\.js\?room=%c3%a9quipe", location)
+    assert client.get("/config.js")[0] == 400 and client.get("/config.js?room=%C3%89quipe")[0] == 400

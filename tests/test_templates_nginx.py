@@ -197,6 +197,9 @@ def served_shard(tmp_path, cert, backends):
     (web / "static").mkdir(parents=True)
     (web / "index.html").write_text("<html>jitsi app</html>")
     (web / "static" / "a.css").write_text("body{}")
+    (web / "libs").mkdir()
+    (web / "libs" / "rnnoise.wasm").write_bytes(b"\0asm\1\0\0\0")
+    (web / "libs" / "app.bundle.min.js").write_text("var app;")
     (acme / ".well-known/acme-challenge").mkdir(parents=True)
     (acme / ".well-known/acme-challenge/tok").write_text("challenge-answer")
     (tmp_path / "config.js").write_text(_by_path(files)[f"/etc/jitsi/meet/{domain}-config.js"].content)
@@ -218,6 +221,11 @@ def served_shard(tmp_path, cert, backends):
         "127.0.0.1:8080/": f"127.0.0.1:{backends['jvb']}/",
         "127.0.0.1:8888/": f"127.0.0.1:{backends['jicofo']}/",
     })
+    # the mime.types of nginx < 1.21 (bullseye, buster): no type for .wasm
+    old_types = tmp_path / "mime.types"
+    old_types.write_text("".join(line for line in Path("/etc/nginx/mime.types").read_text().splitlines(True)
+                                 if "wasm" not in line))
+    conf.write_text(conf.read_text().replace("include /etc/nginx/mime.types;", f"include {old_types};"))
     proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
@@ -274,6 +282,14 @@ def test_app_room_fallback_config_and_static(served_shard):
     assert resp.status == 200 and b"var config" in body
     resp, body = _get(s["https"], "/static/a.css", s["domain"])
     assert (resp.status, body) == (200, b"body{}")
+
+
+def test_webassembly_has_its_type_even_where_nginx_lacks_it(served_shard):
+    s = served_shard
+    resp, body = _get(s["https"], "/libs/rnnoise.wasm", s["domain"])
+    assert (resp.status, resp.getheader("Content-Type"), body[:4]) == (200, "application/wasm", b"\0asm")
+    resp, _ = _get(s["https"], "/libs/app.bundle.min.js", s["domain"])
+    assert resp.status == 200 and resp.getheader("Content-Type") == "application/javascript"
 
 
 def test_signalling_and_etherpad_reach_their_backends(served_shard):

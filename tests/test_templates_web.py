@@ -122,3 +122,44 @@ def test_gravatar_base_url_and_off(tmp_path):
     assert _evaluate(path)["gravatar"] == {"baseUrl": "https://avatars.example.org/avatar/", "disabled": False}
     _, path = _config_js(tmp_path, jitsi={"gravatar": False})
     assert _evaluate(path)["gravatar"] == {"disabled": True}
+
+
+@pytest.mark.parametrize("mode", ["redirect", "proxy"])
+def test_signalling_goes_to_the_address_users_opened(mode, tmp_path):
+    """Redirect mode: the shard's own name. Proxy mode: the front door only (it routes by ?room=), so a page
+    served by the front door never talks to a shard's address (same origin: no CORS needed)."""
+    d, path = _config_js(tmp_path, frontdoor={"mode": mode})
+    c = _evaluate(path)
+    public = "meet.example.org" if mode == "proxy" else d
+    assert (c["bosh"], c["websocket"], c["conferenceRequestUrl"]) == (
+        f"https://{public}/http-bind", f"wss://{public}/xmpp-websocket", f"https://{public}/conference-request/v1")
+    assert c["hosts"]["domain"] == d  # the XMPP domain stays the shard's
+
+
+# The package's interface_config.js is included after config.js and declares the global as upstream does.
+LANGUAGE = """
+const fs = require('fs'), vm = require('vm');
+const ctx = vm.createContext({});
+vm.runInContext('var window = this;', ctx);
+vm.runInContext(fs.readFileSync(process.argv[1], 'utf8'), ctx);
+vm.runInContext("var interfaceConfig = { LANG_DETECTION: true, APP_NAME: 'Jitsi Meet', TOOLBAR_TIMEOUT: 4000 };", ctx);
+process.stdout.write(JSON.stringify(vm.runInContext('[interfaceConfig, config.defaultLanguage]', ctx)));
+"""
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_the_fleets_language_wins_over_the_browsers(language, tmp_path):
+    _, path = _config_js(tmp_path, jitsi={"language": language})
+    run = subprocess.run([NODE, "-e", LANGUAGE, str(path)], capture_output=True, text=True, check=True)
+    interface, default_language = json.loads(run.stdout)
+    assert interface == {"LANG_DETECTION": False, "APP_NAME": "Jitsi Meet", "TOOLBAR_TIMEOUT": 4000}
+    assert default_language == language
+    c = _evaluate(path)  # without a window (an app evaluating config.js): nothing breaks
+    assert "settings" in c["toolbarButtons"]  # the language switch is in the settings dialog
+
+
+def test_etherpad_through_the_front_door_in_proxy_mode(tmp_path):
+    d, path = _config_js(tmp_path, frontdoor={"mode": "proxy"})
+    assert _evaluate(path)["etherpad_base"] == f"https://meet.example.org/_shard/{d}/etherpad/p/"
+    d, path = _config_js(tmp_path)
+    assert _evaluate(path)["etherpad_base"] == f"https://{d}/etherpad/p/"

@@ -26,7 +26,7 @@ from pathlib import Path
 from ensemble.errors import EnsembleError
 from ensemble.frontdoor.occupancy import OccupancySource, read_all
 from ensemble.frontdoor.render import FrontdoorLayout, routing_conf
-from ensemble.frontdoor.rooms import room_key
+from ensemble.frontdoor.rooms import is_room_key
 from ensemble.frontdoor.selection import (
     Memory,
     RoutingPlan,
@@ -55,7 +55,7 @@ class NginxControl:
 
     test: tuple[str, ...] = ("nginx", "-t", "-q")
     reload: tuple[str, ...] = ("systemctl", "reload", "nginx")
-    reopen: tuple[str, ...] = ("nginx", "-s", "reopen")  # flushes the buffered route log
+    reopen: tuple[str, ...] = ("nginx", "-s", "reopen")  # reopens the route log (rotation)
     settle: float = 0.3  # seconds for the old workers to finish before the catch-up read of the route log
 
 
@@ -119,7 +119,7 @@ def parse_routes(text: str) -> list[tuple[float, str, str, str]]:
     routes = []
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) not in (3, 4) or room_key(parts[1]) != parts[1] or parts[2] == "-":
+        if len(parts) not in (3, 4) or not is_room_key(parts[1]) or parts[2] == "-":
             continue
         try:
             at = float(parts[0])
@@ -252,7 +252,9 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
     if readings is None:
         readings = read_all(spec.shard_names(), source)
     log = Path(layout.routes_log)
-    _run(nginx.reopen)  # the route log is buffered: flush it right before reading it
+    # the route log is written unbuffered (a buffered line could be missed by this read and its room
+    # split by the new maps); reopen still follows a rotated file
+    _run(nginx.reopen)
     routed, position = read_new_routes(log, state.get("routes_log", {}))
     params = selection_params(spec)
     plan, memory = select(readings, memory, now, params, routed)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ensemble import paths
 from ensemble.errors import EnsembleError
-from ensemble.frontdoor.rooms import MAX_RAW_LENGTH, RAW_ROOM_PATTERN
+from ensemble.frontdoor.rooms import KEY_PATTERN, MAX_RAW_LENGTH, PAGE_SEGMENT_PATTERN, SIMPLE_ROOM_PATTERN
 from ensemble.frontdoor.selection import RoutingPlan, ShardDecision
 from ensemble.paths import ACME_WEBROOT, TLS_DIR
 from ensemble.providers.base import Host
@@ -166,7 +166,11 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "acme_webroot": layout.acme_webroot,
         "shard_base": layout.shard_base(),
         "shard_scheme": layout.shard_scheme,
-        "room_pattern": RAW_ROOM_PATTERN,
+        "shard_names": spec.shard_names(),
+        "verify_tls": shard_certificates_trusted(spec),
+        "simple_pattern": SIMPLE_ROOM_PATTERN,
+        "key_pattern": KEY_PATTERN,
+        "page_pattern": PAGE_SEGMENT_PATTERN,
         "positions": list(range(1, MAX_RAW_LENGTH + 1)),
         "few": FEW_CAPITALS,
         "jitsi_capitals": JITSI_CAPITALS,
@@ -247,6 +251,8 @@ def frontdoor_files(spec: FleetSpec, secrets: Secrets, shards: list[Host] | None
         file(f"{web}/index.en.html", render_template("frontdoor/index.html.j2", {"t": LANDING_TEXT["en"]}), None),
         file(f"{web}/_ensemble/landing.css", _read_static("_ensemble/landing.css"), None),
         file(f"{web}/_ensemble/landing.js", _read_static("_ensemble/landing.js"), None),
+        file(f"{web}/_ensemble/room.html", _read_static("_ensemble/room.html"), None),
+        file(f"{web}/_ensemble/room.js", _read_static("_ensemble/room.js"), None),
     ]
     for code, (fr, en) in ERROR_TEXT.items():
         out.append(file(f"{web}/_ensemble/{code}.html", render_template("frontdoor/error.html.j2",

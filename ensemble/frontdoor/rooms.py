@@ -1,56 +1,122 @@
 """Room names as the front door sees them, and nginx's `split_clients` choice, in plain Python.
 
-A room key is the *raw* (still percent-encoded) room name, lower-cased: exactly what the generated
-nginx config computes from a path `/<room>` or a `?room=` argument, so Python (pins, tests, the
-benchmark) and nginx agree byte for byte. Valid raw names are 1-80 characters of ASCII letters,
-digits, `-` and `_`, plus percent-escapes of non-ASCII UTF-8 bytes (`%C3%A9`). Anything else
-(dots, slashes, `%25`, escapes of plain ASCII) is malformed and gets 400: it can never become a
-path or a config token.
+A room key is the MUC node jitsi-meet joins for a room (its `getBackendSafeRoomName`, in
+react/features/base/util/uri.ts): the name percent-decoded (if it decodes), NFKC-normalised,
+lower-cased, `encodeURIComponent`-encoded and lower-cased again. "Réunion", "RÉUNION",
+"R%C3%A9union" and "Re\u0301union" are all the node `r%c3%a9union`, the name prosody's census
+reports. A page `/<segment>` is first cleaned as jitsi-meet cleans a path segment (it drops
+``:?#[]@!$&'()*+,;=<>/"``).
+
+nginx cannot lower-case or normalise UTF-8, so the generated config computes keys itself only for
+*simple* segments (1-80 ASCII letters, digits, `-`, `_`: the key is the segment lower-cased); for
+any other segment the browser computes the key with the same JavaScript as jitsi-meet (the front
+door's one-hop canonicalising page, `/_ensemble/room.js`) and sends it as `?ensemble_room=<key>`.
+Signalling requests carry the key already (`?room=`, added by jitsi-meet). Keys are 1-1023
+characters (an XMPP node's limit) of `a-z 0-9 . _ ~ ! ( ) * -` and lower-case escapes `%xx`, not
+starting with `~` (nginx would read a map key starting with `~` as a regex).
 
 Example::
 
     room_key("ImpossibleCrimes")          # "impossiblecrimes"
-    room_key("r%C3%A9union")              # "r%c3%a9union"
+    room_key("R%C3%89union%20d'%C3%A9quipe")   # "r%c3%a9union%20d%c3%a9quipe"
     room_key("../etc")                    # None (malformed)
-    key_from_census("réunion@conference.demo-1.meet.example.org")   # "r%c3%a9union"
+    key_from_census("r%c3%a9union@conference.demo-1.meet.example.org")   # "r%c3%a9union"
 """
 
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
+import unicodedata
+from urllib.parse import quote, unquote_to_bytes
 
-MAX_RAW_LENGTH = 80
-# Raw characters: unreserved ASCII, or escapes of bytes >= 0x80; the same regex runs in nginx (written
-# as an unrolled loop: without PCRE's JIT, an alternation per character costs nginx noticeably).
-RAW_ROOM_PATTERN = (r"(?=.{1,LEN}$)[A-Za-z0-9_-]*(?:%[89A-Fa-f][0-9A-Fa-f][A-Za-z0-9_-]*)*"
-                    .replace("LEN", str(MAX_RAW_LENGTH)))
-_RAW_ROOM = re.compile(r"^" + RAW_ROOM_PATTERN + r"$")
+MAX_RAW_LENGTH = 80  # simple (ASCII) names: nginx lower-cases them itself, one map per position
+MAX_KEY_LENGTH = 1023  # an XMPP node's limit; also the longest page segment the front door accepts
+# Simple segments: the key is the segment lower-cased (nginx does it with maps).
+SIMPLE_ROOM_PATTERN = r"[A-Za-z0-9_-]{1,LEN}".replace("LEN", str(MAX_RAW_LENGTH))
+# What getBackendSafeRoomName can produce (encodeURIComponent's output, lower-cased).
+KEY_PATTERN = (r"(?=.{1,LEN}$)(?!~)(?:[a-z0-9._~!()*-]+|%[0-9a-f][0-9a-f])+"
+               .replace("LEN", str(MAX_KEY_LENGTH)))
+# A page's path segment as browsers send it: RFC 3986 path characters except `.`, also encoded (nginx
+# decodes the path before choosing a location: a dot is a static file, a slash not a room page).
+PAGE_SEGMENT_PATTERN = (r"(?=.{1,LEN}$)(?:[A-Za-z0-9_~!$&'()*+,;=:@-]+|%(?![2][EeFf])[0-9A-Fa-f][0-9A-Fa-f])+"
+                        .replace("LEN", str(MAX_KEY_LENGTH)))
+_SIMPLE = re.compile(r"^" + SIMPLE_ROOM_PATTERN + r"$")
+_KEY = re.compile(r"^" + KEY_PATTERN + r"$")
+_PAGE_SEGMENT = re.compile(r"^" + PAGE_SEGMENT_PATTERN + r"$")
+# jitsi-meet's _ROOM_EXCLUDE_PATTERN: characters removed from a path segment before it is a room name
+_JITSI_EXCLUDED = re.compile(r"[:?#\[\]@!$&'()*+,;=></\"]")
+_MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# encodeURIComponent leaves these unescaped (besides ASCII letters and digits)
+_URI_COMPONENT_SAFE = "-_.!~*'()"
 
 
-def room_key(raw: str) -> str | None:
-    """The routing key of a raw room name, or None when it is malformed.
+def _decode_uri_component(text: str) -> str:
+    """JavaScript's decodeURIComponent, or the text unchanged where that would throw (as upstream does).
 
     Example::
 
-        room_key("MyRoom"), room_key("my room")    # ("myroom", None)
+        _decode_uri_component("r%C3%A9union"), _decode_uri_component("100%")   # ("réunion", "100%")
     """
-    if not _RAW_ROOM.match(raw):
+    if _MALFORMED_ESCAPE.search(text):
+        return text
+    try:
+        return unquote_to_bytes(text).decode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        return text
+
+
+def backend_safe_room_name(name: str) -> str:
+    """jitsi-meet's getBackendSafeRoomName: the MUC node of a room name (typed or percent-encoded).
+
+    Example::
+
+        backend_safe_room_name("Réunion d'équipe")    # "r%c3%a9union%20d'%c3%a9quipe"
+    """
+    decoded = unicodedata.normalize("NFKC", _decode_uri_component(name)).lower()
+    try:
+        encoded = quote(decoded, safe=_URI_COMPONENT_SAFE, encoding="utf-8", errors="strict")
+    except UnicodeEncodeError:  # a lone surrogate: encodeURIComponent throws
+        return ""
+    return encoded.lower()
+
+
+def is_room_key(key: str) -> bool:
+    """Whether `key` has the form of a room key (what nginx accepts as a key from a client or a census).
+
+    Example::
+
+        is_room_key("r%c3%a9union"), is_room_key("R%C3%A9union")     # (True, False)
+    """
+    return bool(_KEY.match(key))
+
+
+def room_key(segment: str) -> str | None:
+    """The key of a room page's path segment (as sent, percent-encoded), or None when it is malformed
+    or names no room jitsi-meet can join (nothing left, or a node prosody would refuse).
+
+    Example::
+
+        room_key("MyRoom"), room_key("my room"), room_key("%C3%89quipe")   # ("myroom", None, "%c3%a9quipe")
+    """
+    if _SIMPLE.match(segment):
+        return segment.lower()
+    if not _PAGE_SEGMENT.match(segment):
         return None
-    return raw.lower()
+    key = backend_safe_room_name(_JITSI_EXCLUDED.sub("", segment))
+    return key if _KEY.match(key) else None
 
 
 def key_from_census(room_name: str) -> str | None:
     """The routing key of a prosody census entry ("node@conference.domain"), None if unroutable.
 
-    Prosody holds the decoded node; browsers send it percent-encoded (UTF-8), so encode it back.
+    The census reports the node as jitsi-meet joined it, which is the key already.
 
     Example::
 
-        key_from_census("myroom@conference.demo-1.meet.example.org")   # "myroom"
+        key_from_census("r%c3%a9union@conference.demo-1.meet.example.org")   # "r%c3%a9union"
     """
     node = room_name.split("@", 1)[0]
-    return room_key(quote(node, safe="-_", encoding="utf-8")) if node else None
+    return node if _KEY.match(node) else None
 
 
 def murmur2(data: bytes) -> int:

@@ -112,9 +112,10 @@ def load_status_state(spec: FleetSpec, state_path: Path | None = None, layout: F
             raise EnsembleError(f"status: {local} is not a front door state file (a JSON object)")
         return state
     if hosts is None:
+        from ensemble.identity import guard
         from ensemble.providers import get_provider
 
-        hosts = get_provider(spec).list_hosts(spec)
+        hosts, _ = guard(spec, get_provider(spec), "status", disruptive_ok=True)  # this spec's fleet, or one line
     doors = [h for h in hosts if h.role == "frontdoor"]
     if not doors:
         raise EnsembleError(f"status: the fleet {spec.fleet.name!r} has no front door (run `ensemble deploy`)")

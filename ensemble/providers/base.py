@@ -81,13 +81,17 @@ class Provider(Protocol):
     """
 
     name: str
+    account: str  # the account the fleet lives in ("local", "scaleway project <uuid>"): part of its identity
 
     def list_hosts(self, spec: FleetSpec) -> list[Host]:
         """The fleet's hosts that exist now (shards and front door)."""
         ...
 
-    def ensure_hosts(self, spec: FleetSpec, progress: Progress = None) -> list[Host]:
-        """Create whatever the spec asks for and is missing; return all hosts, ready for SSH."""
+    def ensure_hosts(self, spec: FleetSpec, progress: Progress = None,
+                     labels: dict[str, str] | None = None) -> list[Host]:
+        """Create whatever the spec asks for and is missing; return all hosts, ready for SSH. Hosts created
+        carry `labels` (the fleet's identity, ensemble.identity.stamp_labels) where the provider finds them
+        again, and hand them back in Host.labels."""
         ...
 
     def destroy(self, spec: FleetSpec, hosts: list[Host], progress: Progress = None) -> None:

@@ -149,6 +149,51 @@ def terminate_as_exit():
         signal.signal(signal.SIGTERM, previous)
 
 
+# ---- the fleet's folder: only what ensemble made is ever removed ----
+
+FLEET_MARKER = ".ensemble-fleet"  # written when ensemble makes <state_dir>/<fleet>; destroy needs it
+_MADE_BEFORE_MARKERS = {"hosts", "run"}  # a fleet folder made before markers holds only these
+
+
+def check_state_dir(value: str) -> str:
+    """provider.local.state_dir, refused unless absolute and normalised (no `..`, not `/`).
+
+    Example::
+
+        check_state_dir("/run/ensemble")     # "/run/ensemble"; "run/ensemble" -> SpecError
+    """
+    path = Path(value)
+    if not value or not path.is_absolute() or ".." in path.parts or str(path) == "/" \
+            or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise SpecError("provider.local.state_dir", f"must be an absolute path below / without '..', got {value!r}")
+    return value
+
+
+def made_by_ensemble(fleet_dir: Path) -> bool:
+    """True when ensemble made this fleet folder: its marker is there (or, made before markers existed,
+    it holds nothing but ensemble's own `hosts` and `run`)."""
+    if (fleet_dir / FLEET_MARKER).is_file() and not (fleet_dir / FLEET_MARKER).is_symlink():
+        return True
+    try:
+        return {p.name for p in fleet_dir.iterdir()} <= _MADE_BEFORE_MARKERS
+    except OSError:
+        return False
+
+
+def claim_fleet_dir(fleet_dir: Path) -> None:
+    """Make the fleet's folder with its marker; refuse a folder that exists and is not ensemble's."""
+    if fleet_dir.is_symlink() or (fleet_dir.exists() and not fleet_dir.is_dir()):
+        raise SpecError("provider.local.state_dir", f"{fleet_dir} exists and is not a folder ensemble made")
+    if fleet_dir.exists() and not made_by_ensemble(fleet_dir):
+        raise SpecError("provider.local.state_dir", f"{fleet_dir} exists and was not made by ensemble "
+                        f"(no {FLEET_MARKER}); pick another state_dir or fleet.name")
+    fleet_dir.mkdir(parents=True, exist_ok=True)
+    marker = fleet_dir / FLEET_MARKER
+    if not marker.is_file():
+        marker.write_text(json.dumps({"made_by": "ensemble", "fleet": fleet_dir.name,
+                                      "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+
+
 # ---- the provider ----
 
 class LocalProvider:
@@ -162,6 +207,7 @@ class LocalProvider:
     """
 
     name = "local"
+    account = "local"  # this machine
 
     def __init__(self, spec: FleetSpec | None = None, keys_root: Path | None = None):
         self.keys_root = keys_root or KEYS_ROOT
@@ -169,7 +215,13 @@ class LocalProvider:
     # -- paths --
 
     def fleet_dir(self, spec: FleetSpec) -> Path:
-        return Path(spec.provider.local.state_dir) / spec.fleet.name
+        """<state_dir>/<fleet>; a SpecError unless state_dir is an absolute, normalised path.
+
+        Example::
+
+            LocalProvider().fleet_dir(spec)     # Path("/run/ensemble/demo")
+        """
+        return Path(check_state_dir(spec.provider.local.state_dir)) / spec.fleet.name
 
     def hosts_dir(self, spec: FleetSpec) -> Path:
         return self.fleet_dir(spec) / "hosts"
@@ -213,14 +265,17 @@ class LocalProvider:
         return Host(name=record["name"], role=record["role"], shard=record["shard"], address=record["address"],
                     ssh_key=str(self.ssh_key(spec)), known_hosts=str(self.known_hosts(spec)),
                     public_ipv4=record["address"], private_ipv4=record["address"], provider_id=record["machine"],
-                    labels={"machine": record["machine"], "suite": record["suite"], "provider": "local"})
+                    labels={**{k: str(v) for k, v in (record.get("labels") or {}).items()},
+                            "machine": record["machine"], "suite": record["suite"], "provider": "local"})
 
     # -- creating --
 
-    def ensure_hosts(self, spec: FleetSpec, progress: Progress = None) -> list[Host]:
+    def ensure_hosts(self, spec: FleetSpec, progress: Progress = None,
+                     labels: dict[str, str] | None = None) -> list[Host]:
         """Create the hosts the spec asks for that do not run yet (in parallel); return all running hosts.
 
-        `progress` is called with one line of text per step, if given.
+        `progress` is called with one line of text per step, if given; hosts created keep `labels` in
+        their record (the fleet's identity).
         """
         say = progress or (lambda _line: None)
         self.check_machine()
@@ -239,7 +294,8 @@ class LocalProvider:
                 say(f"creating {len(missing)} host(s): {', '.join(h.name for h in missing)}")
                 cancel = threading.Event()
                 with terminate_as_exit(), ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
-                    futures = {h.name: pool.submit(self._create_host, spec, h, suite, tarball, net, say, cancel)
+                    futures = {h.name: pool.submit(self._create_host, spec, h, suite, tarball, net, say, cancel,
+                                                   dict(labels or {}))
                                for h in missing}
                     try:
                         while not all(f.done() for f in futures.values()):
@@ -257,6 +313,7 @@ class LocalProvider:
         self.check_machine()
         net = self.network(spec)
         with fleet_lock(net.bridge):
+            claim_fleet_dir(self.fleet_dir(spec))
             self._claim_network(spec, net)
             hosts_dir = self.hosts_dir(spec)
             hosts_dir.mkdir(parents=True, exist_ok=True)
@@ -311,7 +368,7 @@ class LocalProvider:
         return key
 
     def _create_host(self, spec: FleetSpec, planned: PlannedHost, suite: str, tarball: Path,
-                     net: LocalNetwork, say, cancel: threading.Event) -> Host:
+                     net: LocalNetwork, say, cancel: threading.Event, labels: dict[str, str]) -> Host:
         machine = machine_name(spec.fleet.name, planned.name)
         folder = self.hosts_dir(spec) / machine
         started = time.monotonic()
@@ -319,18 +376,18 @@ class LocalProvider:
             self._remove_host(self.known_hosts(spec), folder)
         folder.mkdir(parents=True)
         try:
-            return self._make_host(spec, planned, suite, tarball, net, say, cancel, folder, started)
+            return self._make_host(spec, planned, suite, tarball, net, say, cancel, folder, started, labels)
         except BaseException:
             self._remove_host(self.known_hosts(spec), folder)  # nothing half-made stays behind
             raise
 
     def _make_host(self, spec: FleetSpec, planned: PlannedHost, suite: str, tarball: Path, net: LocalNetwork,
-                   say, cancel: threading.Event, folder: Path, started: float) -> Host:
+                   say, cancel: threading.Event, folder: Path, started: float, labels: dict[str, str]) -> Host:
         rootfs = folder / "rootfs"
         machine = folder.name
         record = {"name": planned.name, "role": planned.role, "shard": planned.shard, "address": planned.address,
                   "machine": machine, "suite": suite, "bridge": net.bridge, "ready": False,
-                  "creator": os.getpid(), "machine_id": os.urandom(16).hex()}
+                  "creator": os.getpid(), "machine_id": os.urandom(16).hex(), "labels": labels}
         write_record(folder, record)  # first, so cleanup_stale can find what a killed run left
         rootfs.mkdir()
         subprocess.run(f"zstd -dc {tarball} | tar -C {rootfs} --numeric-owner -xf -", shell=True, check=True)
@@ -378,9 +435,16 @@ class LocalProvider:
         """Stop these hosts cleanly and remove their folders, veths and known_hosts entries."""
         say = progress or (lambda _line: None)
         self.check_machine()
+        self._refuse_foreign(spec)
         folders = [self.hosts_dir(spec) / machine_name(spec.fleet.name, h.name) for h in hosts]
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(folders)))) as pool:
             list(pool.map(lambda folder: self._remove_host(self.known_hosts(spec), folder, say), folders))
+
+    def _refuse_foreign(self, spec: FleetSpec) -> None:
+        fleet_dir = self.fleet_dir(spec)
+        if fleet_dir.exists() and not made_by_ensemble(fleet_dir):
+            raise SpecError("provider.local.state_dir", f"{fleet_dir} was not made by ensemble (no {FLEET_MARKER}); "
+                            "nothing removed")
 
     def _remove_host(self, known_hosts: Path, folder: Path, say=None) -> None:
         record = read_record(folder) or {}
@@ -410,6 +474,7 @@ class LocalProvider:
     def destroy_all(self, spec: FleetSpec, progress: Progress = None) -> None:
         """Every host of the fleet, its proxies and file servers, its bridge, tmpfs and folders."""
         self.check_machine()
+        self._refuse_foreign(spec)
         hosts_dir = self.hosts_dir(spec)
         folders = sorted(p for p in hosts_dir.iterdir() if p.is_dir()) if hosts_dir.is_dir() else []
         say = progress or (lambda _line: None)
@@ -423,6 +488,9 @@ class LocalProvider:
     def _teardown_fleet(fleet_dir: Path, bridge: str, known_hosts: Path | None) -> None:
         localnet.stop_services(fleet_dir)
         localnet.bridge_down(bridge)
+        if fleet_dir.exists() and not made_by_ensemble(fleet_dir):
+            raise EnsembleError(f"provider.local.state_dir: {fleet_dir} was not made by ensemble (no {FLEET_MARKER}); "
+                                "not removing it")
         remove_tree(fleet_dir)  # unmounts the hosts' tmpfs first
         if known_hosts is not None:
             known_hosts.unlink(missing_ok=True)
@@ -472,6 +540,8 @@ class LocalProvider:
         fleet_dir = Path(owner["fleet_dir"])
         known_hosts = Path(owner["keys_dir"]) / "known_hosts"
         removed, alive = [], 0
+        if fleet_dir.exists() and not made_by_ensemble(fleet_dir):
+            return []  # the registry names a folder ensemble did not make: never delete anything in it
         hosts_dir = fleet_dir / "hosts"
         for folder in sorted(p for p in hosts_dir.iterdir() if p.is_dir()) if hosts_dir.is_dir() else []:
             try:

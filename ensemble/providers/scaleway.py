@@ -96,6 +96,12 @@ class ScalewayProvider:
         self.api = Api(client or load_client(spec), self.settings, self.retry, say=self._say)
         self.progress: Progress = None
         self._made: set[str] = set()  # ids of the servers this provider object created (and kept so far)
+        self.labels: dict[str, str] = {}  # identity tags of the hosts ensure_hosts creates
+
+    @property
+    def account(self) -> str:
+        """The project the fleet lives in (part of its identity)."""
+        return f"scaleway project {self.api.project}"
 
     def _say(self, message: str) -> None:
         if self.progress:
@@ -137,9 +143,12 @@ class ScalewayProvider:
         """What the spec asks for and is not there yet (shards by number; the front door unless throwaway)."""
         return wanted_hosts(spec, existing, self.throwaway)
 
-    def ensure_hosts(self, spec: FleetSpec, progress: Progress = None) -> list[Host]:
-        """Create what is missing (in parallel), start what is stopped, wait for SSH on all."""
+    def ensure_hosts(self, spec: FleetSpec, progress: Progress = None,
+                     labels: dict[str, str] | None = None) -> list[Host]:
+        """Create what is missing (in parallel), start what is stopped, wait for SSH on all. Hosts created
+        are tagged `key=value` for each of `labels` (the fleet's identity)."""
         self.progress = progress
+        self.labels = dict(labels or {})
         public_key = read_public_key(self.settings.ssh_public_key, "provider.scaleway.ssh_public_key")
         existing = self._drop_unbootable(spec, self.list_hosts(spec))
         if existing:
@@ -301,7 +310,7 @@ class ScalewayProvider:
 
         Returns the id of the server that fills the place: this run's, or (when another run created the same
         host first) that one, after deleting this run's duplicate."""
-        tags = host_tags(spec.fleet.name, want.role, want.shard, now_iso(), self.throwaway)
+        tags = host_tags(spec.fleet.name, want.role, want.shard, now_iso(), self.throwaway, self.labels)
         host_key = hostkeys.generate_host_key()
         ip_kinds = [IpType.ROUTED_IPV4] + ([IpType.ROUTED_IPV6] if self.settings.ipv6 else [])
         ips: list[str] = []

@@ -1,7 +1,8 @@
 """Facts of the Scaleway provider, apart from the calls that act on them: tags, names, ages, firewall.
 
 Every resource carries the tags `ensemble`, `ensemble-fleet=<name>` and, for a host's server, IPs and
-volume, `ensemble-role=...`, `ensemble-shard=<n>` and `ensemble-created=<UTC time>`; throwaway (smoke)
+volume, `ensemble-role=...`, `ensemble-shard=<n>`, `ensemble-created=<UTC time>` and the fleet's identity
+(`ensemble-fleet-id=`, `ensemble-domain=`, `ensemble-os=`: ensemble.identity); throwaway (smoke)
 resources also carry `ensemble-smoke`. Plain Python: no SDK here.
 
 Example::
@@ -59,7 +60,8 @@ def group_tags(fleet: str, throwaway: bool) -> list[str]:
     return [TAG, fleet_tag(fleet)] + ([SMOKE_TAG] if throwaway else [])
 
 
-def host_tags(fleet: str, role: str, shard: int | None, created: str, throwaway: bool) -> list[str]:
+def host_tags(fleet: str, role: str, shard: int | None, created: str, throwaway: bool,
+              labels: dict[str, str] | None = None) -> list[str]:
     """Tags of one host's server, IPs and volume.
 
     Example::
@@ -71,6 +73,7 @@ def host_tags(fleet: str, role: str, shard: int | None, created: str, throwaway:
     if shard is not None:
         tags.append(f"ensemble-shard={shard}")
     tags.append(f"ensemble-created={created}")
+    tags += [f"{key}={value}" for key, value in sorted((labels or {}).items())]  # the fleet's identity
     if throwaway:
         tags.append(SMOKE_TAG)
     return tags

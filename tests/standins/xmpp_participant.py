@@ -107,6 +107,26 @@ def backend_safe_room_name(room: str) -> str:
     return urllib.parse.quote(name, safe="!'()*-._~").lower()  # encodeURIComponent's unreserved set
 
 
+# jitsi-meet's _ROOM_EXCLUDE_PATTERN (react/features/base/util/uri.ts): removed from the page's path segment
+_ROOM_EXCLUDED = re.compile(r"[:?#\[\]@!$&'()*+,;=></\"]")
+# what a browser's address bar leaves unencoded in a path (the apostrophe among them)
+_PATH_SAFE = "-._~!$&'()*+,;=:@"
+
+
+def path_segment(room: str) -> str:
+    """The path segment a browser sends for a room name typed in its address bar (escapes typed as such are
+    kept). Example: path_segment("Réunion d'équipe") == path_segment("R%C3%A9union d'%C3%A9quipe")
+    == "R%C3%A9union%20d'%C3%A9quipe"."""
+    parts = re.split(r"(%[0-9A-Fa-f]{2})", room)
+    return "".join(part if i % 2 else urllib.parse.quote(part, safe=_PATH_SAFE) for i, part in enumerate(parts))
+
+
+def page_room_node(segment: str) -> str:
+    """The node jitsi-meet joins for a page's path segment: excluded characters dropped, then
+    getBackendSafeRoomName. Example: page_room_node("R%C3%A9union%20d'%C3%A9quipe") == "r%c3%a9union%20d%c3%a9quipe"."""
+    return backend_safe_room_name(_ROOM_EXCLUDED.sub("", segment))
+
+
 def _decode_uri_component(text: str) -> str | None:
     """JavaScript's decodeURIComponent, or None where it would throw (a stray % or invalid UTF-8)."""
     if re.search(r"%(?![0-9A-Fa-f]{2})", text):
@@ -616,7 +636,8 @@ class Participant:
         parts = urllib.parse.urlsplit(url if "://" in url else f"https://{url}")
         self.url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "", "", ""))
         self.room = room
-        self.node = backend_safe_room_name(room)
+        self.segment = path_segment(room)  # typed in the address bar: /<segment>
+        self.node = page_room_node(self.segment)
         names = dict(resolve or {})
         if address:
             names.setdefault(parts.hostname or "", address)
@@ -740,11 +761,18 @@ class Participant:
 
     def _load_config(self) -> ClientConfig:
         """GET the room's page like a browser (following redirects) and read the config it carries."""
-        url = f"{self.url}/{urllib.parse.quote(self.room, safe='-._~!$()*+,;=:@')}"
+        url = f"{self.url}/{self.segment}"
         for _ in range(6):
             status, headers, body = self._net.request("GET", url, headers={"Accept": "text/html"})
             if status in (301, 302, 303, 307, 308) and headers.get("location"):
                 url = urllib.parse.urljoin(url, headers["location"])
+                continue
+            if status == 200 and b"/_ensemble/room.js" in body and "ensemble_room=" not in url:
+                # the front door's canonicalising page: its script comes back without the characters
+                # jitsi-meet drops, with the node as the key
+                parts = urllib.parse.urlsplit(url)
+                url = append_url_param(urllib.parse.urlunsplit(parts._replace(
+                    path="/" + _ROOM_EXCLUDED.sub("", self.segment))), "ensemble_room", self.node)
                 continue
             break
         else:

@@ -1,5 +1,6 @@
-// ensemble front door: "Lancer une réunion". Normalises the typed name into a room name the front
-// door accepts (ASCII letters, digits, - and _), or picks a random readable one when it is empty.
+// ensemble front door: "Lancer une réunion". Turns the typed name into a room path (accents, capitals
+// and emoji kept; spaces and the characters jitsi-meet removes from room names become "-"), or picks a
+// random readable one when it is empty. The front door computes the room's key from the path.
 "use strict";
 (function () {
   var WORDS = {
@@ -26,10 +27,10 @@
     return pick(w[1]) + pick(w[0]) + pick(w[2]) + String(10 + (Date.now() % 90));
   }
 
-  // "Réunion d'équipe" -> "Reunion-d-equipe": accents dropped, other characters become "-".
+  // "Réunion d'équipe" -> "Réunion-d-équipe" (jitsi-meet would drop the apostrophe and the space).
   function normalise(text) {
-    return text.normalize("NFD").replace(/[\u0300-\u036f]/g, "")
-      .replace(/[^A-Za-z0-9_-]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 60);
+    var name = text.replace(/[\s:?#[\]@!$&'()*+,;=></"\\%.]+/g, "-").replace(/^-+|-+$/g, "");
+    return Array.from(name).slice(0, 60).join("");  // whole characters: never half an emoji
   }
 
   document.addEventListener("DOMContentLoaded", function () {
@@ -47,7 +48,7 @@
         input.focus();
         return;
       }
-      window.location.assign("/" + room);
+      window.location.assign("/" + encodeURIComponent(room));
     });
   });
 })();
