@@ -60,6 +60,8 @@ def shard_packages(spec: FleetSpec) -> list[str]:
     """
     # prosody.im's "prosody" follows the newest line: legacy profiles name theirs (prosody-0.11)
     packages = [*BASE_PACKAGES, "nginx", spec.profile.prosody_package]
+    if spec.turn.enabled:
+        packages += ["libnginx-mod-stream", "coturn"]  # the 443 multiplexer and the relay
     if spec.tls.mode == "letsencrypt":
         packages.append("certbot")
     version = spec.jitsi_version

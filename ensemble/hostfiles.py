@@ -22,6 +22,7 @@ from ensemble.profiles import PROSODY_IM_REPO
 from ensemble.providers.base import DeployEnv, Host
 from ensemble.spec import FleetSpec, spec_toml
 from ensemble.templating import RenderedFile, render_template
+from ensemble.turn import turn_context
 
 PROSODY_KEYRING = "/usr/share/keyrings/prosody-keyring.gpg"
 PROSODY_SOURCE = "/etc/apt/sources.list.d/prosody.sources"
@@ -30,16 +31,25 @@ ACCOUNTS_DIGEST = "/etc/ensemble/prosody-accounts.sha256"
 BEFORE_INSTALL = ("secrets", "apt")
 
 
-def public_ports(role: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def public_ports(role: str, spec: FleetSpec | None = None) -> tuple[tuple[int | str, ...], tuple[int | str, ...]]:
     """(TCP, UDP) ports a host of this role opens to everyone (SSH is open to the admin CIDRs only):
-    the firewall opens these and nothing else, README's "Security" section lists them.
+    the firewall opens these and nothing else, README's "Security" section lists them. With the spec's
+    `[turn]` on, shards also open the relay's STUN/TURN port (UDP and TCP) and its relayed media range
+    ("first-last"); TURN over TLS shares 443.
 
     Example::
 
         public_ports("shard")        # ((80, 443), (10000,))
+        public_ports("shard", spec)  # ((80, 443, 3478), (10000, 3478, "49152-49999")) with [turn] on
         public_ports("frontdoor")    # ((80, 443), ()): no bridge behind it, no media port
     """
-    return (80, 443), ((paths.JVB_MEDIA_PORT,) if role == "shard" else ())
+    tcp: tuple[int | str, ...] = (80, 443)
+    udp: tuple[int | str, ...] = (paths.JVB_MEDIA_PORT,) if role == "shard" else ()
+    if role == "shard" and spec is not None and spec.turn.enabled:
+        t = spec.turn
+        tcp += (t.port,)
+        udp += (t.port, f"{t.relay_min_port}-{t.relay_max_port}")
+    return tcp, udp
 
 
 def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (paths.JVB_MEDIA_PORT,),
@@ -230,14 +240,31 @@ def debconf_preseed(domain: str) -> str:
     ))
 
 
-def certbot_hook(domain: str) -> str:
-    """certbot's deploy hook (templates/tls/reload-nginx.sh.j2): nginx reloads after a renewal.
+def certbot_hook(domain: str, turn: dict | None = None) -> str:
+    """certbot's deploy hook (templates/tls/reload-nginx.sh.j2): nginx reloads after a renewal, and the
+    shard's TURN relay gets the renewed certificate (`turn`: ensemble.turn.turn_context, shards only).
 
     Example::
 
         certbot_hook("a.test").startswith("#!/bin/sh")    # True
     """
-    return render_template("tls/reload-nginx.sh.j2", {"domain": domain, "tls": {"cert": cert_paths(domain)[0]}})
+    return render_template("tls/reload-nginx.sh.j2", {"domain": domain, "tls": {"cert": cert_paths(domain)[0]},
+                                                      "turn": turn})
+
+
+def coturn_start_guard() -> str:
+    """A systemd drop-in: coturn starts only once its configuration requires credentials.
+
+    Debian's package starts coturn at install with its default configuration (no authentication:
+    an open relay) until the deploy puts ensemble's; this file is put before the install, so that
+    never happens. Example::
+
+        "ExecStartPre=" in coturn_start_guard()    # True
+    """
+    return ("# Managed by ensemble: coturn runs only with a configuration that requires credentials\n"
+            "# (never the package's default one, between the install and ensemble's configuration).\n"
+            "[Service]\n"
+            f"ExecStartPre=/bin/grep -qx use-auth-secret {paths.COTURN_CONF}\n")
 
 
 def ssh_cidrs(spec: FleetSpec, env: DeployEnv) -> list[str]:
@@ -298,7 +325,7 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
         # ["/etc/ensemble/secrets.json"]
     """
     shard = host.role == "shard"
-    tcp, udp = public_ports(host.role)
+    tcp, udp = public_ports(host.role, spec)
     fleet_id = str((host_secrets.get("fleet") or {}).get("fleet_id", ""))
     out = [RenderedFile(paths.SECRETS_FILE, secrets_json(host_secrets), 0o600, component="secrets"),
            RenderedFile(paths.FLEET_ID_FILE, fleet_id_record(spec, fleet_id), component="secrets")]
@@ -314,6 +341,8 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
         if spec.profile.prosody_source == "prosody.im":
             out.append(RenderedFile(PROSODY_SOURCE, prosody_im_source(spec.profile.codename), component="apt"))
         out.append(RenderedFile(paths.DEBCONF_PRESEED, debconf_preseed(host.name), 0o600, component="apt"))
+        if spec.turn.enabled:  # before the install too: the package would start an open relay
+            out.append(RenderedFile(paths.COTURN_START_GUARD, coturn_start_guard(), component="apt"))
         out.append(RenderedFile(ACCOUNTS_DIGEST, accounts_digest(host_secrets[host.name]), 0o600,
                                 component="prosody-accounts"))
     out += [
@@ -330,5 +359,6 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
                 RenderedFile(paths.FRONTDOOR_SPEC, spec_toml(spec, header=SPEC_HEADER), component="frontdoor-program"),
                 RenderedFile(paths.ENSEMBLE_BIN, launcher(), 0o755, component="frontdoor-program")]
     if spec.tls.mode == "letsencrypt":
-        out.append(RenderedFile(paths.CERTBOT_HOOK, certbot_hook(host.name), 0o755, component="tls"))
+        turn = turn_context(spec, host.name) if shard else None
+        out.append(RenderedFile(paths.CERTBOT_HOOK, certbot_hook(host.name, turn), 0o755, component="tls"))
     return out

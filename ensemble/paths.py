@@ -44,6 +44,16 @@ JICOFO_REST_PORT = 8888  # jicofo's REST (health, conference requests) on loopba
 OCCUPANCY_PORT = 7443  # the shard's private occupancy listener (fleet-CA TLS), open to the front door only
 JVB_MEDIA_PORT = 10000  # jitsi-videobridge's UDP media port, public on shards only
 
+# ---- TURN relay (coturn) on shards ----
+COTURN_CONF = "/etc/turnserver.conf"  # Debian's coturn reads it (0640 root:turnserver: holds the secret)
+COTURN_START_GUARD = "/etc/systemd/system/coturn.service.d/10-ensemble.conf"  # put before the package install
+COTURN_CERT_DIR = "/etc/coturn/certs"  # copies of the shard's certificate coturn (user turnserver) can read
+NGINX_STREAM_CONF = "/etc/nginx/modules-enabled/60-ensemble-turn.conf"  # main-context include: the 443 multiplexer
+TURN_TLS_PUBLIC_PORT = 443  # TURN over TLS shares the web site's port: locked-down networks reach only 443
+WEB_TLS_PORT = 4444  # the web site's TLS listener on loopback, behind the multiplexer (PROXY protocol)
+TURN_TLS_STRIP_PORT = 4445  # loopback hop that drops the PROXY header before coturn's TLS listener
+COTURN_TLS_PORT = 5349  # coturn's own TLS listener (not opened in the firewall: reached through 443)
+
 # ---- front door ----
 ENSEMBLE_HOME = "/usr/local/lib/ensemble"  # ensemble's own code, run by the refresh timer
 ENSEMBLE_BIN = "/usr/local/bin/ensemble"

@@ -37,6 +37,7 @@ from ensemble.providers.base import DeployEnv, Host
 from ensemble.secrets import CA_ENTRY, FLEET_KEY, FLEET_SECRETS, SHARD_CERT, SHARD_KEY, SHARD_SECRETS, Secrets
 from ensemble.spec import FleetSpec
 from ensemble.templating import RenderedFile, render_template
+from ensemble.turn import turn_context
 
 JVB_BREWERY = "JvbBrewery"
 FRONTDOOR_PLACEHOLDER = "198.51.100.1"
@@ -44,7 +45,7 @@ FRONTDOOR_PLACEHOLDER = "198.51.100.1"
 SAFE_SECRET = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
 COMPONENTS = ("secrets", "apt", "upgrades", "firewall", "sysctl", "prosody-accounts", "frontdoor-program", "prosody",
-              "jicofo", "jvb", "web", "nginx", "etherpad", "tls", "frontdoor")
+              "jicofo", "jvb", "web", "nginx", "coturn", "etherpad", "tls", "frontdoor")
 __all__ = ["RenderedFile", "render_template"]
 
 
@@ -190,6 +191,9 @@ def shard_context(spec: FleetSpec, n: int, secrets: Secrets, host: Host | None =
         "ports": {"prosody_http": paths.PROSODY_HTTP_PORT, "jvb_private": paths.JVB_PRIVATE_PORT,
                   "jicofo_rest": paths.JICOFO_REST_PORT, "occupancy": paths.OCCUPANCY_PORT},
         "occupancy_tls": {"cert": paths.OCCUPANCY_TLS_CERT, "key": paths.OCCUPANCY_TLS_KEY},
+        # relayed media leaves from the host's own address (coturn would otherwise relay from the
+        # address a client reached it on: 127.0.0.1 behind the 443 multiplexer)
+        "turn": {**turn_context(spec, domain), "relay_ips": [local, *([host.ipv6] if host.ipv6 else [])]},
         "brewery_jid": f"{JVB_BREWERY}@internal.auth.{domain}",
         "state_file": paths.STATE_FILE,
     }
@@ -235,6 +239,13 @@ def shard_files(spec: FleetSpec, n: int, secrets: Secrets, host: Host | None = N
         # 0640: the site holds the fleet's occupancy token (nginx's master reads it as root).
         _file("nginx/site.conf.j2", ctx, f"/etc/nginx/sites-available/{d}.conf", "nginx", "nginx", 0o640),
     ]
+    if spec.turn.enabled:
+        out += [
+            # 0640 root:turnserver: the shared secret; coturn drops to the turnserver user
+            _file("coturn/turnserver.conf.j2", ctx, paths.COTURN_CONF, "coturn", "coturn", 0o640,
+                  group="turnserver"),
+            _file("coturn/nginx-stream.conf.j2", ctx, paths.NGINX_STREAM_CONF, "nginx", "nginx"),
+        ]
     if spec.jitsi.etherpad:
         conf = paths.ETHERPAD_CONF_DIR
         out += [

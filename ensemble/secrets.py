@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from ensemble.providers.base import Host
     from ensemble.spec import FleetSpec
 
-SHARD_SECRETS = ("focus_password", "jvb_password", "etherpad_api_key", "etherpad_session_key")
+# turn_secret: coturn's shared secret; prosody derives the ephemeral TURN credentials from it
+SHARD_SECRETS = ("focus_password", "jvb_password", "etherpad_api_key", "etherpad_session_key", "turn_secret")
 FLEET_SECRETS = ("occupancy_token",)
 FLEET_KEY = "fleet"
 CA_ENTRY = "fleet-ca"  # the fleet CA {"key", "cert"} (ensemble.fleetca), kept by the front door only

@@ -292,8 +292,9 @@ class JitsiSection:
     prejoin: bool = _opt(True, "show the pre-join screen (camera/mic check)")
     p2p: bool = _opt(True, "two-person calls go peer to peer")
     disable_third_party_requests: bool = _opt(False, "block requests to third parties (disables Gravatar)")
-    stun_servers: list[str] = _opt(["meet-jit-si-turnrelay.jitsi.net:443"],
-                                   "STUN servers for clients and JVB (at most 16)", check=_check_stun, max_items=16)
+    stun_servers: list[str] = _opt([], "public STUN servers added for clients and JVB, at most 16 (empty: only "
+                                   "the fleet's own STUN/TURN on each shard, no third-party host)", check=_check_stun,
+                                   max_items=16)
     apt_repo: str = _opt("https://download.jitsi.org", "Jitsi apt repository", check=_check_url)
     apt_suite: str = _opt("stable/", "suite of the flat Jitsi repository (e.g. stable/ or unstable/)",
                           check=apt_suite_problem)
@@ -305,6 +306,34 @@ class JitsiSection:
                                     else "must be 40 upper-case hex digits or empty")
     version: str = _opt("", "jitsi-meet version to pin, a Debian version like 2.0.9909-1; "
                         "empty = the OS profile's (newest)", check=_check_optional_version)
+
+
+def _check_peer_cidrs(v: list[str]):
+    return _check_cidrs(v) or next((f"{item!r} is a whole address family; name the peers you allow"
+                                    for item in v if ipaddress.ip_network(item, strict=False).prefixlen == 0), None)
+
+
+@dataclass(frozen=True)
+class TurnSection:
+    enabled: bool = _opt(True, "a TURN relay (coturn) on every shard: TLS on 443 beside the web site, "
+                         "UDP/TCP on `port`; media gets through networks that block UDP 10000")
+    port: int = _opt(3478, "public STUN/TURN port, UDP and TCP", check=lambda v: _check_port(v) or (
+        f"must not be one of the shard's other public ports (22, 80, 443, 10000), got {v}"
+        if v in (22, 80, 443, 10000) else None))
+    relay_min_port: int = _opt(49152, "first UDP port of the relayed media range", check=_check_port)
+    relay_max_port: int = _opt(49999, "last UDP port of the relayed media range", check=_check_port)
+    credential_ttl: int = _opt(86400, "seconds a TURN credential from prosody stays valid (60-604800)",
+                               check=lambda v: None if 60 <= v <= 604800 else f"must be 60-604800, got {v}")
+    user_quota: int = _opt(12, "allocations at once per credential (a participant makes a few)",
+                           check=_check_positive)
+    total_quota: int = _opt(1200, "allocations at once on one shard's relay", check=_check_positive)
+    max_bps: int = _opt(1000000, "bytes per second one relayed session may use (0 = no cap)",
+                        check=lambda v: None if v >= 0 else f"must be >= 0, got {v}")
+    tls_name_in_dns: bool = _opt(False, "DNS has turn-<shard> pointing at each shard: the letsencrypt "
+                                 "certificate then covers it (browsers reach TURN/TLS on 443 by that name)")
+    allowed_peer_ips: list[str] = _opt([], "private peers the relay may reach despite the deny list (CIDRs; "
+                                       "e.g. a test peer on a local bridge); empty in production",
+                                       check=_check_peer_cidrs)
 
 
 @dataclass(frozen=True)
@@ -342,6 +371,7 @@ class FleetSpec:
     provider: ProviderSection = field(default_factory=ProviderSection, metadata=_doc("hosts"))
     tls: TLSSection = field(default_factory=TLSSection, metadata=_doc("certificates"))
     jitsi: JitsiSection = field(default_factory=JitsiSection, metadata=_doc("Jitsi Meet"))
+    turn: TurnSection = field(default_factory=TurnSection, metadata=_doc("TURN relay (coturn)"))
     etherpad: EtherpadSection = field(default_factory=EtherpadSection, metadata=_doc("Etherpad"))
     frontdoor: FrontdoorSection = field(default_factory=FrontdoorSection, metadata=_doc("front door"))
     source: str = field(default="<defaults>", compare=False, metadata=_doc("where it was loaded from"))
@@ -441,6 +471,14 @@ def _check_cross_fields(spec: FleetSpec) -> None:
     j = spec.jitsi
     if j.min_resolution > j.max_resolution:
         raise SpecError("jitsi.min_resolution", f"must be <= jitsi.max_resolution ({j.max_resolution})")
+    t = spec.turn
+    if t.relay_min_port > t.relay_max_port:
+        raise SpecError("turn.relay_min_port", f"must be <= turn.relay_max_port ({t.relay_max_port})")
+    if t.relay_min_port <= 10000 <= t.relay_max_port or t.relay_min_port <= t.port <= t.relay_max_port:
+        raise SpecError("turn.relay_min_port", "the relay range must not hold the bridge's 10000 or turn.port")
+    if t.enabled and any(len("turn-" + name.split(".", 1)[0]) > 63 for name in spec.shard_names()):
+        raise SpecError("fleet.shard_name", "gives a first label too long for the relay's TLS name "
+                        "turn-<shard> (at most 58 characters before the first dot with [turn] on)")
     if spec.tls.mode == "provided":
         for key in ("cert_path", "key_path"):
             if not getattr(spec.tls, key):

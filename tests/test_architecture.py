@@ -19,7 +19,7 @@ LAYERS = [
     ["ensemble.render", "ensemble.inventory", "ensemble.keyring", "ensemble.kept", "ensemble.frontdoor.refresh"],
     ["ensemble.hostfiles", "ensemble.frontdoor.render", "ensemble.frontdoor.occupancy"],
     ["ensemble.identity", "ensemble.fleetlock"],
-    ["ensemble.providers", "ensemble.secrets", "ensemble.templating", "ensemble.frontdoor.selection",
+    ["ensemble.providers", "ensemble.secrets", "ensemble.templating", "ensemble.turn", "ensemble.frontdoor.selection",
      "ensemble.frontdoor.rooms", "ensemble.standins"],
     ["ensemble.ssh"],
     ["ensemble.providers.base"],

@@ -29,7 +29,7 @@ from ensemble.paths import OCCUPANCY_PORT
 REPO = Path(__file__).resolve().parent.parent
 FLEET = "t-e2e"
 SHARDS = 2
-SHARD_SERVICES = ("nginx", "prosody", "jicofo", "jitsi-videobridge2", "etherpad", "nftables")
+SHARD_SERVICES = ("nginx", "prosody", "jicofo", "jitsi-videobridge2", "etherpad", "nftables", "coturn")
 
 pytestmark = [pytest.mark.realhost, pytest.mark.slow]
 
@@ -158,7 +158,8 @@ def test_services_secrets_and_firewall_on_each_host(fleet):
         _, mode, _ = ssh_run(host, "stat -c '%a %U' /etc/ensemble/secrets.json")
         assert mode.strip() == "600 root"
         _, rules, _ = ssh_run(host, "nft list ruleset")
-        assert "policy drop" in rules and "udp dport 10000 accept" in rules and "tcp dport { 80, 443 } accept" in rules
+        assert "policy drop" in rules and "tcp dport { 80, 443, 3478 } accept" in rules  # 3478: the TURN relay
+        assert "udp dport { 3478, 10000, 49152-49999 } accept" in rules
         # prosody's c2s port listens on every interface, yet the firewall keeps it private
         _, listening, _ = ssh_run(host, "ss -Hltn 'sport = :5222'")
         assert listening.strip()

@@ -13,7 +13,7 @@ import pytest
 
 from ensemble import paths
 from ensemble.contexts import fleet_contexts
-from ensemble.hostfiles import nftables_conf
+from ensemble.hostfiles import nftables_conf, public_ports
 from ensemble.providers.base import DeployEnv, Host
 from ensemble.render import fleet_files, render_fleet_to
 from ensemble.secrets import complete_secrets
@@ -48,8 +48,10 @@ def test_provider_settings_reach_the_rendered_files():
     env = DeployEnv(spec=spec, admin_cidrs=["10.9.8.0/24"], apt_direct=["10.9.8.1"], hosts_file=True)
     files = fleet_files(spec, store, env=env)[spec.shard_name(1)]
     by_path = {f.path: f for f in files}
+    tcp, udp = public_ports("shard", spec)  # with [turn] on: the relay's ports too
     # the private occupancy port: from the front door's address only (the placeholder here)
-    assert by_path[paths.NFTABLES_CONF].content == nftables_conf(["10.9.8.0/24"], occupancy_from=["198.51.100.1"])
+    assert by_path[paths.NFTABLES_CONF].content == nftables_conf(["10.9.8.0/24"], udp_ports=udp, tcp_ports=tcp,
+                                                                 occupancy_from=["198.51.100.1"])
     rule = f"ip saddr {{ 198.51.100.1 }} tcp dport {paths.OCCUPANCY_PORT} accept"
     assert rule in by_path[paths.NFTABLES_CONF].content
     door = {f.path: f for f in fleet_files(spec, store, env=env)[spec.fleet.domain]}
@@ -92,7 +94,7 @@ def test_only_shards_open_the_media_port():
     files = fleet_files(spec, store)
     shard = {f.path: f for f in files[spec.shard_name(1)]}[paths.NFTABLES_CONF].content
     door = {f.path: f for f in files[spec.fleet.domain]}[paths.NFTABLES_CONF].content
-    assert f"udp dport {{ {paths.JVB_MEDIA_PORT} }} accept" in shard
+    assert f"udp dport {{ {paths.JVB_MEDIA_PORT}, " in shard  # then the TURN relay's ports ([turn] is on)
     assert "udp dport" not in door and "tcp dport { 80, 443 } accept" in door
 
 

@@ -59,6 +59,8 @@ def test_create_is_tagged_and_idempotent_then_destroy_leaves_nothing(scw):
     assert ("udp", 10000, "::/0") in opened and ("tcp", 443, "0.0.0.0/0") in opened
     assert ("tcp", 7443, "0.0.0.0/0") in opened  # the occupancy port: nftables narrows it to the front door
     assert ("tcp", 22, "198.51.100.0/24") in opened and ("tcp", 22, "0.0.0.0/0") not in opened
+    ranges = {(r["protocol"], r["dest_port_from"], r["dest_port_to"]) for r in group["rules"]}
+    assert {("udp", 3478, 3478), ("tcp", 3478, 3478), ("udp", 49152, 49999)} <= ranges  # the TURN relay
     known = (scw.tmp / "state/ensemble/demo/known_hosts").read_text().splitlines()
     assert len(known) == 3
     posts = sum(1 for m, p, _ in scw.api.requests if m == "POST" and p.endswith("/servers"))

@@ -188,7 +188,8 @@ def backends():
 @pytest.fixture
 def served_shard(tmp_path, cert, backends):
     """The rendered shard site under real nginx on loopback; the front door is 127.0.0.3."""
-    spec = _spec(etherpad={"port": backends["etherpad"]})
+    # the site listening on 443 itself (turn off); behind the TURN multiplexer: tests/test_templates_coturn.py
+    spec = _spec(etherpad={"port": backends["etherpad"]}, turn={"enabled": False})
     secrets = _secrets(spec)
     frontdoor = Host(name=spec.fleet.domain, role="frontdoor", shard=None, address="127.0.0.3")
     files = shard_files(spec, 1, secrets, frontdoor=frontdoor)

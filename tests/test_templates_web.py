@@ -88,11 +88,12 @@ def test_every_mission_feature_with_defaults(profile, tmp_path):
     assert c["localRecording"]["disable"] is True
     assert c["fileRecordingsEnabled"] is False
     assert c["liveStreaming"]["enabled"] is False
-    # privacy, P2P with the spec's STUN servers
+    # privacy, P2P with the shard's own STUN only (issue 11: no third-party host by default)
     assert c["disableThirdPartyRequests"] is False
     assert c["analytics"]["disabled"] is True
     assert c["p2p"]["enabled"] is True
-    assert c["p2p"]["stunServers"] == [{"urls": "stun:meet-jit-si-turnrelay.jitsi.net:443"}]
+    assert c["p2p"]["stunServers"] == [{"urls": "stun:demo-1.meet.example.org:3478"}]
+    assert "jitsi.net" not in path.read_text()
 
 
 def test_spec_switches_reach_config_js(tmp_path):
@@ -114,7 +115,9 @@ def test_spec_switches_reach_config_js(tmp_path):
     assert "security" not in c["toolbarButtons"]
     assert c["requireDisplayName"] is True
     assert c["prejoinConfig"]["enabled"] is False
-    assert c["p2p"] == {"enabled": False, "stunServers": [{"urls": "stun:stun.example.org:3478"}]}
+    # the shard's own STUN first, then the public ones the spec adds
+    assert c["p2p"] == {"enabled": False, "useStunTurn": True, "stunServers": [
+        {"urls": "stun:demo-1.meet.example.org:3478"}, {"urls": "stun:stun.example.org:3478"}]}
 
 
 def test_gravatar_base_url_and_off(tmp_path):

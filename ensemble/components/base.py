@@ -107,7 +107,7 @@ def put_files(rendered: list, *, also_changed: dict[str, list] | None = None) ->
                 user=item.owner, group=item.group, create_remote_dir=True,
             )
         puts[item.path] = op
-        if item.path.endswith((".service", ".timer")):
+        if item.path.endswith((".service", ".timer")) or ".service.d/" in item.path:
             systemd.daemon_reload(name=f"systemd reload ({item.path})", _if=op.did_change)
         if item.service:
             by_service.setdefault(item.service, []).append(op)

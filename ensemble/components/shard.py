@@ -1,4 +1,4 @@
-"""The shard deploy (base -> prosody -> jicofo -> jvb -> TLS -> web+nginx -> ACME -> Etherpad), and
+"""The shard deploy (base -> prosody -> jicofo -> jvb -> TLS -> web+nginx -> ACME -> TURN -> Etherpad), and
 `fleet_host`, the one deploy every host of a fleet runs (it picks its role's deploy and its context).
 
 Contexts come from `ensemble.contexts` (one place, for `ensemble deploy` and for deploys/*.py);
@@ -18,6 +18,7 @@ from pyinfra import host as current_host
 from pyinfra.api import deploy
 
 from ensemble.components.base import base
+from ensemble.components.coturn import coturn
 from ensemble.components.jicofo import jicofo
 from ensemble.components.jvb import jvb
 from ensemble.components.prosody import prosody, prosody_source
@@ -37,6 +38,7 @@ def shard(ctx: DeployContext) -> None:
     tls_files(ctx)
     web(ctx)
     acme(ctx)
+    coturn(ctx)
     if ctx.spec.jitsi.etherpad:
         from ensemble.components.etherpad import etherpad
 

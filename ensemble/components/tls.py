@@ -29,25 +29,27 @@ from pyinfra.operations import files, server, systemd
 from ensemble.components.base import DeployContext, put_files
 from ensemble.hostfiles import cert_paths
 from ensemble.paths import ACME_CA, ACME_WEBROOT, TLS_DIR
+from ensemble.turn import certificate_names, turn_tls_name
 
 WEBROOT = ACME_WEBROOT
 __all__ = ["acme", "cert_paths", "tls_files"]
 
 
-def self_signed_command(domain: str) -> str:
-    """Make a self-signed certificate for a domain at its ensemble paths.
+def self_signed_command(domain: str, extra_names: tuple[str, ...] = ()) -> str:
+    """Make a self-signed certificate for a domain (and extra names, e.g. the TURN relay's) at its paths.
 
     Example::
 
-        self_signed_command("a.test")
+        self_signed_command("a.test", ("turn-a.test",))
     """
     chain, key = cert_paths(domain)
+    sans = ",".join(f"DNS:{name}" for name in (domain, *extra_names))
     return (f"install -d -m 755 {TLS_DIR}/{domain} && openssl req -x509 -newkey ec "
             f"-pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 -subj /CN={domain} "
-            f"-addext subjectAltName=DNS:{domain} -keyout {key} -out {chain} 2>/dev/null && chmod 600 {key}")
+            f"-addext subjectAltName={sans} -keyout {key} -out {chain} 2>/dev/null && chmod 600 {key}")
 
 
-def certbot_command(domain: str, directory: str, email: str) -> str:
+def certbot_command(domain: str, directory: str, email: str, extra_names: tuple[str, ...] = ()) -> str:
     """certbot certonly over HTTP-01 (webroot), then point ensemble's paths at the live files.
 
     Example::
@@ -57,8 +59,11 @@ def certbot_command(domain: str, directory: str, email: str) -> str:
     chain, key = cert_paths(domain)
     account = f"--email {shlex.quote(email)}" if email else "--register-unsafely-without-email"
     live = f"/etc/letsencrypt/live/{domain}"
+    names = " ".join(f"-d {name}" for name in (domain, *extra_names))
+    expand = " --expand" if extra_names else ""
     return (f"certbot certonly --non-interactive --agree-tos {account} --server {shlex.quote(directory)} "
-            f"--webroot -w {WEBROOT} -d {domain} --keep-until-expiring --no-random-sleep-on-renew -q"
+            f"--cert-name {domain} --webroot -w {WEBROOT} {names}{expand} --keep-until-expiring "
+            "--no-random-sleep-on-renew -q"
             f" && ln -sfn {live}/fullchain.pem {chain} && ln -sfn {live}/privkey.pem {key}"
             " && systemctl reload nginx")
 
@@ -77,7 +82,8 @@ def tls_files(ctx: DeployContext) -> None:
     present = host.get_fact(Command, command=f"test -e {chain} && test -e {key} && echo yes || echo no")
     if present != "yes":
         what = "self-signed certificate" if mode == "self-signed" else "placeholder until ACME issues one"
-        server.shell(name=what, commands=[self_signed_command(domain)])
+        # the relay's TLS name too (turn-<shard>): coturn presents this certificate on 443
+        server.shell(name=what, commands=[self_signed_command(domain, tuple(certificate_names(ctx.spec, domain)[1:]))])
 
 
 @deploy("ACME certificate")
@@ -97,6 +103,8 @@ def acme(ctx: DeployContext) -> None:
     chain, _ = cert_paths(domain)
     issued = host.get_fact(Command, command=f"test -L {chain} && test -e {chain} && echo yes || echo no")
     if issued != "yes":
+        # the relay's name only where the operator says DNS has it (HTTP-01 must reach it)
+        extra = (turn_tls_name(domain),) if ctx.spec.turn.enabled and ctx.spec.turn.tls_name_in_dns else ()
         server.shell(name=f"certbot certonly {domain}", commands=[certbot_command(domain, tls.directory_url,
-                                                                                   tls.email)], _env=env)
+                                                                                   tls.email, extra)], _env=env)
     systemd.service(name="certbot renewal timer", service="certbot.timer", running=True, enabled=True)

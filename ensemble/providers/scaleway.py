@@ -296,11 +296,13 @@ class ScalewayProvider:
             if group.id != mine.id:  # another run created it at the same moment, first: use that one
                 self.api.ignore_404(f"delete security group {name}", lambda: self.api.instance.delete_security_group(
                     zone=self.zone, security_group_id=mine.id))
+        t = spec.turn
+        turn_ports = (t.port, t.relay_min_port, t.relay_max_port) if t.enabled else None
         rules = [SetSecurityGroupRulesRequestRule(
             action=SecurityGroupRuleAction.ACCEPT, protocol=SecurityGroupRuleProtocol(protocol),
-            direction=SecurityGroupRuleDirection.INBOUND, ip_range=cidr, position=i + 1, dest_port_from=port,
-            dest_port_to=port, editable=True) for i, (protocol, port, cidr) in
-            enumerate(firewall_rules(self.settings.ssh_allowed_cidrs))]
+            direction=SecurityGroupRuleDirection.INBOUND, ip_range=cidr, position=i + 1, dest_port_from=first,
+            dest_port_to=last, editable=True) for i, (protocol, first, last, cidr) in
+            enumerate(firewall_rules(self.settings.ssh_allowed_cidrs, turn_ports))]
         self.api.call("set security group rules", lambda: self.api.instance.set_security_group_rules(
             zone=self.zone, security_group_id=group.id, rules=rules))
         return group.id

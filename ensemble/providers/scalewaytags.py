@@ -160,19 +160,26 @@ def old_enough(tags: list[str] | None, cutoff: datetime | None, fallback: dateti
     return created is not None and created < cutoff
 
 
-def firewall_rules(ssh_cidrs: list[str]) -> list[tuple[str, int, str]]:
-    """(protocol, port, source range) the fleet's security group lets in; all else is dropped.
+def firewall_rules(ssh_cidrs: list[str], turn_ports: tuple[int, int, int] | None = None
+                   ) -> list[tuple[str, int, int, str]]:
+    """(protocol, first port, last port, source range) the fleet's security group lets in; all else is
+    dropped. `turn_ports` = (STUN/TURN port, first and last relay port) when shards run the TURN relay.
 
     Example::
 
-        firewall_rules(["198.51.100.0/24"])[:2]   # [("tcp", 80, "0.0.0.0/0"), ("tcp", 80, "::/0")]
+        firewall_rules(["198.51.100.0/24"])[:2]   # [("tcp", 80, 80, "0.0.0.0/0"), ("tcp", 80, 80, "::/0")]
     """
+    public: list[tuple[str, int, int]] = [("tcp", 80, 80), ("tcp", 443, 443), ("udp", 10000, 10000)]
+    if turn_ports:
+        port, first, last = turn_ports
+        public += [("udp", port, port), ("tcp", port, port), ("udp", first, last)]
     rules = []
     # the shards' occupancy port is let through the group (rules are fleet-wide and set before the
     # front door has an address); each shard's nftables then accepts it from the front door only
-    for protocol, port in (("tcp", 80), ("tcp", 443), ("udp", paths.JVB_MEDIA_PORT), ("tcp", paths.OCCUPANCY_PORT)):
-        rules += [(protocol, port, "0.0.0.0/0"), (protocol, port, "::/0")]
-    rules += [("tcp", 22, cidr) for cidr in ssh_cidrs]
+    public.append(("tcp", paths.OCCUPANCY_PORT, paths.OCCUPANCY_PORT))
+    for protocol, first_port, last_port in public:
+        rules += [(protocol, first_port, last_port, "0.0.0.0/0"), (protocol, first_port, last_port, "::/0")]
+    rules += [("tcp", 22, 22, cidr) for cidr in ssh_cidrs]
     return rules
 
 

@@ -75,6 +75,7 @@ NS_NICK = "http://jabber.org/protocol/nick"
 NS_BOSH = "http://jabber.org/protocol/httpbind"
 NS_XBOSH = "urn:xmpp:xbosh"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_EXTDISCO = "urn:xmpp:extdisco:2"  # XEP-0215 external services (STUN/TURN), what lib-jitsi-meet asks for
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) ensemble-test-participant/1"
 FOCUS_NICK = "focus"  # jicofo's nick in every conference room
@@ -988,6 +989,30 @@ class Participant:
                     self.keepalive_gets += 1
                 except ParticipantError:
                     pass  # lib-jitsi-meet only logs it
+
+    def external_services(self, timeout: float = 10.0) -> list[dict[str, str]]:
+        """XEP-0215: the STUN/TURN services the shard announces, as lib-jitsi-meet fetches them after login
+        (`<services xmlns='urn:xmpp:extdisco:2'/>` to the domain); one dict of attributes per service
+        (type, host, port, transport, and for TURN the ephemeral username/password, expires).
+
+        Example::
+
+            [s["type"] for s in p.external_services()]     # ["stun", "turn", "turn", "turns"]
+        """
+        iq_id = self._next_id("extdisco")
+        with self._lock:
+            self._iq_ids[iq_id] = None
+        self._send(f"<iq xmlns='{NS_CLIENT}' type='get' id={quoteattr(iq_id)} to={quoteattr(self.config.domain)}>"
+                   f"<services xmlns='{NS_EXTDISCO}'/></iq>")
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._iq_ids.get(iq_id) is None and self.error is None and time.monotonic() < deadline:
+                self._lock.wait(max(0.0, deadline - time.monotonic()))
+            answer = self._iq_ids.pop(iq_id, None)
+        if answer is None or answer.get("type") != "result":
+            detail = ET.tostring(answer, "unicode") if answer is not None else f"no answer within {timeout:.0f} s"
+            raise ParticipantError(f"{self.config.domain}: external services refused: {detail}")
+        return [dict(el.attrib) for el in answer.iter(f"{{{NS_EXTDISCO}}}service")]
 
     def _ping(self) -> None:
         iq_id = self._next_id("ping")
