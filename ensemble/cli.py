@@ -335,17 +335,75 @@ def frontdoor_refresh(config: Path | None, secrets: Path | None, shards: int | N
 @config_option
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The front door's state file. Default: the local one on a front door, else read over SSH.")
+@click.option("--watch", is_flag=True, help="Redraw the table every --interval seconds until Ctrl-C.")
+@click.option("--interval", type=click.IntRange(1, 3600), default=5, show_default=True,
+              help="Seconds between redraws with --watch.")
 @json_option
 @handle_errors
-def status(config: Path | None, state_path: Path | None, as_json: bool) -> None:
+def status(config: Path | None, state_path: Path | None, watch: bool, interval: int, as_json: bool) -> None:
     """Shards' state, occupancy, weights and pinned rooms."""
     from ensemble.frontdoor.status import format_status, load_status_state, status_document, status_rows
 
-    state = load_status_state(get_spec(config), state_path)
-    if as_json:
-        print_json(status_document(state))
-    else:
-        click.echo(format_status(status_rows(state), state.get("refreshed_at")))
+    if watch and as_json:
+        raise UsageError("--watch: a terminal table; use --json without --watch (or poll it)")
+    spec = get_spec(config)
+    while True:
+        state = load_status_state(spec, state_path)
+        if as_json:
+            print_json(status_document(state))
+            return
+        table = format_status(status_rows(state), state.get("refreshed_at"))
+        if not watch:
+            click.echo(table)
+            return
+        click.clear()
+        click.echo(f"{spec.fleet.name}: every {interval}s, Ctrl-C to stop\n{table}")
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
+
+@main.command()
+@config_option
+@click.option("--once", is_flag=True, help="One decision and its action, then exit (cron, CI).")
+@click.option("--dry-run", is_flag=True, help="Decide and log, change nothing.")
+@click.option("--interval", type=click.IntRange(5, 86400), default=None,
+              help="Seconds between decisions when long-running. Default: autoscale.interval.")
+@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The last actions (cooldowns). Default: $XDG_STATE_HOME/ensemble/autoscale-<fleet>.json.")
+@json_option
+@handle_errors
+def autoscale(config: Path | None, once: bool, dry_run: bool, interval: int | None, state_file: Path | None,
+              as_json: bool) -> None:
+    """Scale the fleet to the [autoscale] policy: up by create + deploy, down by drain-and-wait.
+
+    Runs on an ops host with the cloud credentials, never on a shard. Every decision is printed
+    with its reason and figures (one JSON object per line with --json). --once exits 1 when its
+    action did not finish (e.g. a drain still waiting for meetings: nothing is cut).
+    """
+    from ensemble.autoscale import autoscale_forever, autoscale_once
+
+    spec = get_spec(config, files=True)
+
+    def progress(line: str) -> None:
+        click.echo(line, err=True)
+
+    def report(result) -> None:
+        if as_json:
+            click.echo(json.dumps(result.as_dict(), sort_keys=True))
+        else:
+            line = result.decision.line() + (" (dry run)" if result.dry_run else "")
+            click.echo(line + (f"; {result.done}" if result.done else ""))
+            if result.error:
+                click.echo(f"autoscale: not finished: {one_line(result.error)}", err=True)
+
+    if once:
+        result = autoscale_once(spec, dry_run=dry_run, state_path=state_file, progress=progress)
+        report(result)
+        sys.exit(1 if result.error else 0)
+    autoscale_forever(spec, interval or spec.autoscale.interval, report, dry_run=dry_run, state_path=state_file,
+                      progress=progress)
 
 
 @main.command()

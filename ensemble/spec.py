@@ -363,6 +363,72 @@ class FrontdoorSection:
     new_rooms_per_minute: int = _opt(60, "new meetings one client (an IPv4 address, an IPv6 /64) may open per "
                                      "minute at the front door (bursts of as many allowed); more get 429",
                                      bounds=(1, 1_000_000))
+    metrics_allowed_cidrs: list[str] = _opt(["127.0.0.1/32", "::1/128"], "who may read the front door's "
+                                            "Prometheus metrics (/_ensemble/metrics): 0-64 CIDRs (your "
+                                            "Prometheus server); everyone else gets 403", check=_check_cidrs)
+
+
+_SCHEDULE_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SCHEDULE = re.compile(r"(?P<d1>[a-z]{3})(?:-(?P<d2>[a-z]{3}))? (?P<h1>[0-9]{2}):(?P<m1>[0-9]{2})-"
+                       r"(?P<h2>[0-9]{2}):(?P<m2>[0-9]{2}) (?P<min>[0-9]{1,4})")
+
+
+def parse_schedule_entry(text: str) -> tuple[tuple[int, ...], int, int, int] | str:
+    """One `autoscale.schedule` entry -> (weekdays 0=mon.., start minute, end minute, min shards), or
+    the problem as a string. Times are UTC; an end before the start runs past midnight.
+
+    Example::
+
+        parse_schedule_entry("mon-fri 08:00-19:00 4")     # ((0, 1, 2, 3, 4), 480, 1140, 4)
+    """
+    match = _SCHEDULE.fullmatch(text)
+    valid = 'valid: "<day>[-<day>] HH:MM-HH:MM <min shards>" in UTC, e.g. "mon-fri 08:00-19:00 4"'
+    if not match:
+        return f"{text!r} is not a schedule entry; {valid}"
+    d1, d2 = match["d1"], match["d2"] or match["d1"]
+    if d1 not in _SCHEDULE_DAYS or d2 not in _SCHEDULE_DAYS:
+        return f"{text!r}: days are {', '.join(_SCHEDULE_DAYS)}; {valid}"
+    h1, m1, h2, m2 = (int(match[k]) for k in ("h1", "m1", "h2", "m2"))
+    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2):
+        return f"{text!r}: times are 00:00-24:00; {valid}"
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        return f"{text!r}: the window is empty; {valid}"
+    minimum = int(match["min"])
+    if not 1 <= minimum <= MAX_SHARDS:
+        return f"{text!r}: min shards must be 1-{MAX_SHARDS}"
+    first, last = _SCHEDULE_DAYS.index(d1), _SCHEDULE_DAYS.index(d2)
+    days = tuple(range(first, last + 1)) if first <= last else (*range(first, 7), *range(0, last + 1))
+    return days, start, end, minimum
+
+
+def _check_schedule(v: list[str]):
+    for item in v:
+        parsed = parse_schedule_entry(item)
+        if isinstance(parsed, str):
+            return parsed
+    return None
+
+
+@dataclass(frozen=True)
+class AutoscaleSection:
+    min_shards: int = _opt(1, "never fewer shards than this", bounds=(1, MAX_SHARDS))
+    max_shards: int = _opt(10, "never more shards than this (the cloud bill's ceiling)", bounds=(1, MAX_SHARDS))
+    target_free: int = _opt(100, "free participant places to keep on the ready shards: below it, scale up",
+                            bounds=(0, 10000000))
+    hysteresis: int = _opt(100, "extra free places needed before removing a shard (no flapping): scale down "
+                           "only when target_free + hysteresis stay free without it", bounds=(0, 10000000))
+    step: int = _opt(1, "shards added (at least) or removed per decision", bounds=(1, 100))
+    cooldown_up: int = _opt(300, "seconds after a scale up before the next one", bounds=(0, 86400))
+    cooldown_down: int = _opt(900, "seconds after any scale action before a scale down", bounds=(0, 86400))
+    drain_timeout: int = _opt(300, "seconds a scale down waits for the drained shards' meetings to end; "
+                              "then the round stops, leaving them drained (nothing is cut), and the next "
+                              "round continues: short, so a waiting drain never delays a scale up long",
+                              bounds=(1, 86400))
+    interval: int = _opt(60, "seconds between decisions of the long-running `ensemble autoscale`",
+                         bounds=(5, 86400))
+    schedule: list[str] = _opt([], 'UTC windows raising min_shards, e.g. "mon-fri 08:00-19:00 4" (the '
+                               "highest matching entry wins)", check=_check_schedule)
 
 
 @dataclass(frozen=True)
@@ -374,6 +440,7 @@ class FleetSpec:
     turn: TurnSection = field(default_factory=TurnSection, metadata=_doc("TURN relay (coturn)"))
     etherpad: EtherpadSection = field(default_factory=EtherpadSection, metadata=_doc("Etherpad"))
     frontdoor: FrontdoorSection = field(default_factory=FrontdoorSection, metadata=_doc("front door"))
+    autoscale: AutoscaleSection = field(default_factory=AutoscaleSection, metadata=_doc("autoscaling policy"))
     source: str = field(default="<defaults>", compare=False, metadata=_doc("where it was loaded from"))
 
     @property
@@ -483,6 +550,8 @@ def _check_cross_fields(spec: FleetSpec) -> None:
         for key in ("cert_path", "key_path"):
             if not getattr(spec.tls, key):
                 raise SpecError(f"tls.{key}", "required when tls.mode = 'provided'")
+    if spec.autoscale.min_shards > spec.autoscale.max_shards:
+        raise SpecError("autoscale.min_shards", f"must be <= autoscale.max_shards ({spec.autoscale.max_shards})")
     names = spec.shard_names()
     for name in names:
         if not is_domain(name):

@@ -10,6 +10,7 @@ import grimp
 # top to bottom: a module may import only modules of its own layer or below
 LAYERS = [
     ["ensemble.cli"],
+    ["ensemble.autoscale"],
     ["ensemble.lifecycle"],
     ["ensemble.fleet", "ensemble.frontdoor.commands", "ensemble.frontdoor.status"],
     ["ensemble.runner", "ensemble.worker", "ensemble.pyinfra_private", "ensemble.frontdoor.drain",
@@ -17,7 +18,7 @@ LAYERS = [
     ["ensemble.components", "ensemble.pyinfra_entry"],
     ["ensemble.contexts"],
     ["ensemble.render", "ensemble.inventory", "ensemble.keyring", "ensemble.kept", "ensemble.frontdoor.refresh"],
-    ["ensemble.hostfiles", "ensemble.frontdoor.render", "ensemble.frontdoor.occupancy"],
+    ["ensemble.hostfiles", "ensemble.frontdoor.render", "ensemble.frontdoor.occupancy", "ensemble.frontdoor.metrics"],
     ["ensemble.identity", "ensemble.fleetlock"],
     ["ensemble.providers", "ensemble.secrets", "ensemble.templating", "ensemble.turn", "ensemble.frontdoor.selection",
      "ensemble.frontdoor.rooms", "ensemble.standins"],

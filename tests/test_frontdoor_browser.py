@@ -8,7 +8,13 @@ import re
 import shutil
 
 import pytest
-from standins.shard_occupancy import FrontdoorUnderTest, OccupancyStandin, ShardsNginx
+from standins.shard_occupancy import (
+    OCCUPANCY_GUARD,
+    FrontdoorUnderTest,
+    OccupancyStandin,
+    ShardsNginx,
+    occupancy_auth_location,
+)
 from test_frontdoor_routing import TOKEN, make_spec
 
 from ensemble.frontdoor.rooms import room_key, split_bounds, split_choice
@@ -125,12 +131,13 @@ APP_JS = """
 def app_shards_conf(shards: list[str], port: int, standin_port: int, token: str, state_dir, www) -> str:
     blocks = []
     for shard in shards:
-        guard = f'if ($http_authorization != "Bearer {token}") {{ return 403; }}'
+        guard = OCCUPANCY_GUARD
         blocks.append(f"""
 server {{
     listen 127.0.0.1:{port};
     server_name {shard};
     root {www};
+    {occupancy_auth_location(token)}
     location = /_ensemble/census {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/room-census; }}
     location = /_ensemble/stats {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/colibri/stats; }}
     location = /_ensemble/health {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/about/health; }}
@@ -193,7 +200,11 @@ def test_proxy_mode_the_browser_contacts_only_the_front_door(tmp_path):
                                 ("RE%CC%81UNION%20D'%C3%89QUIPE", spec.shard_names()[2]),
                                 ("BravoRoom", split_choice("bravoroom", split_bounds(result.plan.split)))):
             driver.get(f"{origin}/{typed}")
-            WebDriverWait(driver, 20).until(lambda d: d.find_element("tag name", "body").get_attribute("data-result"))
+            try:
+                WebDriverWait(driver, 20).until(lambda d: d.find_element("tag name", "body")
+                                                .get_attribute("data-result"))
+            except Exception as waited:  # say which page the browser ended on
+                raise AssertionError((typed, driver.current_url, driver.page_source[:1500])) from waited
             out = json.loads(driver.find_element("tag name", "body").get_attribute("data-result"))
             assert "error" not in out, out
             assert f'"shard":"{expected}"' in out["conference"] and f"shard='{expected}'" in out["bosh"], (typed, out)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ensemble.errors import EnsembleError
+from ensemble.frontdoor.metrics import metrics_text, next_stats
 from ensemble.frontdoor.occupancy import OccupancySource, read_all
 from ensemble.frontdoor.render import FrontdoorLayout, routing_conf
 from ensemble.frontdoor.rooms import is_room_key
@@ -150,6 +151,15 @@ def load_state(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _next_stats(state: dict, now: float, duration: float, failed: bool, routes: int) -> dict:
+    """The counters after this run; a damaged counter set starts again from zero (derived data)."""
+    before = state.get("stats")
+    try:
+        return next_stats(before if isinstance(before, dict) else {}, now, duration, failed, routes)
+    except (TypeError, ValueError):
+        return next_stats({}, now, duration, failed, routes)
+
+
 # ---------------------------------------------------------------- actions
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
@@ -261,6 +271,7 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
     routing_path = Path(layout.routing_path)
     in_service = state.get("in_service") if isinstance(state.get("in_service"), str) else None
     changed = reloaded = False
+    routes, failed = len(routed), True
     try:
         text = routing_conf(plan, spec, layout)
         changed, reloaded = install_maps(routing_path, text, nginx, in_service)
@@ -272,18 +283,23 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
             _run(nginx.reopen)
             late, position = read_new_routes(log, position)
             late = [route for route in late if route[1] not in plan.pins]
+            routes += len(late)
             if late:
                 plan, memory = pin_routed(plan, memory, late, params)
                 text = routing_conf(plan, spec, layout)
                 if install_maps(routing_path, text, nginx, in_service)[1]:
                     in_service = maps_digest(text)
+        failed = False
     except ReloadFailed:
         in_service = "reload failed"  # never a digest: the next refresh reloads whatever the file holds
         raise
     finally:
         new_state = {"memory": memory_to_json(memory), "routes_log": position, "plan": plan_to_json(plan),
                      "refreshed_at": now, "errors": {r.name: r.error for r in readings if r.error},
-                     "in_service": in_service}
+                     "in_service": in_service,
+                     "stats": _next_stats(state, now, time.monotonic() - started, failed, routes)}
         write_atomic(state_path, json.dumps(new_state, indent=1, sort_keys=True) + "\n", 0o640)
+        # the metrics nginx serves to the allow-listed scrapers (0644: nginx's workers read it)
+        write_atomic(Path(layout.metrics_file()), metrics_text(new_state), 0o644)
     return RefreshResult(plan=plan, changed=changed, reloaded=reloaded, seconds=time.monotonic() - started,
                          unreadable=[r.name for r in readings if not r.ok])

@@ -78,6 +78,7 @@ class FrontdoorLayout:
     routing_path: str = paths.ROUTING_PATH
     seed_path: str = paths.ROUTING_SEED
     state_path: str = paths.FRONTDOOR_STATE
+    metrics_path: str = ""  # "": beside state_path (paths.FRONTDOOR_METRICS in production), see metrics_file
     webroot: str = "/usr/share/ensemble/frontdoor"
     routes_log: str = "/var/log/nginx/ensemble-routes.log"
     spec_path: str = paths.FRONTDOOR_SPEC
@@ -92,6 +93,16 @@ class FrontdoorLayout:
     shard_scheme: str = "https"
     shard_port: int | None = None  # None: the scheme's default port
     shard_addresses: dict[str, str] = field(default_factory=dict)  # proxy upstreams: shard -> host:port
+
+    def metrics_file(self) -> str:
+        """Where the refresher writes the Prometheus metrics: metrics_path, else metrics.prom beside the
+        state file (a layout moved elsewhere for a test or a benchmark never writes to the system's path).
+
+        Example::
+
+            FrontdoorLayout().metrics_file()      # "/var/lib/ensemble/frontdoor/metrics.prom"
+        """
+        return self.metrics_path or str(Path(self.state_path).with_name(Path(paths.FRONTDOOR_METRICS).name))
 
     def shard_base(self, shard: str = "$fd_shard") -> str:
         """The URL prefix of a shard: https://<shard> (plus a port when not the default)."""
@@ -155,6 +166,9 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "routing_path": layout.routing_path,
         "proxy_params_path": layout.proxy_params_path,
         "routes_log": layout.routes_log,
+        "metrics_path": layout.metrics_file(),
+        "metrics_url_path": paths.METRICS_URL_PATH,
+        "metrics_allowed": list(spec.frontdoor.metrics_allowed_cidrs),
         "webroot": layout.webroot,
         "listen": list(layout.listen),
         "http_listen": list(layout.http_listen),

@@ -217,17 +217,12 @@ class NginxInstance:
         os.kill(pid, signal.SIGKILL)
 
 
-def shard_servers_conf(shards: list[str], port: int, standin_port: int, token: str, state_dir: Path) -> str:
-    """nginx servers playing the shards: room pages naming the shard, and the private locations."""
-    blocks = []
-    for shard in shards:
-        guard = "auth_request /_ensemble/auth;"  # as templates/nginx/site.conf.j2 (the occupancy tag)
-        blocks.append(f"""
-server {{
-    listen 127.0.0.1:{port};
-    server_name {shard};
-    default_type text/plain;
-    location = /_ensemble/auth {{
+OCCUPANCY_GUARD = "auth_request /_ensemble/auth;"  # as templates/nginx/site.conf.j2 (the occupancy tag)
+
+
+def occupancy_auth_location(token: str) -> str:
+    """The internal location checking the front door's occupancy tag, as templates/nginx/site.conf.j2 does."""
+    return f"""location = /_ensemble/auth {{
         internal;
         set $occupancy_tag "";
         if ($http_authorization ~ "^Ensemble ([A-Za-z0-9_-]{{22}},[0-9]{{1,12}})$") {{ set $occupancy_tag $1; }}
@@ -235,7 +230,20 @@ server {{
         secure_link_md5 "$secure_link_expires$request_uri$host {token}";
         if ($secure_link != "1") {{ return 403; }}
         return 204;
-    }}
+    }}"""
+
+
+def shard_servers_conf(shards: list[str], port: int, standin_port: int, token: str, state_dir: Path) -> str:
+    """nginx servers playing the shards: room pages naming the shard, and the private locations."""
+    blocks = []
+    for shard in shards:
+        guard = OCCUPANCY_GUARD
+        blocks.append(f"""
+server {{
+    listen 127.0.0.1:{port};
+    server_name {shard};
+    default_type text/plain;
+    {occupancy_auth_location(token)}
     location = /_ensemble/census {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/room-census; }}
     location = /_ensemble/stats {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/colibri/stats; }}
     location = /_ensemble/health {{ {guard} proxy_pass http://127.0.0.1:{standin_port}/{shard}/about/health; }}
@@ -286,7 +294,8 @@ class FrontdoorUnderTest(NginxInstance):
         self.layout = FrontdoorLayout(
             site_path=str(prefix / "conf/site.conf"), proxy_params_path=str(prefix / "conf/proxy.conf"),
             routing_path=str(prefix / "var/routing.conf"), seed_path=str(prefix / "conf/routing.seed.conf"),
-            state_path=str(prefix / "var/state.json"), webroot=str(prefix / "www"),
+            state_path=str(prefix / "var/state.json"), metrics_path=str(prefix / "var/metrics.prom"),
+            webroot=str(prefix / "www"),
             routes_log=str(prefix / "logs/routes.log"), listen=(f"127.0.0.1:{self.port}",), tls=False,
             shard_scheme="http", shard_port=shards.port,
             shard_addresses={n: f"127.0.0.1:{shards.port}" for n in names})
