@@ -33,9 +33,10 @@ BEFORE_INSTALL = ("secrets", "apt")
 
 
 def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (paths.JVB_MEDIA_PORT,),
-                  tcp_ports: Iterable[int] = (80, 443)) -> str:
+                  tcp_ports: Iterable[int] = (80, 443), occupancy_from: Iterable[str] = ()) -> str:
     """The host firewall: drop inbound except established, loopback, ICMP, web, JVB media (shards; the
-    front door passes no UDP port: nothing of it listens there), SSH from CIDRs.
+    front door passes no UDP port: nothing of it listens there), SSH from CIDRs, and on shards the
+    private occupancy port (paths.OCCUPANCY_PORT) from the front door's addresses only.
 
     Example::
 
@@ -45,6 +46,11 @@ def nftables_conf(ssh_cidrs: Iterable[str], udp_ports: Iterable[int] = (paths.JV
     v4 = [c for c in ssh_cidrs if ipaddress.ip_network(c, strict=False).version == 4]
     v6 = [c for c in ssh_cidrs if ipaddress.ip_network(c, strict=False).version == 6]
     ssh = []
+    sources = [ipaddress.ip_address(a) for a in occupancy_from]
+    for version, family in ((4, "ip"), (6, "ip6")):
+        addresses = sorted({str(a) for a in sources if a.version == version})
+        if addresses:
+            ssh.append(f"        {family} saddr {{ {', '.join(addresses)} }} tcp dport {paths.OCCUPANCY_PORT} accept")
     if v4:
         ssh.append(f"        ip saddr {{ {', '.join(v4)} }} tcp dport 22 accept")
     if v6:
@@ -283,9 +289,11 @@ def fleet_id_record(spec: FleetSpec, fleet_id: str) -> str:
 
 
 def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, *,
-               keyring: bytes | None = None, spec_shards: int | None = None) -> list[RenderedFile]:
+               keyring: bytes | None = None, spec_shards: int | None = None,
+               frontdoor_addresses: Iterable[str] = ()) -> list[RenderedFile]:
     """Every file of a host outside its components: secrets, apt, debconf, upgrades, firewall, sysctl, hook.
 
+    `frontdoor_addresses` may reach a shard's private occupancy port (shards only).
     `spec_shards` is the spec file's own shard count when `spec.fleet.shards` was scaled (front door).
     `keyring` is Jitsi's dearmored, fingerprint-checked signing key (shards); without it (front
     door, or `ensemble render` offline for a shard) the keyring file is left out and the source is
@@ -319,7 +327,8 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
                                 component="prosody-accounts"))
     out += [
         RenderedFile(paths.AUTO_UPGRADES, auto_upgrades_conf(), component="upgrades"),
-        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env), udp_ports=udp, tcp_ports=tcp), 0o755,
+        RenderedFile(paths.NFTABLES_CONF, nftables_conf(ssh_cidrs(spec, env), udp_ports=udp, tcp_ports=tcp,
+                                                      occupancy_from=frontdoor_addresses if shard else ()), 0o755,
                      component="firewall"),
     ]
     if shard:

@@ -28,6 +28,9 @@ TLS_DIR = "/etc/ensemble/tls"  # <domain>/fullchain.pem and privkey.pem
 ACME_WEBROOT = "/var/www/acme"
 ACME_CA = "/usr/local/share/ca-certificates/ensemble-acme-ca.crt"
 CERTBOT_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/ensemble-reload-nginx"
+FLEET_CA_CERT = "/etc/ensemble/fleet-ca.pem"  # the fleet CA's certificate (front door: verifies the shards)
+OCCUPANCY_TLS_CERT = "/etc/ensemble/tls/occupancy/fullchain.pem"  # shard: issued by the fleet CA
+OCCUPANCY_TLS_KEY = "/etc/ensemble/tls/occupancy/privkey.pem"  # 0600
 
 # ---- shards ----
 STATE_FILE = "/var/lib/ensemble/state.json"  # {"drain": bool}, served to the front door by nginx
@@ -38,6 +41,7 @@ ETHERPAD_STATE_DIR = "/var/lib/etherpad"
 PROSODY_HTTP_PORT = 5280  # prosody's HTTP (census, BOSH, websocket) on loopback
 JVB_PRIVATE_PORT = 8080  # jitsi-videobridge's private REST (colibri stats, drain) on loopback
 JICOFO_REST_PORT = 8888  # jicofo's REST (health, conference requests) on loopback
+OCCUPANCY_PORT = 7443  # the shard's private occupancy listener (fleet-CA TLS), open to the front door only
 JVB_MEDIA_PORT = 10000  # jitsi-videobridge's UDP media port, public on shards only
 
 # ---- TURN relay (coturn) on shards ----

@@ -34,7 +34,7 @@ from ensemble.errors import EnsembleError, UsageError
 from ensemble.hostfiles import base_files
 from ensemble.outtree import OwnedTree
 from ensemble.providers.base import DeployEnv, Host
-from ensemble.secrets import FLEET_KEY, FLEET_SECRETS, SHARD_SECRETS, Secrets
+from ensemble.secrets import CA_ENTRY, FLEET_KEY, FLEET_SECRETS, SHARD_CERT, SHARD_KEY, SHARD_SECRETS, Secrets
 from ensemble.spec import FleetSpec
 from ensemble.templating import RenderedFile, render_template
 from ensemble.turn import turn_context
@@ -122,6 +122,14 @@ def _secret(secrets: Secrets, entry: str, name: str) -> str:
     return value
 
 
+def _pem(secrets: Secrets, entry: str, name: str) -> str:
+    """A PEM block of the store (the shard's occupancy certificate or key), checked to be one."""
+    value = secrets.get(entry, {}).get(name)
+    if not isinstance(value, str) or not value.startswith("-----BEGIN ") or not value.rstrip().endswith("-----"):
+        raise EnsembleError(f"secrets: no PEM {name!r} in the {entry!r} entry; 'ensemble render' or deploy creates it")
+    return value
+
+
 def _shard_secrets(secrets: Secrets, domain: str) -> dict[str, str]:
     """The secrets a shard's files need; a missing or unsafe one is an error naming it (never its value)."""
     values = {name: _secret(secrets, domain, name) for name in SHARD_SECRETS}
@@ -181,7 +189,8 @@ def shard_context(spec: FleetSpec, n: int, secrets: Secrets, host: Host | None =
         "tls": {"mode": spec.tls.mode, "cert": f"{paths.TLS_DIR}/{domain}/fullchain.pem",
                 "key": f"{paths.TLS_DIR}/{domain}/privkey.pem", "webroot": paths.ACME_WEBROOT},
         "ports": {"prosody_http": paths.PROSODY_HTTP_PORT, "jvb_private": paths.JVB_PRIVATE_PORT,
-                  "jicofo_rest": paths.JICOFO_REST_PORT},
+                  "jicofo_rest": paths.JICOFO_REST_PORT, "occupancy": paths.OCCUPANCY_PORT},
+        "occupancy_tls": {"cert": paths.OCCUPANCY_TLS_CERT, "key": paths.OCCUPANCY_TLS_KEY},
         # relayed media leaves from the host's own address (coturn would otherwise relay from the
         # address a client reached it on: 127.0.0.1 behind the 443 multiplexer)
         "turn": {**turn_context(spec, domain), "relay_ips": [local, *([host.ipv6] if host.ipv6 else [])]},
@@ -222,6 +231,11 @@ def shard_files(spec: FleetSpec, n: int, secrets: Secrets, host: Host | None = N
               "jvb", "jitsi-videobridge2", 0o640, owner="jvb", group="jitsi"),
         _file("web/config.js.j2", ctx, f"/etc/jitsi/meet/{d}-config.js", "web", None),
         _file("nginx/ensemble-http.conf.j2", ctx, "/etc/nginx/conf.d/ensemble-http.conf", "nginx", "nginx"),
+        # the private occupancy listener's certificate, issued by the fleet CA (ensemble.fleetca)
+        RenderedFile(paths.OCCUPANCY_TLS_CERT, _pem(secrets, d, SHARD_CERT), 0o644, component="nginx",
+                     service="nginx"),
+        RenderedFile(paths.OCCUPANCY_TLS_KEY, _pem(secrets, d, SHARD_KEY), 0o600, component="nginx",
+                     service="nginx"),
         # 0640: the site holds the fleet's occupancy token (nginx's master reads it as root).
         _file("nginx/site.conf.j2", ctx, f"/etc/nginx/sites-available/{d}.conf", "nginx", "nginx", 0o640),
     ]
@@ -270,6 +284,8 @@ def kept_secrets(store: Secrets, host: Host) -> dict[str, dict[str, str]]:
     kept = {FLEET_KEY: dict(store[FLEET_KEY])}
     if host.role == "shard":
         kept[host.name] = dict(store[host.name])
+    elif CA_ENTRY in store:
+        kept[CA_ENTRY] = dict(store[CA_ENTRY])  # the fleet CA: on the front door, never on a shard
     return kept
 
 
@@ -292,7 +308,8 @@ def host_files(spec: FleetSpec, secrets: Secrets, host: Host, shards: list[Host]
         own = list(frontdoor_files(spec, secrets, shards))
     else:
         own = shard_files(spec, host.shard, secrets, host, frontdoor)
-    return [*base_files(spec, host, env, kept_secrets(secrets, host), keyring=keyring, spec_shards=spec_shards),
+    return [*base_files(spec, host, env, kept_secrets(secrets, host), keyring=keyring, spec_shards=spec_shards,
+                        frontdoor_addresses=host_addresses(frontdoor)),
             *own]
 
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 SHARD_SECRETS = ("focus_password", "jvb_password", "etherpad_api_key", "etherpad_session_key", "turn_secret")
 FLEET_SECRETS = ("occupancy_token",)
 FLEET_KEY = "fleet"
+CA_ENTRY = "fleet-ca"  # the fleet CA {"key", "cert"} (ensemble.fleetca), kept by the front door only
+SHARD_CERT, SHARD_KEY = "occupancy_tls_cert", "occupancy_tls_key"  # a shard's fleet-CA certificate (PEM)
 
 Secrets = dict[str, dict[str, str]]
 
@@ -42,6 +44,8 @@ def new_secret() -> str:
 
 def complete_secrets(store: Secrets, spec: FleetSpec) -> bool:
     """Add whatever secret is missing for the spec's hosts; True if anything was added."""
+    from ensemble.fleetca import complete_fleet_ca  # operator side only (cryptography)
+
     added = False
     wanted = {FLEET_KEY: FLEET_SECRETS, **{name: SHARD_SECRETS for name in spec.shard_names()}}
     for host, names in wanted.items():
@@ -50,7 +54,8 @@ def complete_secrets(store: Secrets, spec: FleetSpec) -> bool:
             if not entry.get(name):
                 entry[name] = new_secret()
                 added = True
-    return added
+    # the fleet CA and each shard's occupancy certificate (ensemble.fleetca)
+    return complete_fleet_ca(store, spec.shard_names(), spec.fleet.name) or added
 
 
 def merge_secrets(spec: FleetSpec, remote: dict[str, str | None], hosts: list[Host]) -> tuple[Secrets, bool]:
@@ -82,6 +87,11 @@ def merge_secrets(spec: FleetSpec, remote: dict[str, str | None], hosts: list[Ho
         fleet = kept.get(name, {}).get(FLEET_KEY)
         if isinstance(fleet, dict) and fleet:
             store[FLEET_KEY] = dict(fleet)
+            break
+    for name in doors:  # the fleet CA lives on the front door only
+        ca = kept.get(name, {}).get(CA_ENTRY)
+        if isinstance(ca, dict) and ca:
+            store[CA_ENTRY] = dict(ca)
             break
     added = complete_secrets(store, spec)
     return store, added

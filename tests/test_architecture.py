@@ -26,7 +26,7 @@ LAYERS = [
     ["ensemble.providers.base"],
     ["ensemble.publicports"],
     ["ensemble.spec", "ensemble.profiles", "ensemble.etherpad_source", "ensemble.cloudinit"],
-    ["ensemble.userfiles", "ensemble.grammar", "ensemble.outtree"],
+    ["ensemble.userfiles", "ensemble.grammar", "ensemble.outtree", "ensemble.fleetca"],
     ["ensemble.errors", "ensemble.paths"],
 ]
 

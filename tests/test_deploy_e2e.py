@@ -24,6 +24,8 @@ import pytest
 from conftest import TEST_STATE_DIR, ssh_run
 from conftest import ensemble_json as ensemble
 
+from ensemble.paths import OCCUPANCY_PORT
+
 REPO = Path(__file__).resolve().parent.parent
 FLEET = "t-e2e"
 SHARDS = 2
@@ -163,6 +165,12 @@ def test_services_secrets_and_firewall_on_each_host(fleet):
         assert listening.strip()
         with pytest.raises(OSError):
             socket.create_connection((host.address, 5222), timeout=3).close()
+        # the occupancy listener (fleet-CA TLS) answers the front door only: dropped for this machine
+        assert f"tcp dport {OCCUPANCY_PORT} accept" in rules
+        _, kept, _ = ssh_run(host, "cat /etc/ensemble/secrets.json")
+        assert "fleet-ca" not in json.loads(kept)  # the fleet CA's key stays on the front door
+        with pytest.raises(OSError):
+            socket.create_connection((host.address, OCCUPANCY_PORT), timeout=3).close()
     door = hosts[spec.fleet.domain]
     code, out, _ = ssh_run(door, "systemctl is-active nginx nftables ensemble-frontdoor-refresh.timer")
     assert code == 0, out

@@ -49,7 +49,13 @@ def test_provider_settings_reach_the_rendered_files():
     files = fleet_files(spec, store, env=env)[spec.shard_name(1)]
     by_path = {f.path: f for f in files}
     tcp, udp = public_ports("shard", spec)  # with [turn] on: the relay's ports too
-    assert by_path[paths.NFTABLES_CONF].content == nftables_conf(["10.9.8.0/24"], udp_ports=udp, tcp_ports=tcp)
+    # the private occupancy port: from the front door's address only (the placeholder here)
+    assert by_path[paths.NFTABLES_CONF].content == nftables_conf(["10.9.8.0/24"], udp_ports=udp, tcp_ports=tcp,
+                                                                 occupancy_from=["198.51.100.1"])
+    rule = f"ip saddr {{ 198.51.100.1 }} tcp dport {paths.OCCUPANCY_PORT} accept"
+    assert rule in by_path[paths.NFTABLES_CONF].content
+    door = {f.path: f for f in fleet_files(spec, store, env=env)[spec.fleet.domain]}
+    assert str(paths.OCCUPANCY_PORT) not in door[paths.NFTABLES_CONF].content
     assert "Proxy::10.9.8.1" in by_path[paths.APT_DIRECT_FILE].content
 
 
@@ -156,12 +162,18 @@ def test_the_cloud_firewall_opens_exactly_what_the_host_firewall_opens(role, tur
     host = spec.fleet.domain if role == "frontdoor" else spec.shard_name(1)
     files = {f.path: f for f in fleet_files(spec, store)[host]}
     tcp, udp = public_ports(role, spec)
-    assert files[paths.NFTABLES_CONF].content == nftables_conf(["192.0.2.0/24"], udp_ports=udp, tcp_ports=tcp)
+    from ensemble.render import host_addresses, resolve_hosts
+
+    door = host_addresses(resolve_hosts(spec, None)[1]) if role == "shard" else ()
+    assert files[paths.NFTABLES_CONF].content == nftables_conf(["192.0.2.0/24"], udp_ports=udp, tcp_ports=tcp,
+                                                               occupancy_from=door)
     cloud = firewall_rules(["192.0.2.0/24"], role, spec)
 
     def spelled(port):
         return str(port) if isinstance(port, int) else port
-    public = {(p, f"{a}" if a == b else f"{a}-{b}") for p, a, b, cidr in cloud if cidr in ("0.0.0.0/0", "::/0")}
+    public = {(p, f"{a}" if a == b else f"{a}-{b}") for p, a, b, cidr in cloud if cidr in ("0.0.0.0/0", "::/0")
+              and (p, a) != ("tcp", paths.OCCUPANCY_PORT)}  # let through; nftables admits the front door only
+    assert (("tcp", paths.OCCUPANCY_PORT, paths.OCCUPANCY_PORT, "0.0.0.0/0") in cloud) == (role == "shard")
     assert public == {("tcp", spelled(t)) for t in tcp} | {("udp", spelled(u)) for u in udp}
     admin = {(p, a, cidr) for p, a, _, cidr in cloud if cidr not in ("0.0.0.0/0", "::/0")}
     assert admin == {("tcp", 22, "192.0.2.0/24")}

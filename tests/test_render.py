@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ensemble import paths
 from ensemble.errors import EnsembleError, UsageError
 from ensemble.outtree import MANIFEST
 from ensemble.providers.base import Host
@@ -278,6 +279,8 @@ def test_rendered_tree_passes_nginx_t_for_every_shard(workdir):
         site = (root / f"etc/nginx/sites-available/{name}.conf").read_text()
         site = site.replace(f"/etc/ensemble/tls/{name}/fullchain.pem", str(crt))
         site = site.replace(f"/etc/ensemble/tls/{name}/privkey.pem", str(key))
+        for pem in (paths.OCCUPANCY_TLS_CERT, paths.OCCUPANCY_TLS_KEY):  # the fleet-CA pair, as rendered
+            site = site.replace(pem, str(root / pem.lstrip("/")))
         (workdir / f"{name}.conf").write_text(site)
         conf = workdir / f"{name}-nginx.conf"
         conf.write_text(f"pid {workdir}/nginx.pid; error_log {workdir}/error.log;\nevents {{}}\n"

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from ensemble import paths
 from ensemble.errors import EnsembleError, UsageError
 from ensemble.publicports import public_ports
 
@@ -56,6 +57,9 @@ def _assert_one_group_per_role(api, spec, hosts) -> None:
                 first, last = (port, port) if isinstance(port, int) else map(int, port.split("-"))
                 want |= {(protocol, first, last, "0.0.0.0/0"), (protocol, first, last, "::/0")}
         want |= {("tcp", 22, 22, cidr) for cidr in spec.provider.scaleway.ssh_allowed_cidrs}
+        if role == "shard":  # the occupancy port: each shard's nftables narrows it to the front door
+            want |= {("tcp", paths.OCCUPANCY_PORT, paths.OCCUPANCY_PORT, "0.0.0.0/0"),
+                     ("tcp", paths.OCCUPANCY_PORT, paths.OCCUPANCY_PORT, "::/0")}
         got = [(r["protocol"], r["dest_port_from"], r["dest_port_to"], r["ip_range"]) for r in group["rules"]]
         assert len(got) == len(set(got)) and set(got) == want, role
         assert all(r["action"] == "accept" and r["direction"] == "inbound" for r in group["rules"])

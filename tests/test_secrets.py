@@ -20,5 +20,6 @@ def test_secrets_merge_keeps_what_hosts_have_and_takes_the_fleet_token_from_the_
     assert store[spec.shard_name(2)]["focus_password"]  # generated for the host that had none
     again, added_again = merge_secrets(spec, {n: json.dumps({n: store[n], "fleet": store["fleet"]})
                                               for n in spec.shard_names()} | {door: json.dumps(
-                                                  {"fleet": store["fleet"]})}, hosts)
+                                                  {"fleet": store["fleet"], "fleet-ca": store["fleet-ca"]})},
+                                       hosts)
     assert not added_again and again == store

@@ -5,6 +5,7 @@ config.js without third-party STUN, the firewall and the renewal hook; `[turn] e
 from __future__ import annotations
 
 import http.server
+import json
 import shutil
 import signal
 import socket
@@ -41,10 +42,10 @@ def cert(tmp_path_factory) -> tuple[Path, Path]:
 
 
 class _Census(http.server.BaseHTTPRequestHandler):
-    """prosody's room census where nginx proxies it: an empty census."""
+    """prosody's HTTP where nginx proxies it (BOSH): answers the X-Forwarded-For nginx sent."""
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
-        body = b'{"room_census": []}'
+        body = json.dumps({"forwarded_for": self.headers.get("X-Forwarded-For")}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -220,8 +221,12 @@ def _stream_tree(tmp: Path, files: dict, cert, ports: dict[str, int], extra_site
     domain = Path(site_file.path).name.removesuffix(".conf")
     site = site_file.content.replace(f"/etc/ensemble/tls/{domain}/fullchain.pem", str(cert[0]))
     site = site.replace(f"/etc/ensemble/tls/{domain}/privkey.pem", str(cert[1]))
+    for pem in (paths.OCCUPANCY_TLS_CERT, paths.OCCUPANCY_TLS_KEY):  # the private occupancy listener's pair
+        (tmp / Path(pem).name).write_text(files[pem].content)
+        site = site.replace(pem, str(tmp / Path(pem).name))
     moves = {"127.0.0.1:4444 ssl": f"127.0.0.1:{ports['web']} ssl", "listen 80;": f"listen 127.0.0.1:{ports['http']};",
-             "listen [::]:80;": "", **extra_site}
+             "listen [::]:80;": "", f"listen {paths.OCCUPANCY_PORT} ssl;": f"listen 127.0.0.1:{_free_port()} ssl;",
+             f"listen [::]:{paths.OCCUPANCY_PORT} ssl;": "", **extra_site}
     for old, new in moves.items():
         assert old in site, old
         site = site.replace(old, new)
@@ -366,12 +371,11 @@ def test_the_site_name_reaches_the_site_and_the_relay_name_reaches_coturn(multip
 
 @pytest.mark.needs_tool(NGINX, "openssl")
 def test_the_site_still_sees_the_clients_address_through_the_multiplexer(multiplexer):
+    """Behind the 443 multiplexer the site sees each client's own address (PROXY protocol), not
+    nginx's loopback hop: what it forwards to prosody names the client."""
     m = multiplexer
-    from ensemble.frontdoor.occupancy import occupancy_authorization
-
-    auth = occupancy_authorization(m["token"], "/_ensemble/census", m["domain"])  # the front door's own header
-    ask = (f"GET /_ensemble/census HTTP/1.1\r\nHost: {m['domain']}\r\nAuthorization: {auth}\r\n"
-           "Connection: close\r\n\r\n").encode()
-    # the front door's address is allowed; another address is not, although nginx's hop comes from loopback
-    assert _exchange(m["port"], m["domain"], ["http/1.1"], ask, source="127.0.0.3").startswith(b"HTTP/1.1 200")
-    assert _exchange(m["port"], m["domain"], ["http/1.1"], ask, source="127.0.0.2").startswith(b"HTTP/1.1 403")
+    ask = (f"GET /http-bind HTTP/1.1\r\nHost: {m['domain']}\r\nConnection: close\r\n\r\n").encode()
+    for source in ("127.0.0.3", "127.0.0.2"):
+        answer = _exchange(m["port"], m["domain"], ["http/1.1"], ask, source=source)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"forwarded_for": source}

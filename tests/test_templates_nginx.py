@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ensemble import paths
 from ensemble.frontdoor.occupancy import occupancy_authorization
 from ensemble.profiles import PROFILES
 from ensemble.providers.base import Host
@@ -61,6 +62,10 @@ def _nginx_tree(tmp: Path, files, cert, rewrites: dict[str, str] | None = None) 
     domain = Path(site.path).name.removesuffix(".conf")
     text = text.replace(f"/etc/ensemble/tls/{domain}/fullchain.pem", str(cert[0]))
     text = text.replace(f"/etc/ensemble/tls/{domain}/privkey.pem", str(cert[1]))
+    # the private occupancy listener keeps its own (fleet-CA) certificate, as rendered
+    for name in ("fullchain.pem", "privkey.pem"):
+        (tmp / f"occupancy-{name}").write_text(by_path[f"/etc/ensemble/tls/occupancy/{name}"].content)
+        text = text.replace(f"/etc/ensemble/tls/occupancy/{name}", str(tmp / f"occupancy-{name}"))
     for old, new in (rewrites or {}).items():
         assert old in text, old
         text = text.replace(old, new)
@@ -125,6 +130,9 @@ def test_site_has_no_http_level_names_and_one_file_serves_two_sites(tmp_path, ce
     site2 = next(f for f in second if f.path.startswith("/etc/nginx/sites-available/")).content
     site2 = site2.replace("/etc/ensemble/tls/demo-2.meet.example.org/fullchain.pem", str(cert[0]))
     site2 = site2.replace("/etc/ensemble/tls/demo-2.meet.example.org/privkey.pem", str(cert[1]))
+    for name in ("fullchain.pem", "privkey.pem"):
+        (tmp_path / f"occupancy2-{name}").write_text(_by_path(second)[f"/etc/ensemble/tls/occupancy/{name}"].content)
+        site2 = site2.replace(f"/etc/ensemble/tls/occupancy/{name}", str(tmp_path / f"occupancy2-{name}"))
     (tmp_path / "site2.conf").write_text(site2)
     text = first.read_text().replace(f"include {tmp_path}/site.conf;",
                                      f"include {tmp_path}/site.conf;\n    include {tmp_path}/site2.conf;")
@@ -197,8 +205,10 @@ def served_shard(tmp_path, cert, backends):
     (acme / ".well-known/acme-challenge/tok").write_text("challenge-answer")
     (tmp_path / "config.js").write_text(_by_path(files)[f"/etc/jitsi/meet/{domain}-config.js"].content)
     (tmp_path / "state.json").write_text('{"drain": false}\n')
-    https_port, http_port = _free_port(), _free_port()
+    https_port, http_port, occupancy_port = _free_port(), _free_port(), _free_port()
     conf = _nginx_tree(tmp_path, files, cert, {
+        f"listen {paths.OCCUPANCY_PORT} ssl;": f"listen 127.0.0.1:{occupancy_port} ssl;",
+        f"listen [::]:{paths.OCCUPANCY_PORT} ssl;": "",
         "listen 443 ssl http2;": f"listen 127.0.0.1:{https_port} ssl http2;",
         "listen [::]:443 ssl http2;": "",
         "listen 80;": f"listen 127.0.0.1:{http_port};",
@@ -230,8 +240,8 @@ def served_shard(tmp_path, cert, backends):
                 pytest.fail(f"nginx did not start: {proc.stderr.read().decode()}")
             time.sleep(0.05)
     _Recorder.seen = []
-    yield {"https": https_port, "http": http_port, "domain": domain,
-           "token": secrets["fleet"]["occupancy_token"]}
+    yield {"https": https_port, "http": http_port, "occupancy": occupancy_port, "domain": domain,
+           "token": secrets["fleet"]["occupancy_token"], "secrets": secrets}
     proc.send_signal(signal.SIGTERM)  # fast shutdown: nothing is left to serve
     try:
         proc.wait(timeout=10)
@@ -303,13 +313,17 @@ def test_signalling_and_etherpad_reach_their_backends(served_shard):
 def test_occupancy_endpoints_need_token_and_allowed_address(served_shard, path, backend, backend_path):
     s = served_shard
     auth = {"Authorization": occupancy_authorization(s["token"], path, s["domain"])}
-    assert _get(s["https"], path, s["domain"])[0].status == 403
-    assert _get(s["https"], path, s["domain"], {"Authorization": "Bearer wrong"})[0].status == 403
-    assert _get(s["https"], path, s["domain"], {"Authorization": f"Bearer {s['token']}"})[0].status == 403
+    assert _get(s["occupancy"], path, s["domain"])[0].status == 403
+    assert _get(s["occupancy"], path, s["domain"], {"Authorization": "Bearer wrong"})[0].status == 403
+    assert _get(s["occupancy"], path, s["domain"], {"Authorization": f"Bearer {s['token']}"})[0].status == 403
     # right token from an address that is neither the front door nor this host
-    assert _get(s["https"], path, s["domain"], auth, source="127.0.0.2")[0].status == 403
+    assert _get(s["occupancy"], path, s["domain"], auth, source="127.0.0.2")[0].status == 403
+    # the public port no longer serves them, whoever asks and with a good tag
+    _Recorder.seen = []
+    assert b'"backend"' not in _get(s["https"], path, s["domain"], auth, source="127.0.0.3")[1]
+    assert not _Recorder.seen
     for source in ("127.0.0.1", "127.0.0.3"):  # this host, the front door
-        resp, body = _get(s["https"], path, s["domain"], auth, source=source)
+        resp, body = _get(s["occupancy"], path, s["domain"], auth, source=source)
         assert resp.status == 200
         seen = json.loads(body)
         assert (seen["backend"], seen["path"]) == (backend, backend_path)
@@ -319,9 +333,9 @@ def test_occupancy_endpoints_need_token_and_allowed_address(served_shard, path, 
 
 def test_state_endpoint_serves_the_drain_flag(served_shard):
     s = served_shard
-    assert _get(s["https"], "/_ensemble/state", s["domain"])[0].status == 403
+    assert _get(s["occupancy"], "/_ensemble/state", s["domain"])[0].status == 403
     auth = {"Authorization": occupancy_authorization(s["token"], "/_ensemble/state", s["domain"])}
-    resp, body = _get(s["https"], "/_ensemble/state", s["domain"], auth)
+    resp, body = _get(s["occupancy"], "/_ensemble/state", s["domain"], auth)
     assert resp.status == 200
     assert resp.getheader("Content-Type") == "application/json"
     assert json.loads(body) == {"drain": False}
@@ -339,9 +353,10 @@ SECURITY_HEADERS = {"Strict-Transport-Security": "max-age=63072000", "X-Content-
 def test_security_headers_on_every_https_response(served_shard, path, auth):
     """HSTS and nosniff on every answer, 200 or 4xx, whichever location (add_header is not inherited)."""
     s = served_shard
-    resp, _ = _get(s["https"], path, s["domain"], {"Authorization": f"Bearer {s['token']}"} if auth else None)
-    for name, value in SECURITY_HEADERS.items():
-        assert resp.getheader(name) == value, (path, resp.status, resp.getheaders())
+    for port in (s["https"], s["occupancy"]) if path.startswith("/_ensemble/") else (s["https"],):
+        resp, _ = _get(port, path, s["domain"], {"Authorization": f"Bearer {s['token']}"} if auth else None)
+        for name, value in SECURITY_HEADERS.items():
+            assert resp.getheader(name) == value, (path, port, resp.status, resp.getheaders())
 
 
 @pytest.mark.parametrize("path", [

@@ -14,7 +14,7 @@ from pathlib import Path
 from ensemble.errors import UsageError
 from ensemble.frontdoor.occupancy import OccupancySource
 from ensemble.frontdoor.refresh import NginxControl, RefreshResult, refresh
-from ensemble.frontdoor.render import FrontdoorLayout, shard_certificates_trusted
+from ensemble.frontdoor.render import FrontdoorLayout
 from ensemble.secrets import FLEET_KEY
 from ensemble.spec import FleetSpec
 from ensemble.userfiles import parse_json, read_user_text
@@ -44,7 +44,7 @@ def run_refresh(spec: FleetSpec, secrets_path: Path | None = None, layout: Front
     """
     layout = layout or FrontdoorLayout()
     token = occupancy_token(secrets_path or Path(layout.secrets_path))
-    # certificates that do not chain to the system's CAs are not verified: the channel stays TLS and
-    # the shard answers only the front door's address with the fleet's token
-    source = OccupancySource(token=token, ca_file=ca_file, verify_tls=bool(ca_file) or shard_certificates_trusted(spec))
+    # every shard's occupancy listener is verified against the fleet CA (host name included), whatever
+    # the TLS mode of the public site: a host answering for a shard's name without its certificate is refused
+    source = OccupancySource(token=token, ca_file=ca_file or layout.fleet_ca_path)
     return refresh(spec, layout, source, nginx or NginxControl())

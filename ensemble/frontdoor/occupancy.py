@@ -1,10 +1,12 @@
 """Reading shards: census, JVB stats, health and drain state, over each shard's private location.
 
-Every shard's nginx answers ``/_ensemble/{census,stats,health,state}`` only to the front door's
-address and only with a tag of the fleet's occupancy token (`occupancy_authorization`): the token
-itself never leaves the front door, so whoever answers for a shard's name (certificates are not
-verified in self-signed and staging TLS modes) gets a tag good for one path of one shard for a few
-minutes, which the real shard accepts only from the front door's address. Reads run in parallel,
+Every shard's nginx answers ``/_ensemble/{census,stats,health,state}`` on its private occupancy
+listener (paths.OCCUPANCY_PORT), only to the front door's address and only with a tag of the fleet's
+occupancy token (`occupancy_authorization`): the token itself never leaves the front door. The
+listener's certificate is issued for the shard's name by the fleet's own CA (ensemble/fleetca.py)
+and verified against that CA with a host name check in every TLS mode (certificate checks are never
+off), so a host answering for a shard's name without it is refused before anything is sent: the
+shard is unreadable, its reason names the certificate. Reads run in parallel,
 each with a timeout; a shard that does not answer all four gives ``ShardReading(ok=False)``.
 The parsing functions are pure (facts); `read_shard`/`read_all` do the I/O.
 
@@ -18,17 +20,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import math
+import socket
 import ssl
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ensemble.frontdoor.rooms import key_from_census
 from ensemble.frontdoor.selection import LiveRoom, ShardReading
+from ensemble.paths import OCCUPANCY_PORT
 
 ENDPOINTS = ("census", "stats", "health", "state")
 TAG_LIFETIME = 300  # seconds a tag stays valid: covers clock skew between the front door and a shard
@@ -56,15 +60,14 @@ class OccupancySource:
 
     Example::
 
-        OccupancySource(token="t")                                   # https://<shard>/_ensemble/...
-        OccupancySource(token="t", urls={"s1": "http://127.0.0.1:8081"}, verify_tls=False)
+        OccupancySource(token="t", ca_file="/etc/ensemble/fleet-ca.pem")   # https://<shard>:7443/_ensemble/...
+        OccupancySource(token="t", urls={"s1": "http://127.0.0.1:8081"})  # plain HTTP: stand-ins, tests
     """
 
     token: str
-    url_pattern: str = "https://{shard}"
+    url_pattern: str = f"https://{{shard}}:{OCCUPANCY_PORT}"
     urls: dict[str, str] = field(default_factory=dict)  # per-shard base URL overrides (stand-ins, tests)
-    verify_tls: bool = True
-    ca_file: str | None = None
+    ca_file: str | None = None  # the fleet CA (production); None: the system's CAs
     timeout: float = 5.0
     parallel: int = 32
 
@@ -208,12 +211,8 @@ def reading_from(name: str, census: dict, stats: dict, healthy: bool, state: dic
 
 # ---------------------------------------------------------------- actions: HTTP
 
-def _context(source: OccupancySource) -> ssl.SSLContext | None:
-    if not source.verify_tls:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+def _context(source: OccupancySource) -> ssl.SSLContext:
+    """Certificate and host name always checked: against the fleet CA only when one is given."""
     return ssl.create_default_context(cafile=source.ca_file)
 
 
@@ -233,22 +232,54 @@ def read_bounded(response, limit: int, deadline: float) -> bytes:
         chunks.append(chunk)
 
 
+class ShardHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to an address whose certificate must be valid for `shard_name` (the name, not the address,
+    is what TLS checks: an address override for a stand-in or test checks the same certificate).
+
+    Example::
+
+        ShardHTTPSConnection("127.0.0.1", 7443, shard_name="demo-1.meet.example.org", context=ctx)
+    """
+
+    def __init__(self, host: str, port: int, *, shard_name: str, context: ssl.SSLContext, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.shard_name, self.tls_context = shard_name, context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        try:
+            self.sock = self.tls_context.wrap_socket(sock, server_hostname=self.shard_name)
+        except BaseException:
+            sock.close()
+            raise
+
+
 def fetch(source: OccupancySource, shard: str, endpoint: str, deadline: float | None = None) -> tuple[int, bytes]:
-    """GET <base>/_ensemble/<endpoint> with the token; (status, body at most MAX_BODY bytes).
-    Network errors raise OSError; an answer too big or slower than `deadline` raises ValueError."""
+    """GET <base>/_ensemble/<endpoint> with a tag of the token; (status, body at most MAX_BODY bytes; empty
+    unless 200). Over https the certificate must be valid for the shard's name (against `source.ca_file`)
+    before anything is sent; redirects are not followed. Network and TLS errors raise OSError; an
+    answer too big or slower than `deadline` raises ValueError."""
     deadline = time.monotonic() + source.timeout if deadline is None else deadline
     path = f"/_ensemble/{endpoint}"
-    url = f"{source.base_url(shard)}{path}"
-    # Host names the shard even when the URL is an override (a stand-in or an address)
-    request = urllib.request.Request(url, headers={"Authorization": occupancy_authorization(source.token, path, shard),
-                                                   "Host": shard, "User-Agent": "ensemble-frontdoor"})
-    context = _context(source) if url.startswith("https:") else None
+    base = urllib.parse.urlsplit(source.base_url(shard))
     timeout = max(0.1, min(source.timeout, deadline - time.monotonic()))  # per socket operation
+    if base.scheme == "https":
+        conn: http.client.HTTPConnection = ShardHTTPSConnection(
+            base.hostname or shard, base.port or 443, shard_name=shard, context=_context(source), timeout=timeout)
+    elif base.scheme == "http":  # stand-ins and tests only: production reads are https (url_pattern)
+        conn = http.client.HTTPConnection(base.hostname or shard, base.port or 80, timeout=timeout)
+    else:
+        raise ValueError(f"unsupported URL scheme {base.scheme!r}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-            return response.status, read_bounded(response, MAX_BODY, deadline)
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
+        # Host names the shard even when the URL is an override (a stand-in or an address)
+        conn.request("GET", path, headers={"Authorization": occupancy_authorization(source.token, path, shard),
+                                           "Host": shard, "User-Agent": "ensemble-frontdoor"})
+        response = conn.getresponse()
+        if response.status != 200:
+            return response.status, b""
+        return response.status, read_bounded(response, MAX_BODY, deadline)
+    finally:
+        conn.close()
 
 
 def _json(status: int, body: bytes, what: str) -> dict:
@@ -283,7 +314,9 @@ def read_shard(name: str, source: OccupancySource, capacity: int | None = None) 
         state_status, state_body = fetch(source, name, "state", deadline)
         state = _json(state_status, state_body, "state") if state_status != 404 else {}
         return reading_from(name, census, stats, health_status == 200, state, capacity)
-    except (OSError, ValueError) as exc:  # URLError, timeouts, refused, TLS, bad JSON, bad fields, HTTP errors
+    except ssl.SSLCertVerificationError as exc:  # not the fleet CA's certificate for this name: nothing was sent
+        return ShardReading(name=name, ok=False, error=f"certificate refused: {exc.verify_message}"[:200])
+    except (OSError, ValueError) as exc:  # timeouts, refused, TLS, bad JSON, bad fields, HTTP errors
         reason = getattr(exc, "reason", None) or exc
         return ShardReading(name=name, ok=False, error=" ".join(str(reason).split())[:200] or type(exc).__name__)
     except Exception as exc:  # noqa: BLE001  anything else a hostile answer provokes (http.client errors...)

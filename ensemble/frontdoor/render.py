@@ -21,11 +21,12 @@ from importlib.resources import files as package_files
 from pathlib import Path
 
 from ensemble import paths
+from ensemble.errors import EnsembleError
 from ensemble.frontdoor.rooms import KEY_PATTERN, MAX_RAW_LENGTH, PAGE_SEGMENT_PATTERN, SIMPLE_ROOM_PATTERN
 from ensemble.frontdoor.selection import RoutingPlan, ShardDecision
 from ensemble.paths import ACME_WEBROOT, TLS_DIR
 from ensemble.providers.base import Host
-from ensemble.secrets import Secrets
+from ensemble.secrets import CA_ENTRY, Secrets
 from ensemble.spec import FleetSpec
 from ensemble.templating import RenderedFile, render_template
 
@@ -82,6 +83,7 @@ class FrontdoorLayout:
     routes_log: str = "/var/log/nginx/ensemble-routes.log"
     spec_path: str = paths.FRONTDOOR_SPEC
     secrets_path: str = paths.SECRETS_FILE
+    fleet_ca_path: str = paths.FLEET_CA_CERT  # the refresher verifies every shard against it
     ensemble_bin: str = paths.ENSEMBLE_BIN
     listen: tuple[str, ...] = ("443 ssl http2", "[::]:443 ssl http2")
     http_listen: tuple[str, ...] = ("80", "[::]:80")  # the redirect to https (and ACME challenges), with tls
@@ -115,6 +117,20 @@ class FrontdoorLayout:
 # ---------------------------------------------------------------- facts
 
 LETSENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+def fleet_ca_cert(secrets: Secrets) -> str:
+    """The fleet CA's certificate (PEM) from the store; an error naming the entry when it is missing.
+
+    Example::
+
+        fleet_ca_cert(store).startswith("-----BEGIN CERTIFICATE-----")    # True
+    """
+    cert = secrets.get(CA_ENTRY, {}).get("cert")
+    if not isinstance(cert, str) or not cert.startswith("-----BEGIN CERTIFICATE-----"):
+        raise EnsembleError(f"secrets: no fleet CA certificate in the {CA_ENTRY!r} entry; "
+                            "'ensemble render' or deploy creates it")
+    return cert
 
 
 def shard_certificates_trusted(spec: FleetSpec) -> bool:
@@ -222,8 +238,9 @@ def frontdoor_files(spec: FleetSpec, secrets: Secrets, shards: list[Host] | None
     """Every file ensemble owns on the front door host (the live routing maps excepted: see above).
 
     `shards` is accepted for symmetry with the shard renderers; routing follows the spec's shard
-    names (the refresher on the front door host only has the spec). The secrets are not needed:
-    the occupancy token is read by the refresher at run time, never written into nginx.
+    names (the refresher on the front door host only has the spec). Of the secrets only the fleet
+    CA's certificate (public) is used: the occupancy token is read by the refresher at run time,
+    never written into nginx.
 
     Example::
 
@@ -254,6 +271,9 @@ def frontdoor_files(spec: FleetSpec, secrets: Secrets, shards: list[Host] | None
     for code, (fr, en) in ERROR_TEXT.items():
         out.append(file(f"{web}/_ensemble/{code}.html", render_template("frontdoor/error.html.j2",
                                                                          {"fr": fr, "en": en}), None))
+    if CA_ENTRY in secrets:  # always after complete_secrets; without it the refresher reads no shard (fails closed)
+        # public: the fleet CA's certificate, which the refresher checks each shard's occupancy listener against
+        out.append(file(layout.fleet_ca_path, fleet_ca_cert(secrets), service=None))
     unit = {"routing_path": layout.routing_path, "seed_path": layout.seed_path, "ensemble_bin": layout.ensemble_bin,
             "spec_path": layout.spec_path, "secrets_path": layout.secrets_path,
             "shards": spec.fleet.shards,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from ensemble import paths
 from ensemble.publicports import port_range, public_ports
 
 if TYPE_CHECKING:
@@ -193,6 +194,10 @@ def firewall_rules(ssh_cidrs: list[str], role: str, spec: FleetSpec | None = Non
     tcp, udp = public_ports(role, spec)
     public = [("tcp", *port_range(p)) for p in tcp] + [("udp", *port_range(p)) for p in udp]
     rules = []
+    if role == "shard":
+        # the shards' occupancy port is let through the group (set before the front door has an
+        # address); each shard's nftables then accepts it from the front door's addresses only
+        public.append(("tcp", paths.OCCUPANCY_PORT, paths.OCCUPANCY_PORT))
     for protocol, first_port, last_port in public:
         rules += [(protocol, first_port, last_port, "0.0.0.0/0"), (protocol, first_port, last_port, "::/0")]
     rules += [("tcp", 22, 22, cidr) for cidr in ssh_cidrs]
