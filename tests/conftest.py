@@ -120,6 +120,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                 + ", ".join(unmarked))
 
 
+def local_spec_toml(fleet: str, shards: int, *, header: str = "", domain: str = "", tls: str = "self-signed",
+                    tail: str = "[jitsi]\netherpad = false\n") -> str:
+    """The spec file of a local test fleet as a user writes it (for tests that drive the real CLI).
+
+    `tail` holds the sections after [tls] (Etherpad off unless given).
+
+    Example::
+
+        local_spec_toml("t-chain", 2, header="# test fleet of tests/test_lifecycle_chains.py\n",
+                        tail="[jitsi]\netherpad = false\n\n[frontdoor]\nrefresh_interval = 5\n")
+    """
+    return f"""{header}[fleet]
+name = "{fleet}"
+domain = "{domain or fleet + '.test'}"
+shards = {shards}
+
+[provider]
+kind = "local"
+
+[provider.local]
+state_dir = "{TEST_STATE_DIR}"
+
+[tls]
+mode = "{tls}"
+
+{tail}"""
+
+
 def local_spec(fleet: str, shards: int = 1, os_profile: str = "debian-bookworm", **settings):
     """A spec of a local test fleet named `fleet` (<= 31 chars), domain `<fleet>.test`.
 

@@ -19,8 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import TEST_STATE_DIR, ssh_run
 from conftest import ensemble_json as ensemble
+from conftest import local_spec_toml, ssh_run
 from standins.shard_occupancy import free_port
 from standins.xmpp_participant import Participant
 from test_lifecycle_chains import census, route, wait_until
@@ -32,22 +32,7 @@ pytestmark = [pytest.mark.realhost, pytest.mark.slow]
 
 
 def spec_toml() -> str:
-    return f"""# test fleet of tests/test_autoscale_realhost.py
-[fleet]
-name = "{FLEET}"
-domain = "{FLEET}.test"
-shards = 1
-
-[provider]
-kind = "local"
-
-[provider.local]
-state_dir = "{TEST_STATE_DIR}"
-
-[tls]
-mode = "self-signed"
-
-[jitsi]
+    return local_spec_toml(FLEET, 1, header="# test fleet of tests/test_autoscale_realhost.py\n", tail="""[jitsi]
 etherpad = false
 
 [frontdoor]
@@ -63,7 +48,7 @@ hysteresis = 1
 cooldown_up = 0
 cooldown_down = 0
 drain_timeout = 20
-"""
+""")
 
 
 def autoscale(config: Path, state: Path) -> tuple[int, dict, str]:

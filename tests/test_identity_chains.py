@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TEST_STATE_DIR, ssh_run
+from conftest import local_spec_toml, ssh_run
 
 pytestmark = [pytest.mark.realhost, pytest.mark.slow]
 
@@ -29,23 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def spec_text(domain: str, tls: str = "self-signed") -> str:
-    return f"""[fleet]
-name = "{FLEET}"
-domain = "{domain}"
-shards = 1
-
-[provider]
-kind = "local"
-
-[provider.local]
-state_dir = "{TEST_STATE_DIR}"
-
-[tls]
-mode = "{tls}"
-
-[etherpad]
-source_url = "npm:ep_etherpad-lite@1.8.14"
-"""
+    return local_spec_toml(FLEET, 1, domain=domain, tls=tls,
+                           tail='[etherpad]\nsource_url = "npm:ep_etherpad-lite@1.8.14"\n')
 
 
 def start(config: Path, *args: str) -> subprocess.Popen:

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TEST_STATE_DIR, ssh_run
 from conftest import ensemble_json as ensemble
+from conftest import local_spec_toml, ssh_run
 from standins.xmpp_participant import Participant
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,27 +34,8 @@ pytestmark = [pytest.mark.realhost, pytest.mark.slow]
 
 
 def spec_toml() -> str:
-    return f"""# test fleet of tests/test_lifecycle_chains.py
-[fleet]
-name = "{FLEET}"
-domain = "{FLEET}.test"
-shards = 2
-
-[provider]
-kind = "local"
-
-[provider.local]
-state_dir = "{TEST_STATE_DIR}"
-
-[tls]
-mode = "self-signed"
-
-[jitsi]
-etherpad = false
-
-[frontdoor]
-refresh_interval = 5
-"""
+    return local_spec_toml(FLEET, 2, header="# test fleet of tests/test_lifecycle_chains.py\n",
+                           tail="[jitsi]\netherpad = false\n\n[frontdoor]\nrefresh_interval = 5\n")
 
 
 class Background:

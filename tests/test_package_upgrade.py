@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TEST_STATE_DIR, ssh_run
 from conftest import ensemble_json as ensemble
+from conftest import local_spec_toml, ssh_run
 
 from ensemble.standins.jitsi_repo import KEY_FILE, SUITE, build_standin_repo
 
@@ -36,25 +36,8 @@ pytestmark = [pytest.mark.realhost, pytest.mark.slow]
 
 def spec_toml(repo_settings: dict[str, str]) -> str:
     jitsi = "\n".join(f'{key} = "{value}"' for key, value in repo_settings.items())
-    return f"""# test fleet of tests/test_package_upgrade.py
-[fleet]
-name = "{FLEET}"
-domain = "{FLEET}.test"
-shards = 1
-
-[provider]
-kind = "local"
-
-[provider.local]
-state_dir = "{TEST_STATE_DIR}"
-
-[tls]
-mode = "self-signed"
-
-[jitsi]
-etherpad = false
-{jitsi}
-"""
+    return local_spec_toml(FLEET, 1, header="# test fleet of tests/test_package_upgrade.py\n",
+                           tail=f"[jitsi]\netherpad = false\n{jitsi}\n")
 
 
 def point_at(served: Path, repo_path: Path) -> None:

@@ -22,8 +22,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import TEST_STATE_DIR, require_tool, ssh_run
 from conftest import ensemble_json as ensemble
+from conftest import local_spec_toml, require_tool, ssh_run
 
 FLEET = "t-tu"
 PEER_PORT = 3480
@@ -31,27 +31,8 @@ pytestmark = [pytest.mark.realhost, pytest.mark.slow]
 
 
 def spec_toml(gateway: str) -> str:
-    return f"""# test fleet of tests/test_turn_e2e.py
-[fleet]
-name = "{FLEET}"
-domain = "{FLEET}.test"
-shards = 1
-
-[provider]
-kind = "local"
-
-[provider.local]
-state_dir = "{TEST_STATE_DIR}"
-
-[tls]
-mode = "self-signed"
-
-[jitsi]
-etherpad = false
-
-[turn]
-allowed_peer_ips = ["{gateway}/32"]
-"""
+    return local_spec_toml(FLEET, 1, header="# test fleet of tests/test_turn_e2e.py\n",
+                           tail=f'[jitsi]\netherpad = false\n\n[turn]\nallowed_peer_ips = ["{gateway}/32"]\n')
 
 
 @pytest.fixture(scope="module")
