@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,7 @@ def _deploy_fleet(spec: FleetSpec, provider: Provider, dry: bool, progress, host
         disruptive_changes,
         found_identity,
         provider_account,
+        read_record,
         record_path_for,
         refuse_disruptive,
         remember,
@@ -153,8 +154,13 @@ def _deploy_fleet(spec: FleetSpec, provider: Provider, dry: bool, progress, host
     verdict = check_identity(spec, provider_account(provider), found, record_path_for(spec),
                              "plan" if dry else "deploy", create=not dry)
     identity = verdict.identity
+    # an id made just now (no record beside this spec, no label on the hosts) yields to the one the
+    # hosts keep: the same name and domain adopt the fleet (a record elsewhere, or one never written)
+    minted = not (found and found.fleet_id) and read_record(record_path_for(spec)) is None
     kept = read_kept(existing)  # a stopped host is read again once ensure_hosts has started it
     kept_id = _kept_fleet_id(kept)
+    if kept_id and minted:
+        identity = replace(identity, fleet_id=kept_id)
     if kept_id and identity.fleet_id and kept_id != identity.fleet_id:
         raise UsageError(f"fleet.name: the hosts of {found.describe() if found else spec.fleet.name} keep fleet id "
                          f"{kept_id} in /etc/ensemble, not {identity.fleet_id}: another fleet; nothing changed")
@@ -163,7 +169,6 @@ def _deploy_fleet(spec: FleetSpec, provider: Provider, dry: bool, progress, host
         result.notes += [f"DISRUPTIVE: {change}; deploy needs --allow-disruptive" for change in disruptive]
     else:
         refuse_disruptive(disruptive, "deploy", allow_disruptive)
-        remember(spec, identity)  # kept beside the spec's secrets before any host is made
     size = size if size is not None else fleet_size(spec, kept.recorded)
     refuse_shards_beyond(spec, size, existing)
     target = spec.with_shards(size)
@@ -190,6 +195,10 @@ def _deploy_fleet(spec: FleetSpec, provider: Provider, dry: bool, progress, host
         env = provider.deploy_environment(target)
         keyring = jitsi_keyring(env.spec)
         store, _ = merge_secrets(env.spec, {h.name: kept.secrets.get(h.name, "") for h in fleet}, fleet)
+        if not dry:
+            # kept only once every host's secrets read well: a refused run writes no record that a later
+            # run would hold against the hosts (the hosts made meanwhile carry the id in their labels)
+            remember(spec, identity)
         if identity.fleet_id:
             store[FLEET_KEY]["fleet_id"] = identity.fleet_id  # every host keeps it beside its secrets
         contexts = fleet_contexts(env, store, fleet, keyring=keyring, only=only, spec_shards=spec.fleet.shards,
