@@ -933,8 +933,10 @@ def test_packages_install_and_run_in_a_real_debian_guest(repo, local_fleet_facto
 
     # the services really log in to prosody with the preseeded passwords, over TLS checked against the
     # system store (the postinst trusts auth.D's certificate, as the real one does)
-    code, out, err = ssh_run(shard, """for i in $(seq 60); do
-            [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8888/about/health)" = 200 ] && break
+    # both services log in on their own time (a busy machine: well over a minute): wait for both
+    code, out, err = ssh_run(shard, """for i in $(seq 150); do
+            [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8888/about/health)" = 200 ] &&
+                grep -q 'joined JvbBrewery@internal.auth.' /var/log/jitsi/jvb.log && break
             sleep 1
         done
         curl -fsS http://127.0.0.1:8888/about/health -o /dev/null && grep 'XMPP: logged in' /var/log/jitsi/jvb.log""")
