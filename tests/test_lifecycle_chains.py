@@ -35,7 +35,9 @@ pytestmark = [pytest.mark.realhost, pytest.mark.slow]
 
 def spec_toml() -> str:
     return local_spec_toml(FLEET, 2, header="# test fleet of tests/test_lifecycle_chains.py\n",
-                           tail="[jitsi]\netherpad = false\n\n[frontdoor]\nrefresh_interval = 5\n")
+                           tail="[jitsi]\netherpad = false\n\n[frontdoor]\nrefresh_interval = 5\n"
+                                # the test looks for rooms each shard gets: many new rooms from one client
+                                "new_rooms_per_minute = 60000\n")
 
 
 class Background:
