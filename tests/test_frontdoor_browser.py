@@ -25,25 +25,14 @@ pytestmark = pytest.mark.needs_tool("chromium", CHROMEDRIVER, "nginx")
 
 @pytest.fixture()
 def browser_fleet(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
 
     spec = make_spec()
     standin = OccupancyStandin().start()
     shards = ShardsNginx(tmp_path / "shards", spec.shard_names(), standin.port, TOKEN).start()
     door = FrontdoorUnderTest(tmp_path / "door", spec, shards, TOKEN).start()
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                 f"--host-resolver-rules=MAP *.{spec.fleet.domain} 127.0.0.1, MAP {spec.fleet.domain} 127.0.0.1"):
-        options.add_argument(flag)
     driver = None
     try:
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-        driver.set_page_load_timeout(30)
+        driver = headless_chromium(tmp_path, f"MAP *.{spec.fleet.domain} 127.0.0.1, MAP {spec.fleet.domain} 127.0.0.1")
         yield spec, standin, door, driver
     finally:
         if driver:
@@ -51,6 +40,23 @@ def browser_fleet(tmp_path):
         door.stop()
         shards.stop()
         standin.stop()
+
+
+def headless_chromium(tmp_path, resolver_rules: str):
+    """A headless Chromium (its own profile in tmp_path) resolving names only by `resolver_rules`."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--host-resolver-rules={resolver_rules}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    return driver
 
 
 def start_meeting(driver, url: str, typed: str, button_text: str) -> str:
@@ -155,8 +161,6 @@ server {{
 def test_proxy_mode_the_browser_contacts_only_the_front_door(tmp_path):
     """Proxy mode with the deployed config.js: a room page, its assets, the conference request and BOSH all go
     to the front door's address (shard names do not even resolve in this browser), and reach the room's shard."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
     from standins.shard_occupancy import nginx_main_conf
 
@@ -182,18 +186,9 @@ def test_proxy_mode_the_browser_contacts_only_the_front_door(tmp_path):
     config = config.replace(f"https://{spec.fleet.domain}/", f"{origin}/").replace(
         f"wss://{spec.fleet.domain}/", f"ws://{spec.fleet.domain}:{door.port}/")
     (www / "config.js").write_text(config)
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                 f"--host-resolver-rules=MAP {spec.fleet.domain} 127.0.0.1, MAP * ~NOTFOUND"):
-        options.add_argument(flag)
     driver = None
     try:
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-        driver.set_page_load_timeout(30)
+        driver = headless_chromium(tmp_path, f"MAP {spec.fleet.domain} 127.0.0.1, MAP * ~NOTFOUND")
         standin.set_rooms(spec.shard_names()[2], {"r%c3%a9union%20d%c3%a9quipe": 2})
         result = door.refresh()
         for typed, expected in (("R%C3%A9union%20d'%C3%A9quipe", spec.shard_names()[2]),
