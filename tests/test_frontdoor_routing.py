@@ -250,3 +250,25 @@ def test_config_js_redirects_to_its_rooms_shard(fleet):
     status, location = client.get("/config.js?room=%c3%a9quipe")
     assert status == 302 and re.fullmatch(rf"http://{re.escape(names[1])}:\d+/config\.js\?room=%c3%a9quipe", location)
     assert client.get("/config.js")[0] == 400 and client.get("/config.js?room=%C3%89quipe")[0] == 400
+
+
+def test_simple_live_names_in_any_spelling_and_new_rooms_leave_no_error_log_line(fleet):
+    """Joins of a live room with a simple name are found by the raw name in any case (the raw-name pin map);
+    a spelling that needs decoding still reaches the room through its key; new rooms are redirected by the
+    split, logged in the route log, and write nothing to the error log (no deny per new room)."""
+    spec, standin, _, door, client = fleet
+    names = spec.shard_names()
+    bounds = split_bounds(door.refresh().plan.split)
+    key = "teammeeting-42"
+    home = next(n for n in names if n != split_choice(key, bounds))  # only the pin sends it there
+    standin.set_rooms(home, {key: 3})
+    result = door.refresh()
+    assert result.plan.pins[key] == home
+    for spelling in ("TeamMeeting-42", "teammeeting-42", "TEAMMEETING-42", "team%4Deeting-42"):
+        assert shard_of(client, spelling) == home, spelling
+    fresh = [f"FreshRoom{i}" for i in range(20)]
+    for name in fresh:
+        assert shard_of(client, name) == split_choice(name.lower(), split_bounds(result.plan.split)), name
+    routes = (door.prefix / "logs" / "routes.log").read_text()
+    assert all(f" {name.lower()} " in routes for name in fresh) and f" {key} " not in routes
+    assert "forbidden" not in (door.prefix / "error.log").read_text()

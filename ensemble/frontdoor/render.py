@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass, field
 from importlib.resources import files as package_files
@@ -34,6 +35,9 @@ COMPONENT = "frontdoor"
 FEW_CAPITALS = 12  # room names with at most this many capitals take nginx's fast lower-casing path
 JITSI_CAPITALS = 4  # Jitsi's generated names are four capitalised words: the fastest capitals path
 PCRE_JIT_PATH = "/etc/nginx/modules-enabled/50-ensemble-pcre-jit.conf"  # main context on Debian
+
+# keys nginx computes itself (a simple segment lower-cased): their pins are also looked up by the raw segment
+SIMPLE_KEY = re.compile(SIMPLE_ROOM_PATTERN.replace("A-Za-z", "a-z"))
 
 PCRE_JIT_CONF = "# Managed by ensemble: the front door's room regexes are compiled with PCRE's JIT.\npcre_jit on;\n"
 
@@ -179,6 +183,7 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "key": f"{layout.tls_dir}/{domain}/privkey.pem",
         "acme_webroot": layout.acme_webroot,
         "shard_base": layout.shard_base(),
+        "pinned_page_base": layout.shard_base("$fd_pinned_page"),
         "shard_scheme": layout.shard_scheme,
         "shard_names": spec.shard_names(),
         "verify_tls": shard_certificates_trusted(spec),
@@ -225,6 +230,8 @@ def routing_conf(plan: RoutingPlan, spec: FleetSpec, layout: FrontdoorLayout, se
         "seed": seed,
         "shards": plan.shards,
         "pins": list(plan.pins.items()),
+        "simple_pins": [(key, shard) for key, shard in plan.pins.items()
+                        if spec.frontdoor.mode == "redirect" and SIMPLE_KEY.fullmatch(key)],
         "split": plan.split,
         "mode": spec.frontdoor.mode,
         "upstreams": [(name, layout.upstream_address(name)) for name in names],
