@@ -23,7 +23,13 @@ from pathlib import Path
 
 from ensemble import paths
 from ensemble.errors import EnsembleError
-from ensemble.frontdoor.rooms import KEY_PATTERN, MAX_RAW_LENGTH, PAGE_SEGMENT_PATTERN, SIMPLE_ROOM_PATTERN
+from ensemble.frontdoor.rooms import (
+    KEY_PATTERN,
+    MAX_KEY_LENGTH,
+    MAX_RAW_LENGTH,
+    PAGE_SEGMENT_PATTERN,
+    SIMPLE_ROOM_PATTERN,
+)
 from ensemble.frontdoor.selection import RoutingPlan, ShardDecision
 from ensemble.paths import ACME_WEBROOT, TLS_DIR
 from ensemble.providers.base import Host
@@ -36,6 +42,10 @@ FEW_CAPITALS = 12  # room names with at most this many capitals take nginx's fas
 JITSI_CAPITALS = 4  # Jitsi's generated names are four capitalised words: the fastest capitals path
 PCRE_JIT_PATH = "/etc/nginx/modules-enabled/50-ensemble-pcre-jit.conf"  # main context on Debian
 
+# nginx refuses to build a map whose longest key does not fit a hash bucket ("could not build map_hash"):
+# an entry takes the pointer, 2 bytes and the key rounded up to 8, a bucket also ends with a pointer, and
+# nginx rounds the size up to a cache line. A pin of the longest key (any client can make one) must load.
+MAP_HASH_BUCKET_SIZE = -(-(8 + ((MAX_KEY_LENGTH + 2 + 7) // 8) * 8 + 8) // 64) * 64  # 1088
 # keys nginx computes itself (a simple segment lower-cased): their pins are also looked up by the raw segment
 SIMPLE_KEY = re.compile(SIMPLE_ROOM_PATTERN.replace("A-Za-z", "a-z"))
 
@@ -194,6 +204,7 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "few": FEW_CAPITALS,
         "jitsi_capitals": JITSI_CAPITALS,
         "max_length": MAX_RAW_LENGTH,
+        "map_hash_bucket_size": MAP_HASH_BUCKET_SIZE,
         "capitals": list(range(1, FEW_CAPITALS + 1)),
         "letters": list(string.ascii_lowercase),
     }
