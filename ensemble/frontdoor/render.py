@@ -38,7 +38,7 @@ from ensemble.spec import FleetSpec
 from ensemble.templating import RenderedFile, render_template
 
 COMPONENT = "frontdoor"
-FEW_CAPITALS = 12  # room names with at most this many capitals take nginx's fast lower-casing path
+FEW_CAPITALS = 12  # simple names with more capitals are keyed by the browser (canonicalising page)
 JITSI_CAPITALS = 4  # Jitsi's generated names are four capitalised words: the fastest capitals path
 PCRE_JIT_PATH = "/etc/nginx/modules-enabled/50-ensemble-pcre-jit.conf"  # main context on Debian
 
@@ -200,7 +200,6 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "simple_pattern": SIMPLE_ROOM_PATTERN,
         "key_pattern": KEY_PATTERN,
         "page_pattern": PAGE_SEGMENT_PATTERN,
-        "positions": list(range(1, MAX_RAW_LENGTH + 1)),
         "few": FEW_CAPITALS,
         "jitsi_capitals": JITSI_CAPITALS,
         "max_length": MAX_RAW_LENGTH,
