@@ -29,8 +29,13 @@ from ensemble.standins.jitsi_repo import (
     JICOFO_VERSION,
     JVB_VERSION,
     KEY_FILE,
+    CURRENT_ONLY_PLUGINS,
+    LEGACY_ONLY_PLACEHOLDERS,
     MEET_VERSION,
+    OWN_PLUGINS,
     PLACEHOLDER_PLUGINS,
+    legacy_packages,
+    standin_packages,
 )
 
 PACKAGES = ["jitsi-videobridge2", "jicofo", "jitsi-meet-web", "jitsi-meet-web-config", "jitsi-meet-prosody",
@@ -270,9 +275,23 @@ def test_files_units_and_debconf_templates(repo, tmp_path):
 
     prosody = deb_paths(deb_of(repo, "jitsi-meet-prosody"))
     for name in ("muc_census", "conference_duration", "auth_jitsi-anonymous", "roster_command", "muc_filter_access",
-                 *PLACEHOLDER_PLUGINS):
+                 "muc_hide_all", "features_identity", "room_metadata_component", "polls_component",
+                 "speakerstats_component", "end_conference", "av_moderation_component", *PLACEHOLDER_PLUGINS):
         assert f"/usr/share/jitsi-meet/prosody-plugins/mod_{name}.lua" in prosody
     assert "/usr/share/jitsi-meet/prosody-plugins/mod_external_services.lua" not in prosody  # prosody ships it
+    for gone in LEGACY_ONLY_PLACEHOLDERS:  # removed upstream in 2025: loading them must fail, as upstream
+        assert f"/usr/share/jitsi-meet/prosody-plugins/mod_{gone}.lua" not in prosody
+
+
+def test_the_legacy_prosody_package_has_the_2023_plugins():
+    """jitsi-meet-prosody 1.0.7322 (legacy profiles) still has the modules removed in 2025, not the newer components."""
+    def plugins(packages) -> set[str]:
+        (pkg,) = [p for p in packages if p.name == "jitsi-meet-prosody"]
+        return {path.rsplit("/", 1)[1] for path in pkg.files if "/prosody-plugins/" in path}
+
+    legacy, current = plugins(legacy_packages()), plugins(standin_packages())
+    assert {f"mod_{n}.lua" for n in LEGACY_ONLY_PLACEHOLDERS} <= legacy - current
+    assert set(CURRENT_ONLY_PLUGINS) <= current - legacy
 
 
 def test_maintainer_scripts_are_valid_shell(repo, tmp_path):
@@ -292,8 +311,8 @@ def test_prosody_plugins_compile(repo, tmp_path):
     luac = shutil.which("luac5.4") or shutil.which("luac")
     assert luac, "lua5.4 (luac) is in .ci/apt-packages.txt"
     root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "p")
-    plugins = sorted((root / "usr/share/jitsi-meet/prosody-plugins").glob("*.lua"))
-    assert len(plugins) == len(PLACEHOLDER_PLUGINS) + 5
+    plugins = sorted((root / "usr/share/jitsi-meet/prosody-plugins").glob("*.lua"))  # *.lib.lua included
+    assert len(plugins) == len(PLACEHOLDER_PLUGINS) + len(OWN_PLUGINS) + len(CURRENT_ONLY_PLUGINS)
     for plugin in plugins:  # one file per run: Debian's luac5.4 aborts on many files at once
         subprocess.run([luac, "-p", str(plugin)], check=True)
     subprocess.run([luac, "-p", str(root / "usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example")], check=True)
@@ -591,11 +610,21 @@ class XmppClient:
         text, self.buffer = self.buffer[:match.end()], self.buffer[match.end():]
         return text
 
-    def join(self, room_jid: str, nick: str) -> None:
+    def join(self, room_jid: str, nick: str) -> str:
+        """Join a MUC; the stanzas up to our own presence (the other occupants' presences among them)."""
         self.send(f"<presence to='{room_jid}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
         # our own presence in the room (status 110): joined; an error presence: refused
         answer = self.read_until(r"<status code=['\"]110['\"]|<presence [^>]*type=['\"]error['\"].*?</presence>")
         assert "110" in answer, f"joining {room_jid} refused: {answer}"
+        return answer
+
+    def disco(self, to: str, what: str = "info") -> str:
+        """The answer (the whole <iq>) to a disco#info or disco#items query sent to `to`."""
+        self.queries = getattr(self, "queries", 0) + 1
+        iq_id = f"disco{self.queries}"
+        self.send(f"<iq type='get' id='{iq_id}' to='{to}'>"
+                  f"<query xmlns='http://jabber.org/protocol/disco#{what}'/></iq>")
+        return self.read_until(rf"(?s)<iq [^>]*id=['\"]{iq_id}['\"](?:[^>]*/>|.*?</iq>)")
 
     def close(self) -> None:
         try:
@@ -814,14 +843,33 @@ def test_standins_run_with_the_files_ensemble_renders(repo, tmp_path, start_serv
             visitor.close()
         status, answer = http("POST", f"{jicofo}/conference-request/v1", {"room": room})
         assert status == 200 and answer["ready"] is True
-        guest = XmppClient(prosody["c2s"], domain)
+        guest, outsider = XmppClient(prosody["c2s"], domain), XmppClient(prosody["c2s"], domain)
         try:
-            guest.join(room, "eve")
+            presences = guest.join(room, "eve").replace('"', "'")
+            # the focus made the room and owns it (admins of the MUC, as upstream)
+            focus = re.search(rf"(?s)<presence [^>]*from='{re.escape(room)}/focus'.*?</presence>", presences)
+            assert focus and "affiliation='owner'" in focus.group(), presences
             assert [(r["room_name"], r["participants"]) for r in get_census(prosody["census"], domain)] == [(room, 1)]
             stats = http("GET", f"{jvb}/colibri/stats")[1]
             assert (stats["conferences"], stats["participants"]) == (1, 1)
+            # muc_hide_all: an anonymous user lists no room and learns nothing of a room it is not in
+            items = outsider.disco(f"conference.{domain}", "items")
+            assert "type='result'" in items.replace('"', "'") and "<item" not in items, items
+            assert "forbidden" in outsider.disco(room), "disco#info of a room answered to a non-occupant"
+            assert "<identity" in guest.disco(room)  # an occupant still reads the room's info
+            # features_identity: the components are announced on the main host, as upstream's
+            identities = {}
+            for tag in re.findall(r"<identity [^>]*>", outsider.disco(domain)):  # attributes come in any order
+                attrs = dict(re.findall(r"(\w+)=['\"]([^'\"]*)['\"]", tag))
+                identities[attrs.get("type")] = attrs.get("name")
+            assert {kind: identities.get(kind) for kind in
+                    ("speakerstats", "end_conference", "av_moderation", "room_metadata", "polls")} == {
+                "speakerstats": f"speakerstats.{domain}", "end_conference": f"endconference.{domain}",
+                "av_moderation": f"avmoderation.{domain}", "room_metadata": f"metadata.{domain}",
+                "polls": f"polls.{domain}"}, identities
         finally:
             guest.close()
+            outsider.close()
         log = prosody["log"].read_text()
     problems = [line for line in log.splitlines() if re.search(r"\terror\t|Unable to load|Failed to load", line)]
     assert not problems, "\n".join(problems)
