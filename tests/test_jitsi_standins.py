@@ -26,10 +26,10 @@ from conftest import missing
 
 from ensemble.standins import build_standin_repo
 from ensemble.standins.jitsi_repo import (
+    CURRENT_ONLY_PLUGINS,
     JICOFO_VERSION,
     JVB_VERSION,
     KEY_FILE,
-    CURRENT_ONLY_PLUGINS,
     LEGACY_ONLY_PLACEHOLDERS,
     MEET_VERSION,
     OWN_PLUGINS,
@@ -292,6 +292,15 @@ def test_the_legacy_prosody_package_has_the_2023_plugins():
     legacy, current = plugins(legacy_packages()), plugins(standin_packages())
     assert {f"mod_{n}.lua" for n in LEGACY_ONLY_PLACEHOLDERS} <= legacy - current
     assert set(CURRENT_ONLY_PLUGINS) <= current - legacy
+    # its postinst predates polls as a component: it neither appends one nor comments the module out
+    from ensemble.standins.jitsi_repo import script_text
+
+    def postinst(packages) -> str:
+        (pkg,) = [p for p in packages if p.name == "jitsi-meet-prosody"]
+        return script_text(pkg, "postinst")
+
+    assert "polls_component" in postinst(standin_packages()) and "polls_component" not in postinst(legacy_packages())
+    assert postinst(legacy_packages()).count("\n") > 100  # the rest of the script is there
 
 
 def test_maintainer_scripts_are_valid_shell(repo, tmp_path):
@@ -643,13 +652,14 @@ def make_certs(folder: Path, *hosts: str) -> Path:
 
 
 @contextlib.contextmanager
-def running_prosody(repo, tmp_path: Path, vhost: str):
+def running_prosody(repo, tmp_path: Path, vhost: str, plugins: Path | None = None):
     """Run a real prosody on loopback ports with the stand-in plugins and `vhost` (a Jitsi virtual host file
-    whose plugin_paths is rewritten to the extracted stand-in plugins)."""
+    whose plugin_paths is rewritten to the extracted stand-in plugins, or to `plugins`)."""
     prosody = shutil.which("prosody")
     assert prosody, "prosody is in .ci/apt-packages.txt"
-    root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "pkg")
-    plugins = root / "usr/share/jitsi-meet/prosody-plugins"
+    if plugins is None:
+        root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "pkg")
+        plugins = root / "usr/share/jitsi-meet/prosody-plugins"
     vhost = vhost.replace('"/usr/share/jitsi-meet/prosody-plugins/"', f'"{plugins}/"')
     c2s, http_port = free_port(), free_port()
     (tmp_path / "data").mkdir()
@@ -876,9 +886,63 @@ def test_standins_run_with_the_files_ensemble_renders(repo, tmp_path, start_serv
 
 
 
+LOAD_PROBLEMS = r"\terror\t|Unable to load|Failed to load"
+
+
+def rendered_vhost(profile: str, certs_dir: Path) -> tuple[str, str]:
+    """(domain, prosody virtual host file) as ensemble renders it for `profile`, certificates made."""
+    from ensemble.render import shard_files
+    from ensemble.secrets import complete_secrets
+    from ensemble.spec import spec_from_dict
+
+    spec = spec_from_dict({"fleet": {"name": "stl", "domain": "stl.test", "shards": 1, "os": profile}},
+                          source="<test>")
+    domain = spec.shard_names()[0]
+    secrets: dict = {}
+    complete_secrets(secrets, spec)
+    (vhost,) = [f.content for f in shard_files(spec, 1, secrets) if f.component == "prosody"]
+    certs = make_certs(certs_dir, domain, f"auth.{domain}")
+    return domain, vhost.replace("/etc/prosody/certs/", f"{certs}/")
+
+
+@pytest.mark.needs_tool("prosody")
+def test_a_module_upstream_removed_fails_to_load(repo, tmp_path):
+    """The stand-in package no longer has the modules upstream removed in 2025: a virtual host that still
+    loads one (here "speakerstats" on the main host) makes prosody log the failure the tests look for."""
+    domain, vhost = rendered_vhost("debian-bookworm", tmp_path / "certs")
+    old = vhost.replace('        "features_identity";\n', '        "features_identity";\n        "speakerstats";\n', 1)
+    assert old != vhost
+    with running_prosody(repo, tmp_path, old) as prosody:
+        failure = wait_for(lambda: re.search(r".*Unable to load module.*speakerstats.*", prosody["log"].read_text()),
+                           what="prosody's complaint about mod_speakerstats")
+    assert re.search(LOAD_PROBLEMS, failure.group())
+
+
+@pytest.mark.needs_tool("prosody")
+def test_the_legacy_virtual_host_loads_with_the_legacy_plugins(tmp_path):
+    """A legacy profile's file (2.0.8719's layout: speakerstats, av_moderation and polls modules, the
+    conference_duration component) loads cleanly with the legacy jitsi-meet-prosody's plugins; the current
+    package's plugins would refuse it."""
+    from ensemble.standins.jitsi_repo import _write_tree
+
+    domain, vhost = rendered_vhost("debian-buster", tmp_path / "certs")
+    assert '"speakerstats";' in vhost and '"conference_duration_component"' in vhost
+    (pkg,) = [p for p in legacy_packages() if p.name == "jitsi-meet-prosody"]
+    _write_tree(pkg, tmp_path / "legacy")
+    with running_prosody(None, tmp_path, vhost, plugins=tmp_path / "legacy/usr/share/jitsi-meet/prosody-plugins"
+                         ) as prosody:
+        client = XmppClient(prosody["c2s"], domain)  # the hosts are up: an anonymous login works
+        client.close()
+        log = prosody["log"].read_text()
+    problems = [line for line in log.splitlines() if re.search(LOAD_PROBLEMS, line)]
+    assert not problems, "\n".join(problems)
+    assert "TEST STAND-IN placeholder mod_speakerstats loaded" in log
+
+
 @contextlib.contextmanager
-def chromium(tmp_path: Path, resolver_rules: str):
-    """Headless Debian Chromium driven by selenium; names resolved by `resolver_rules` only."""
+def chromium(tmp_path: Path, resolver_rules: str, languages: str = "en-US,en"):
+    """Headless Debian Chromium driven by selenium; names resolved by `resolver_rules` only; the browser's
+    preferred `languages` (navigator.languages)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -889,6 +953,7 @@ def chromium(tmp_path: Path, resolver_rules: str):
                  "--no-proxy-server", "--ignore-certificate-errors", f"--user-data-dir={tmp_path / 'chromium'}",
                  f"--host-resolver-rules={resolver_rules}"):
         options.add_argument(flag)
+    options.add_experimental_option("prefs", {"intl.accept_languages": languages})
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
         driver.set_page_load_timeout(30)
@@ -900,6 +965,60 @@ def chromium(tmp_path: Path, resolver_rules: str):
 def body_state(driver) -> dict:
     attributes = ("ready", "joined", "participants", "error")
     return {a: driver.find_element("tag name", "body").get_attribute(f"data-standin-{a}") for a in attributes}
+
+
+# ------------------------------------------------------------------------------------------------ web app language
+
+def standin_page(tmp_path: Path, config_js: str) -> Path:
+    """The stand-in web app's page as its index.html assembles it: config.js, then the package's
+    interface_config.js (upstream's defaults), then the app; no room (nothing to join)."""
+    from ensemble.standins.jitsi_repo import _data_bytes
+
+    web = tmp_path / "web"
+    web.mkdir(parents=True)
+    (web / "config.js").write_text(config_js)
+    (web / "interface_config.js").write_bytes(_data_bytes("web/interface_config.js"))
+    (web / "app.js").write_bytes(_data_bytes("web/libs/app.bundle.min.js"))
+    (web / "index.html").write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><script>window.standin = { room: "" };</script>'
+        '<script src="config.js"></script><script src="interface_config.js"></script>'
+        '<script src="app.js"></script></head><body><div id="react"></div></body></html>')
+    return web / "index.html"
+
+
+def page_language(browser, page: Path, query: str = "") -> tuple[str, dict]:
+    browser.get(page.as_uri() + query)
+    wait_for(lambda: body_state(browser)["ready"] == "true", timeout=15, what="the stand-in page")
+    return (browser.execute_script("return document.documentElement.lang"),
+            browser.execute_script("return window.interfaceConfig"))
+
+
+@pytest.mark.needs_tool("chromium", "/usr/bin/chromedriver")
+def test_interface_config_has_upstreams_defaults_and_ensembles_language_wins(tmp_path):
+    """With upstream's interface_config.js (LANG_DETECTION on), an English browser sees English even where
+    config.js says French; with the config.js ensemble renders, the fleet's French wins, every other upstream
+    default is kept, and ?lang= still switches."""
+    from ensemble.render import shard_files
+    from ensemble.secrets import complete_secrets
+    from ensemble.spec import spec_from_dict
+
+    spec = spec_from_dict({"fleet": {"name": "lng", "domain": "lng.test"}, "jitsi": {"language": "fr"}},
+                          source="<test>")
+    secrets: dict = {}
+    complete_secrets(secrets, spec)
+    domain = spec.shard_names()[0]
+    (rendered,) = [f.content for f in shard_files(spec, 1, secrets) if f.path == f"/etc/jitsi/meet/{domain}-config.js"]
+    with chromium(tmp_path, "MAP * ~NOTFOUND", languages="en-US,en") as browser:
+        upstream_lang, upstream_ic = page_language(
+            browser, standin_page(tmp_path / "upstream", "var config = { defaultLanguage: 'fr' };"))
+        assert upstream_lang == "en" and upstream_ic["LANG_DETECTION"] is True  # the browser wins upstream
+        page = standin_page(tmp_path / "ensemble", rendered)
+        lang, ic = page_language(browser, page)
+        assert lang == "fr" and ic["LANG_DETECTION"] is False
+        assert {k: v for k, v in ic.items() if k != "LANG_DETECTION"} == {
+            k: v for k, v in upstream_ic.items() if k != "LANG_DETECTION"}  # upstream's other defaults kept
+        assert (ic["APP_NAME"], ic["SHOW_JITSI_WATERMARK"], ic["PROVIDER_NAME"]) == ("Jitsi Meet", True, "Jitsi")
+        assert page_language(browser, page, "?lang=de")[0] == "de"  # the user's choice still wins
 
 
 # ------------------------------------------------------------------------------------------------ a real guest

@@ -20,6 +20,7 @@ import fcntl
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -104,6 +105,7 @@ class StandinPackage:
     files: dict[str, str] = field(default_factory=dict)  # guest path -> "data:<file>" or literal text
     modes: dict[str, int] = field(default_factory=dict)  # guest path -> mode (default 0644)
     scripts: tuple[str, ...] = ()  # maintainer scripts / debconf files under jitsi/debian/<name>.<script>
+    legacy: bool = False  # of the legacy set: its scripts lack the blocks marked "# >>> since 2025"
 
     def description(self) -> str:
         return (f"TEST STAND-IN for {self.what} {NOT_JITSI}\n"
@@ -231,7 +233,7 @@ def _packages(jvb_version: str, jicofo_version: str, web_version: str, meet_vers
                      "lua-basexx", "lua-luaossl", "lua-cjson", "lua-inspect", "debconf (>= 0.5) | debconf-2.0"),
             files={**_prosody_files(legacy),
                    "/usr/share/doc/jitsi-meet-prosody/README.standin": _readme("jitsi-meet-prosody")},
-            scripts=("templates", "config", "postinst", "postrm")),
+            scripts=("templates", "config", "postinst", "postrm"), legacy=legacy),
         StandinPackage(
             "jitsi-meet", meet_version, "the Jitsi Meet meta package (jitsi-meet)",
             pre_depends=(f"jitsi-videobridge2 (= {jvb_version})",),
@@ -343,7 +345,7 @@ def _write_tree(pkg: StandinPackage, root: Path) -> None:
     control.mkdir(parents=True, exist_ok=True)
     for script in pkg.scripts:
         target = control / script
-        target.write_bytes(_data_bytes(f"debian/{pkg.name}.{script}"))
+        target.write_bytes(script_text(pkg, script).encode())
         target.chmod(0o644 if script == "templates" else 0o755)
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and control not in p.parents)
     (control / "control").write_text(_control_text(pkg, max(1, (size + 1023) // 1024)))
@@ -351,6 +353,18 @@ def _write_tree(pkg: StandinPackage, root: Path) -> None:
         if path.is_dir():
             path.chmod(0o755)
         os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH), follow_symlinks=False)
+
+
+def script_text(pkg: StandinPackage, script: str) -> str:
+    """A maintainer script of the package; for the legacy set without the edits upstream added in 2025
+    (the blocks between "# >>> since 2025" and "# <<< since 2025").
+
+    Example: "polls_component" in script_text(legacy_prosody_package, "postinst")   # False
+    """
+    text = _data_bytes(f"debian/{pkg.name}.{script}").decode()
+    if pkg.legacy:
+        text = re.sub(r"(?ms)^[ \t]*# >>> since 2025.*?^[ \t]*# <<< since 2025[^\n]*\n", "", text)
+    return text
 
 
 def build_deb(pkg: StandinPackage, out_dir: Path, work_dir: Path) -> Path:
