@@ -192,6 +192,16 @@ def test_participants_are_counted_while_joined_and_not_after_leaving(shard):
 
 @pytest.mark.realhost
 @pytest.mark.slow
+def test_prosody_loaded_every_module_the_virtual_host_names(shard):
+    """The deployed virtual host (upstream's current layout) names no module the installed jitsi-meet-prosody
+    lacks: prosody's error log on the shard has no failed module load."""
+    code, out, err = ssh_run(shard, "cat /var/log/prosody/prosody.err /var/log/prosody/prosody.log 2>/dev/null"
+                                    " | grep -E 'Unable to load module|Error loading' || true")
+    assert code == 0 and out.strip() == "", out + err
+
+
+@pytest.mark.realhost
+@pytest.mark.slow
 def test_rooms_are_counted_apart_and_their_names_stay_private(shard):
     """Two rooms, counted apart by the census; through the shard's public signalling, an anonymous participant
     lists no room of the MUC (muc_hide_all) and cannot read a room it is not in, while it can read its own."""
