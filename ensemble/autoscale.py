@@ -29,15 +29,19 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ensemble import paths
 from ensemble.errors import EnsembleError, UsageError
 from ensemble.lifecycle import Progress, provider_for, scale_fleet
 from ensemble.providers.base import Host, Provider
@@ -431,12 +435,38 @@ def autoscale_once(spec: FleetSpec, *, dry_run: bool = False, state_path: Path |
     from ensemble.fleetlock import FleetLocked
     from ensemble.lifecycle import locked
 
+    with autoscaler_lock(spec, provider):
+        try:
+            with locked(spec, provider):
+                return _round(spec, False, state_path, provider, view, scale, set_drain, now, clock, progress)
+        except FleetLocked as exc:  # a deploy, an upgrade... under way: this round waits for the next
+            count = len([h for h in provider.list_hosts(spec) if h.role == "shard"])
+            return RoundResult(decision=Decision("hold", count, count, f"not this round: {exc}"), dry_run=False)
+
+
+@contextlib.contextmanager
+def autoscaler_lock(spec: FleetSpec, provider: Provider):
+    """One autoscaler per fleet on this ops host: a lock beside the fleet lock (`<fleet>.autoscaler`),
+    held by the long-running loop for its whole life and by each --once round; a second autoscaler
+    of the same fleet (a loop beside the timer, two timers) is refused with who holds it (exit 2).
+
+    Example::
+
+        with autoscaler_lock(spec, provider):
+            ...   # meanwhile `ensemble autoscale --once`: "another autoscaler of fleet 'demo' runs: ..."
+    """
+    from ensemble.fleetlock import FleetLocked, fleet_lock
+    from ensemble.identity import provider_account
+
     try:
-        with locked(spec, provider):
-            return _round(spec, False, state_path, provider, view, scale, set_drain, now, clock, progress)
+        lock = fleet_lock(f"{spec.fleet.name}.autoscaler", provider_account(provider))
+        lock.__enter__()
     except FleetLocked as exc:
-        count = len([h for h in provider.list_hosts(spec) if h.role == "shard"])
-        return RoundResult(decision=Decision("hold", count, count, f"not this round: {exc}"), dry_run=False)
+        raise UsageError(f"another autoscaler of fleet {spec.fleet.name!r} runs: {exc}") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(*sys.exc_info())
 
 
 def _round(spec: FleetSpec, dry_run: bool, state_path: Path, provider: Provider, view: ViewReader | None,
@@ -522,6 +552,15 @@ def autoscale_forever(spec: FleetSpec, interval: float, round_done: Callable[[Ro
 
         autoscale_forever(spec, 60, lambda r: print(r.decision.line()))
     """
+    with contextlib.ExitStack() as stack:
+        if not dry_run and one_round is None:  # the loop's whole life: no second autoscaler meanwhile
+            stack.enter_context(autoscaler_lock(spec, provider_for(spec)))
+        _loop(spec, interval, round_done, dry_run, state_path, progress, rounds, sleep, one_round)
+
+
+def _loop(spec: FleetSpec, interval: float, round_done: Callable[[RoundResult], None], dry_run: bool,
+          state_path: Path | None, progress: Progress, rounds: int | None, sleep: Callable[[float], None],
+          one_round: Callable[..., RoundResult] | None) -> None:
     done = 0
     while rounds is None or done < rounds:
         try:
@@ -534,3 +573,99 @@ def autoscale_forever(spec: FleetSpec, interval: float, round_done: Callable[[Ro
         done += 1
         if rounds is None or done < rounds:
             sleep(interval)
+
+
+# ---------------------------------------------------------------- the ops host's systemd unit + timer
+
+UNIT_TIMEOUT = 3600  # seconds a round may take (a scale up: create + deploy + ready) before systemd stops it
+
+
+def systemd_word(value: str, key: str, *, variables: bool = True) -> str:
+    """One word of a unit's ExecStart= (or, variables=False, Environment=), double-quoted for systemd:
+    `%` (specifiers) doubled, `$` (ExecStart's variables) doubled, `\\` and `"` escaped; a control
+    character is refused (exit 2, naming `key`).
+
+    Example::
+
+        systemd_word("/srv/50% ops/ensemble.toml", "--config")     # '"/srv/50%% ops/ensemble.toml"'
+    """
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise UsageError(f"{key}: {value!r} holds a control character; a systemd unit cannot carry it")
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped.replace("$", "$$") if variables else escaped}"'
+
+
+def unit_name(spec: FleetSpec) -> str:
+    """ensemble-autoscale-<fleet> (a .service and a .timer). Example: unit_name(spec) -> "ensemble-autoscale-demo"."""
+    return f"ensemble-autoscale-{spec.fleet.name}"
+
+
+def autoscale_units(spec: FleetSpec, spec_path: Path, state_path: Path, interval: int,
+                    command: list[str] | None = None) -> dict[str, str]:
+    """{file name: text} of the systemd service (one `autoscale --once` round, as this user, in this
+    folder, with this spec and state file) and its timer (a round `interval` s after the last one ended: rounds never
+    overlap; the fleet lock and the autoscaler lock cover the rest).
+
+    Example::
+
+        autoscale_units(spec, Path("/srv/ops/ensemble.toml"), default_state_path(spec), 60)
+        # {"ensemble-autoscale-demo.service": "...", "ensemble-autoscale-demo.timer": "..."}
+    """
+    from ensemble.templating import render_template
+
+    if command is None:
+        script = Path(sys.executable).parent / "ensemble"
+        command = [str(script)] if script.is_file() else [sys.executable, "-m", "ensemble.cli"]
+    words = [*command, "autoscale", "--once", "--config", str(spec_path), "--state-file", str(state_path)]
+    env = {"HOME": str(Path.home()),
+           "XDG_STATE_HOME": os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")}
+    if os.environ.get("ENSEMBLE_LOCK_DIR"):  # the same lock folder as the commands run by hand
+        env["ENSEMBLE_LOCK_DIR"] = os.environ["ENSEMBLE_LOCK_DIR"]
+    user = getpass.getuser()
+    if not user.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise UsageError(f"--install-unit: the user name {user!r} cannot go in a unit's User=")
+    # the spec's relative file paths are read from the folder the command runs in: this one
+    workdir = str(Path.cwd())
+    if "\\" in workdir or any(ord(c) < 32 or ord(c) == 127 for c in workdir):
+        raise UsageError(f"--install-unit: the current folder {workdir!r} cannot be a unit's WorkingDirectory= "
+                         "(a backslash or control character); run it from another folder")
+    context = {
+        "fleet": spec.fleet.name, "user": user, "interval": interval, "timeout": UNIT_TIMEOUT,
+        "env_file": paths.OPS_AUTOSCALE_ENV.format(fleet=spec.fleet.name),
+        "environment": " ".join(systemd_word(f"{k}={v}", k, variables=False) for k, v in env.items()),
+        "workdir": workdir.replace("%", "%%"),  # one path to the end of the line: no quotes
+        "exec_start": " ".join(systemd_word(w, "--config or --state-file") for w in words),
+    }
+    name = unit_name(spec)
+    return {f"{name}.service": render_template("autoscale/ensemble-autoscale.service.j2", context),
+            f"{name}.timer": render_template("autoscale/ensemble-autoscale.timer.j2", context)}
+
+
+def install_units(units: dict[str, str], unit_dir: Path) -> list[str]:
+    """Write the unit files into `unit_dir` (0644, each in one rename); the names that changed
+    (none on a second run: idempotent).
+
+    Example::
+
+        install_units(autoscale_units(spec, path, state, 60), Path("/etc/systemd/system"))
+    """
+    if unit_dir.is_symlink() or not unit_dir.is_dir():
+        raise UsageError(f"--unit-dir: {unit_dir} is not a directory")
+    changed = []
+    for name, text in units.items():
+        path = unit_dir / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise UsageError(f"--unit-dir: {path} is not a regular file; not replacing it")
+        try:
+            if path.exists() and path.read_text(encoding="utf-8") == text:
+                continue
+            tmp = path.with_name(f".{name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--unit-dir: cannot write {path}: {exc}") from None
+        changed.append(name)
+    return changed

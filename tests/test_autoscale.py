@@ -521,3 +521,76 @@ def test_a_state_file_that_is_not_a_regular_file_is_refused(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere.json")
     with pytest.raises(UsageError, match="not a regular file"):
         load_memory(tmp_path / "link")
+
+
+# ---------------------------------------------------------------- one autoscaler per fleet, and its systemd unit
+
+def test_a_second_autoscaler_of_the_fleet_is_refused(tmp_path, monkeypatch):
+    from ensemble.errors import UsageError
+
+    monkeypatch.setenv("ENSEMBLE_LOCK_DIR", str(tmp_path / "locks"))
+    spec, now = round_spec(), 1e9
+    holder = subprocess.Popen(  # a long-running `ensemble autoscale` of the same fleet
+        [sys.executable, "-c", "import time\nfrom ensemble.fleetlock import fleet_lock\n"
+         "with fleet_lock('t-asu.autoscaler', 'fake account'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "ENSEMBLE_LOCK_DIR": str(tmp_path / "locks")})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UsageError, match="another autoscaler of fleet 't-asu' runs: .*locked by"):
+            autoscale_once(spec, state_path=tmp_path / "s.json", provider=Fleet(1), now=now,
+                           view=view_of(spec, 9, now=now), scale=lambda *a, **k: 1 / 0)
+        # a dry run changes nothing: it may look while the autoscaler runs
+        assert autoscale_once(spec, dry_run=True, state_path=tmp_path / "s.json", provider=Fleet(1), now=now,
+                              view=view_of(spec, 9, now=now)).decision.action == "up"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def install_unit(tmp_path, *args: str, folder=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ensemble.cli", "autoscale", *args], capture_output=True, text=True,
+                          cwd=folder or tmp_path, timeout=120,
+                          env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
+
+
+@pytest.mark.needs_tool("systemd-analyze")
+def test_install_unit_writes_a_service_and_timer_systemd_accepts_and_a_rerun_changes_nothing(tmp_path):
+    folder = tmp_path / 'ops 50%$HOME"q'  # a hostile folder name: quoted, specifiers and variables escaped
+    folder.mkdir()
+    (folder / "ensemble.toml").write_text('[fleet]\nname = "t-as2u"\ndomain = "t-as2u.test"\n\n'
+                                          '[autoscale]\ninterval = 45\n')
+    units = tmp_path / "units"
+    units.mkdir()
+    done = install_unit(tmp_path, "--install-unit", "-c", "ensemble.toml", "--unit-dir", str(units), "--json",
+                        folder=folder)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["changed"] == ["ensemble-autoscale-t-as2u.service", "ensemble-autoscale-t-as2u.timer"]
+    assert out["enable"] == "systemctl daemon-reload && systemctl enable --now ensemble-autoscale-t-as2u.timer"
+    service = (units / "ensemble-autoscale-t-as2u.service").read_text()
+    timer = (units / "ensemble-autoscale-t-as2u.timer").read_text()
+    assert stat.S_IMODE(os.stat(units / "ensemble-autoscale-t-as2u.service").st_mode) == 0o644
+    escaped = str(folder).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    state = tmp_path / "state" / "ensemble" / "autoscale-t-as2u.json"
+    assert f'"autoscale" "--once" "--config" "{escaped}/ensemble.toml" "--state-file" "{state}"' in service
+    assert "Type=oneshot" in service and f'"XDG_STATE_HOME={tmp_path / "state"}"' in service
+    assert "EnvironmentFile=-/etc/ensemble/autoscale-t-as2u.env" in service
+    assert "OnUnitInactiveSec=45s" in timer and "WantedBy=timers.target" in timer
+    verify = subprocess.run(["systemd-analyze", "verify", str(units / "ensemble-autoscale-t-as2u.service"),
+                             str(units / "ensemble-autoscale-t-as2u.timer")], capture_output=True, text=True,
+                            timeout=120)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    again = install_unit(tmp_path, "--install-unit", "-c", "ensemble.toml", "--unit-dir", str(units), folder=folder)
+    assert again.returncode == 0 and again.stdout.count(": unchanged") == 2, again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--install-unit", "--once"], "--install-unit: not with --once or --dry-run"),
+    (["--unit-dir", "/tmp"], "--unit-dir: only with --install-unit"),
+    (["--install-unit", "--unit-dir", "/nonexistent-units"], "--unit-dir: /nonexistent-units is not a directory"),
+])
+def test_install_unit_bad_use_exits_2_with_one_line(tmp_path, args, message):
+    (tmp_path / "ensemble.toml").write_text('[fleet]\nname = "t-as2u"\ndomain = "t-as2u.test"\n')
+    done = install_unit(tmp_path, *args, "-c", "ensemble.toml")
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
