@@ -52,8 +52,11 @@ DECIDE_EVERY = 60.0
 BOOT = 300.0  # seconds from "create" to ready: Scaleway server + deploy + the front door reading it ready
 REMOVE = 60.0  # seconds a removal round takes (destroy + the front door redeployed without the shard)
 ROUND = 5.0  # seconds a round without action takes (one refresh of the front door over SSH)
-POLICY = {"min_shards": 2, "max_shards": 60, "target_free": 4 * CAPACITY, "hysteresis": CAPACITY, "step": 1,
-          "cooldown_up": 0, "cooldown_down": 120, "interval": 60, "lead_time": int(BOOT), "growth_window": 900}
+# target_free one shard of places; headroom 30 places per ready shard: room for the big meetings
+# (sizes up to 40) wherever they land, as the threshold's 20 % of free places per shard gives
+POLICY = {"min_shards": 2, "max_shards": 60, "target_free": CAPACITY, "headroom_per_shard": 30, "hysteresis": 100,
+          "step": 1, "cooldown_up": 0, "cooldown_down": 120, "interval": 60, "lead_time": int(BOOT),
+          "growth_window": 900}
 
 
 def diurnal(minute: float) -> float:

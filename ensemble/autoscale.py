@@ -231,10 +231,11 @@ def decide(policy: AutoscaleSection, capacity: int, loads: dict[str, ShardLoad],
     """The decision of one round (pure). `shards`: the fleet's shards in number order (the provider's
     hosts); `loads`: the front door's view of them; `view_age`: seconds since that view was read.
 
-    Free places are kept at `keep` = target_free + growth x (lead_time + interval): the fleet's growth
-    (places per second over growth_window, from the memory's samples) times the time a scale up takes
-    to bring places plus one round, so a ramp is met before it fills the fleet and a quiet night keeps
-    only target_free. Bounds (min/max, schedule) apply at once. Below `keep`: drained shards come back
+    Free places are kept at `keep` = target_free + headroom_per_shard x ready shards + growth x
+    (lead_time + interval): room for a big meeting on whichever shard it lands, plus the fleet's
+    growth (places per second over growth_window, from the memory's samples) over the time a scale
+    up takes to bring places plus one round, so a ramp is met before it fills the fleet and a quiet
+    night keeps little. Bounds (min/max, schedule) apply at once. Below `keep`: drained shards come back
     first (instant places), else scale up by enough shards to hold `keep` once they are ready (at least
     step; after cooldown_up). A drained shard the front door reads empty is removed (nothing to cut).
     Scale down by draining the highest-numbered shards (by step; the lifecycle removes the highest
@@ -258,7 +259,7 @@ def decide(policy: AutoscaleSection, capacity: int, loads: dict[str, ShardLoad],
     in_use = places_in_use(loads, shards)
     growth = growth_rate([*memory.samples, (now, in_use)], now, policy.growth_window)
     lead = memory.lead_time if memory.lead_time is not None else float(policy.lead_time)
-    keep = policy.target_free + growth * (lead + policy.interval)
+    keep = policy.target_free + policy.headroom_per_shard * len(ready) + growth * (lead + policy.interval)
     figures = {"shards": current, "ready": len(ready), "draining": len(draining), "capacity": total,
                "used": round(used, 1), "free": round(free, 1), "growth_per_min": round(growth * 60, 1),
                "lead_time": round(lead), "keep_free": round(keep), "target_free": policy.target_free,
@@ -294,6 +295,8 @@ def decide(policy: AutoscaleSection, capacity: int, loads: dict[str, ShardLoad],
     if free < keep:
         gap = keep - free
         why = f"{free:.0f} free place(s) < {keep:.0f} to keep (target_free {policy.target_free}"
+        if policy.headroom_per_shard:
+            why += f" + headroom {policy.headroom_per_shard} x {len(ready)} shard(s)"
         why += f" + growth {growth * 60:.1f}/min x {lead + policy.interval:.0f}s)" if growth > 0 else ")"
         if draining:  # instant places: the shards being drained go back in service, lowest numbers first
             back, found = [], 0.0

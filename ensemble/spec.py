@@ -417,6 +417,9 @@ class AutoscaleSection:
     target_free: int = _opt(100, "free participant places always kept on the ready shards (the growth term "
                             "comes on top): below it, scale up",
                             bounds=(0, 10000000))
+    headroom_per_shard: int = _opt(0, "free places kept per ready shard on top of target_free (room for a big "
+                                   "meeting on whichever shard it lands: about the largest meeting expected)",
+                                   bounds=(0, 100000))
     hysteresis: int = _opt(100, "extra free places needed before removing a shard (no flapping): scale down "
                            "only when target_free + hysteresis stay free without it", bounds=(0, 10000000))
     step: int = _opt(1, "shards added (at least) or removed per decision", bounds=(1, 100))

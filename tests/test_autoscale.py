@@ -419,6 +419,15 @@ def test_growth_raises_the_places_kept_by_lead_time_plus_interval():
     assert d.figures["lead_time"] == 60 and d.figures["keep_free"] == 90 and d.action != "up"
 
 
+def test_headroom_per_shard_keeps_room_for_a_big_meeting_on_every_ready_shard():
+    pol = policy(target_free=50, headroom_per_shard=20, hysteresis=0)
+    d = run(pol, *fleet(60, 60, 60, 60))  # 160 free < 50 + 4 x 20 = 130? no: enough
+    assert d.action == "hold" and d.figures["keep_free"] == 130
+    d = run(pol, *fleet(70, 70, 70, 70))  # 120 free < 130
+    assert d.action == "up" and d.target == 5
+    assert d.figures["keep_free"] == 130 and "headroom 20 x 4 shard(s)" in d.reason
+
+
 def test_the_memory_keeps_a_window_of_samples_and_survives_junk():
     memory = AutoscaleMemory()
     for k in range(400):
