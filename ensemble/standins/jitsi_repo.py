@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -436,10 +437,18 @@ def _build_into(repo_root: Path, home: Path, fingerprint: str, work_dir: Path, p
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
+# A repository asked for within this many seconds may still be served to a running fleet (another
+# checkout, another test process): it is never pruned, however many there are.
+RECENTLY_USED = 3 * 3600
+
+
 def _prune_old_repos(cache_dir: Path, keep: Path, kept: int = 6) -> None:
+    os.utime(keep)  # mtime = last asked for
+    now = time.time()
     others = sorted((p for p in cache_dir.glob("repo-*") if p != keep), key=lambda p: p.stat().st_mtime)
     for old in others[:max(0, len(others) - (kept - 1))]:
-        shutil.rmtree(old, ignore_errors=True)
+        if now - old.stat().st_mtime > RECENTLY_USED:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def build_standin_repo(cache_dir: Path = DEFAULT_CACHE_DIR, *, revision: int = 1,
@@ -448,7 +457,8 @@ def build_standin_repo(cache_dir: Path = DEFAULT_CACHE_DIR, *, revision: int = 1
 
     The repository lives in cache_dir/repo-<content hash>-<key>[-r<revision>][-legacy]: a change to any
     stand-in file gives a new directory, an unchanged tree returns at once. Only the newest few
-    repositories are kept (an older one may still be served by a running test). `revision` 2, 3, ...
+    repositories are kept, and none asked for in the last 3 hours (it may still be served by a running test).
+    `revision` 2, 3, ...
     carries the same packages with newer versions (an upstream release to upgrade to); `legacy` adds the
     legacy set (jitsi-meet 2.0.8719-1 and the exact versions it depends on) beside the newer packages.
 
