@@ -381,13 +381,32 @@ def release_text(suite_dir: Path, index_names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short_home(home: Path) -> str:
+    """A path of at most ~40 bytes for gpg's home: gpg-agent's socket is made inside it, and a Unix
+    socket path has at most 107 bytes (a deep cache folder, e.g. a test's, fails with "No agent running").
+
+    Example::
+
+        _short_home(Path("/var/cache/ensemble/jitsi-standin/gnupg"))   # unchanged: already short
+    """
+    if len(str(home)) <= 60:
+        return str(home)
+    link = Path(tempfile.gettempdir()) / f"ensemble-gpg-{hashlib.sha256(str(home).encode()).hexdigest()[:16]}"
+    if not (link.is_symlink() and os.readlink(link) == str(home)):
+        staged = link.with_name(f"{link.name}.{os.getpid()}")
+        staged.unlink(missing_ok=True)
+        staged.symlink_to(home)
+        staged.replace(link)  # atomic: another process may be doing the same
+    return str(link)
+
+
 def _gpg(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return _run(["gpg", "--homedir", str(home), "--batch", "--quiet", "--no-tty", *args])
+    return _run(["gpg", "--homedir", _short_home(home), "--batch", "--quiet", "--no-tty", *args])
 
 
 def _stop_gpg_agent(home: Path) -> None:
     """gpg starts an agent per home directory; stop it so nothing is left running."""
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False)
+    subprocess.run(["gpgconf", "--homedir", _short_home(home), "--kill", "all"], capture_output=True, check=False)
 
 
 def ensure_signing_key(cache_dir: Path) -> tuple[Path, str]:
