@@ -298,9 +298,12 @@ def decide(policy: AutoscaleSection, capacity: int, loads: dict[str, ShardLoad],
         if policy.headroom_per_shard:
             why += f" + headroom {policy.headroom_per_shard} x {len(ready)} shard(s)"
         why += f" + growth {growth * 60:.1f}/min x {lead + policy.interval:.0f}s)" if growth > 0 else ")"
-        if draining:  # instant places: the shards being drained go back in service, lowest numbers first
+        # instant places: the shards being drained go back in service, lowest numbers first (never
+        # those above max_shards)
+        allowed = [n for n in draining if shards.index(n) < policy.max_shards]
+        if allowed:
             back, found = [], 0.0
-            for name in draining:
+            for name in allowed:
                 if found >= gap:
                     break
                 back.append(name)

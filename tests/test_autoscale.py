@@ -142,6 +142,10 @@ def test_bounds_apply_at_once_whatever_the_load_and_cooldown():
     busy = AutoscaleMemory(last_up=recent.last_up, last_down=recent.last_down, draining=("s3", "s4"))
     d = run(policy(max_shards=2), loads, names, memory=busy)
     assert (d.action, d.target, d.remove) == ("down", 3, ("s4",))
+    # places wanted, but the drained shards are above max_shards: never put back in service
+    loads, names = fleet(99, 99, 1, states={"s3": "draining"})
+    d = run(policy(max_shards=2), loads, names, memory=AutoscaleMemory(draining=("s3",)))
+    assert d.action == "hold" and not d.undrain and "max_shards 2" in d.reason
 
 
 def test_at_max_it_holds_and_says_so():
