@@ -425,10 +425,9 @@ class AutoscaleSection:
     step: int = _opt(1, "shards added (at least) or removed per decision", bounds=(1, 100))
     cooldown_up: int = _opt(300, "seconds after a scale up before the next one", bounds=(0, 86400))
     cooldown_down: int = _opt(900, "seconds after any scale action before a scale down", bounds=(0, 86400))
-    drain_timeout: int = _opt(300, "seconds a scale down waits for the drained shards' meetings to end; "
-                              "then the round stops, leaving them drained (nothing is cut), and the next "
-                              "round continues: short, so a waiting drain never delays a scale up long",
-                              bounds=(1, 86400))
+    drain_timeout: int = _opt(300, "seconds the removal of a drained shard read empty waits for it in the "
+                              "lifecycle's drain-and-wait (someone joined meanwhile: the round stops, nothing "
+                              "is cut, a later round tries again)", bounds=(1, 86400))
     interval: int = _opt(60, "seconds between decisions of the long-running `ensemble autoscale`",
                          bounds=(5, 86400))
     lead_time: int = _opt(300, "seconds from a scale up's decision to its shards taking meetings (create + "
