@@ -182,7 +182,10 @@ def test_autoscale_up_then_down_by_drain_and_wait_never_cutting(fleet, local_pro
 
     # the straggler gone, the next round removes shard 2
     wait_until(lambda: door_reads(door).get(two) == ("draining", 0), 60, "the front door reads shard 2 empty")
+    began = time.monotonic()
     code, out, err = autoscale(config, state)
+    print(f"\nautoscale removal round (drained, empty shard destroyed, front door redeployed), measured: "
+          f"{time.monotonic() - began:.0f}s")
     assert code == 0, (out, err[-3000:])
     assert (out["action"], out["remove"]) == ("down", [two]) and "empty" in out["reason"], out
     assert two not in hosts_of(local_provider, spec)
