@@ -310,8 +310,10 @@ def decide(policy: AutoscaleSection, capacity: int, loads: dict[str, ShardLoad],
                 load = loads.get(name)
                 found += (load.capacity - load.load) if load is not None else capacity
             return made("up", current, f"{why}: stopping the scale down of {', '.join(back)}", undrain=tuple(back))
-        # enough new shards to still hold `keep` when they are ready, the fleet growing meanwhile
-        need = math.ceil((gap + growth * lead) / capacity) if capacity > 0 else policy.step
+        # enough new shards to still hold `keep` when they are ready, the fleet growing meanwhile (each
+        # new shard brings its places but raises `keep` by its headroom)
+        per_shard = capacity - policy.headroom_per_shard
+        need = math.ceil((gap + growth * lead) / per_shard) if per_shard > 0 else policy.step
         target = min(policy.max_shards, current + max(policy.step, need))
         if target <= current:
             return made("hold", current, f"{why}, but the fleet is at max_shards {policy.max_shards}")
