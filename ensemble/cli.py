@@ -387,11 +387,12 @@ def status(config: Path | None, state_path: Path | None, watch: bool, interval: 
 @handle_errors
 def autoscale(config: Path | None, once: bool, dry_run: bool, interval: int | None, state_file: Path | None,
               install_unit: bool, unit_dir: Path | None, as_json: bool) -> None:
-    """Scale the fleet to the [autoscale] policy: up by create + deploy, down by drain-and-wait.
+    """Keep the [autoscale] policy: up by create + deploy (or undrain), down by drain, removed once empty.
 
-    Runs on an ops host with the cloud credentials, never on a shard. Every decision is printed
-    with its reason and figures (one JSON object per line with --json). --once exits 1 when its
-    action did not finish (e.g. a drain still waiting for meetings: nothing is cut).
+    Runs on an ops host with the cloud credentials, never on a shard (--install-unit writes its
+    systemd service + timer). Every decision is printed with its reason and figures (one JSON object
+    per line with --json). --once exits 1 when its action did not finish (e.g. a deploy failed, or
+    someone joined a drained shard before its removal: nothing is cut).
     """
     from ensemble.autoscale import autoscale_forever, autoscale_once
 
