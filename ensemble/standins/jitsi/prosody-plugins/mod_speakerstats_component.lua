@@ -3,14 +3,4 @@
 -- announces itself to clients as a "speakerstats" identity of the main VirtualHost (mod_features_identity).
 -- What it does for a meeting is not reproduced: no client of the tests uses it.
 
-local component = module:require "standin_component";
-
-if module:get_host_type() ~= "component" then
-	return; -- loaded on a VirtualHost (older layouts): nothing to do there
-end
-local muc_component = component.require_muc_component(module, "speakerstats_component");
-if muc_component == nil then
-	return;
-end
-component.announce(module, "speakerstats");
-module:log("info", "TEST STAND-IN speakerstats_component for %s", muc_component);
+module:require("standin_component").serve(module, "speakerstats_component", "speakerstats");
