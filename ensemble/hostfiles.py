@@ -253,9 +253,17 @@ def ssh_cidrs(spec: FleetSpec, env: DeployEnv) -> list[str]:
 
 
 def launcher() -> str:
-    """The front door's `ensemble` command: the package deploy unpacked, run by Debian's python3."""
+    """The front door's `ensemble` command: the package deploy unpacked, run by Debian's python3.
+
+    `ensemble frontdoor refresh` (the timer's command) goes to the stdlib-only entry point
+    (ensemble.frontdoor.commands.host_main), which runs on python >= 3.9 without click; the rest
+    goes to the click CLI.
+    """
+    lib = f"{paths.ENSEMBLE_HOME}/lib"
     return (f'#!/bin/sh\n# Managed by ensemble.\n'
-            f'PYTHONPATH={paths.ENSEMBLE_HOME}/lib exec python3 -m ensemble.cli "$@"\n')
+            f'if [ "$1" = frontdoor ] && [ "$2" = refresh ]; then\n'
+            f'    shift\n    PYTHONPATH={lib} exec python3 -m ensemble.frontdoor.commands "$@"\nfi\n'
+            f'PYTHONPATH={lib} exec python3 -m ensemble.cli "$@"\n')
 
 
 def fleet_size_record(shards: int, spec_shards: int) -> str:
