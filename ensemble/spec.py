@@ -208,6 +208,8 @@ class FleetSection:
 class LocalProviderSection:
     suite: str = _opt("", "Debian suite of the containers (e.g. bookworm); empty = the OS profile's codename",
                       check=_check_optional_suite)
+    frontdoor_suite: str = _opt("", "Debian suite of the front door's container; empty = as the shards (a test "
+                                "switch: a front door on bullseye beside bookworm shards)", check=_check_optional_suite)
     cache_dir: str = _opt("/var/cache/ensemble", "where the debootstrapped root filesystem is kept (absolute path)",
                           check=_check_absolute)
     state_dir: str = _opt("/run/ensemble", "where running containers live (tmpfs)")
