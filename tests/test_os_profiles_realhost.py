@@ -103,6 +103,14 @@ def test_a_shard_and_a_front_door_run_on_the_profile(os_fleet, local_provider):
         code, release, _ = ssh_run(host, ". /etc/os-release && echo $VERSION_CODENAME")
         assert release.strip() == codename, (host.name, release)
 
+    # what the system runs: its own prosody (13 on trixie), nginx and coturn (TURN is on by default)
+    code, versions, err = ssh_run(shard, "dpkg-query -W -f '${Package} ${Version}\\n' prosody nginx coturn; "
+                                         "systemctl is-active prosody nginx coturn")
+    assert code == 0 and versions.count("active") == 3, (versions, err)
+    series = {"0.12": "0.12", "13": "13."}[spec.profile.prosody_series]
+    assert any(line.startswith(f"prosody {series}") for line in versions.splitlines()), versions
+    print(f"{system}: shard runs", ", ".join(versions.splitlines()[:3]))
+
     # the shard: its pages over TLS, a participant in a room, its census counting them
     status, _, body = https_get(shard.address, shard.name, "/")
     assert status == 200 and "<html" in body.lower(), (status, body[:300])
@@ -137,5 +145,6 @@ def test_a_shard_and_a_front_door_run_on_the_profile(os_fleet, local_provider):
     started = time.monotonic()
     code, out, err = ensemble("deploy", "--config", str(config))
     second_deploy = time.monotonic() - started
-    assert code == 0 and out["changed"] == 0, ({n: h["changes"] for n, h in out.get("hosts", {}).items()}, err[-2000:])
+    changes = [f"{n}: {c}" for n, h in out.get("hosts", {}).items() for c in h["changes"]]
+    assert code == 0 and out["changed"] == 0, "\n".join(["second deploy changed:", *changes, err[-2000:]])
     print(f"{system}: first deploy {first_deploy:.0f} s, second deploy {second_deploy:.0f} s")
