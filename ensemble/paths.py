@@ -57,10 +57,15 @@ COTURN_TLS_PORT = 5349  # coturn's own TLS listener (not opened in the firewall:
 # ---- front door ----
 ENSEMBLE_HOME = "/usr/local/lib/ensemble"  # ensemble's own code, run by the refresh timer
 ENSEMBLE_BIN = "/usr/local/bin/ensemble"
-FRONTDOOR_SPEC = "/etc/ensemble/ensemble.toml"
+FRONTDOOR_SPEC = "/etc/ensemble/ensemble.json"  # JSON: bullseye's python 3.9 has no tomllib
+FRONTDOOR_SPEC_TOML = "/etc/ensemble/ensemble.toml"  # where deploys before the JSON spec wrote it: removed
 FRONTDOOR_STATE = "/var/lib/ensemble/frontdoor/state.json"
 FRONTDOOR_METRICS = "/var/lib/ensemble/frontdoor/metrics.prom"  # Prometheus text, served at METRICS_URL_PATH
 METRICS_URL_PATH = "/_ensemble/metrics"  # allow-listed: frontdoor.metrics_allowed_cidrs
 FLEET_SIZE_FILE = "/var/lib/ensemble/fleet-size.json"  # {"shards": N, "spec_shards": M}: what `fleet scale` decided
 ROUTING_PATH = "/var/lib/ensemble/frontdoor/routing.conf"
 ROUTING_SEED = "/etc/ensemble/frontdoor/routing.seed.conf"
+
+# ---- the ops host (`ensemble autoscale --install-unit`; never a shard or the front door) ----
+OPS_UNIT_DIR = "/etc/systemd/system"  # ensemble-autoscale-<fleet>.service and .timer
+OPS_AUTOSCALE_ENV = "/etc/ensemble/autoscale-{fleet}.env"  # optional, 0600: SCW_* credentials for the unit
