@@ -337,6 +337,7 @@ def run_day(trace: Trace, strategy_class, shards: int = SHARDS, **options) -> di
     split_rooms: set[str] = set()
     peak_util = dict.fromkeys(names, 0.0)
     ideal_peak, at_peak = 0.0, dict.fromkeys(names, 0.0)
+    samples: list[tuple[float, float]] = []  # (fleet's utilisation, fullest shard's) at each refresh
     total_cap = sum(fleet.cap.values())
     events = list(trace.events)
     heapq.heapify(events)
@@ -348,6 +349,7 @@ def run_day(trace: Trace, strategy_class, shards: int = SHARDS, **options) -> di
             ideal_peak, at_peak = utilisation, {n: fleet.load[n] / fleet.cap[n] for n in names}
         for n in names:
             peak_util[n] = max(peak_util[n], fleet.load[n] / fleet.cap[n])
+        samples.append((utilisation, max(fleet.load[n] / fleet.cap[n] for n in names)))
         while events and events[0][0] < t + STEP:
             when, _, kind, key = heapq.heappop(events)
             if kind == "leave":
@@ -366,11 +368,13 @@ def run_day(trace: Trace, strategy_class, shards: int = SHARDS, **options) -> di
         t += STEP
     ideal_peak = max(ideal_peak, 1e-9)
     deviation = {n: at_peak[n] / ideal_peak - 1 for n in names}
+    busy = [fullest / fleet_util - 1 for fleet_util, fullest in samples if fleet_util >= 0.9 * ideal_peak]
     return {"strategy": strategy.name, "meetings": trace.meetings, "joins": trace.joins,
             "ideal_peak_utilisation": round(ideal_peak, 3),
             "peak_vs_ideal": round(max(deviation.values()), 3),
             "spread_at_peak": round(max(deviation.values(), key=abs), 3),
             "daily_peak_vs_ideal": round(max(peak_util.values()) / ideal_peak - 1, 3),
+            "busy_peak_vs_ideal": round(sum(busy) / len(busy), 3),
             "split_rooms": len(split_rooms),
             "at_peak": {n: [fleet.cap[n], round(deviation[n], 3)] for n in names}}
 
