@@ -41,8 +41,10 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from ensemble.frontdoor.refresh import selection_params
 from ensemble.frontdoor.rooms import murmur2, room_key, split_bounds, split_choice
 from ensemble.frontdoor.selection import LiveRoom, Memory, SelectionParams, ShardReading, select
+from ensemble.spec import spec_from_dict
 
 SHARDS = 20
 CAPACITIES = (200, 300, 400, 600, 800)
@@ -107,6 +109,19 @@ def make_trace(seed: int = 3, peak_per_minute: float = 24.0, start: float = 0.0,
     return Trace(events=tuple(events), sizes=sizes, meetings=meetings, joins=joins, start=start, end=end)
 
 
+def frontdoor_params() -> SelectionParams:
+    """The tunables the real refresher derives from a default spec (refresh.selection_params): the
+    simulation runs the front door as deployed, refreshing every `frontdoor.refresh_interval` (STEP).
+
+    Example::
+
+        frontdoor_params().recent_ttl     # 60.0
+    """
+    spec = spec_from_dict({"fleet": {"name": "day", "domain": "day.bench.test", "shards": SHARDS}})
+    assert spec.frontdoor.refresh_interval == STEP, "the simulation refreshes every STEP seconds"
+    return selection_params(spec)
+
+
 def capacities(names: list[str]) -> dict[str, int]:
     return {n: CAPACITIES[i % len(CAPACITIES)] for i, n in enumerate(names)}
 
@@ -139,7 +154,7 @@ class Ensemble:
     name = "ensemble"
 
     def __init__(self, cap: dict[str, int], params: SelectionParams | None = None):
-        self.params = params or SelectionParams(capacity=200, recent_ttl=60)
+        self.params = params or frontdoor_params()
         self.memory = Memory()
         self.routed: list[tuple[float, str, str]] = []
         self.pins: dict[str, str] = {}

@@ -119,6 +119,20 @@ def test_young_rooms_final_size_from_how_fast_people_joined():
     assert plan.shards[1].used > 0.2 > plan.shards[2].used
 
 
+def test_headroom_keeps_the_small_shards_a_little_below_the_big_ones():
+    # settled rooms of 2 and 6 people (standard deviation 2): every shard keeps 2 places free
+    now = 10_000.0
+    rooms = [LiveRoom("a", 2, now - 3600), LiveRoom("b", 6, now - 3600)]
+    readings = [ok("small", 20, rooms, capacity=40), ok("big", 80, [], capacity=160)]
+    plan, _ = select(readings, Memory(), now, SelectionParams(capacity=100))
+    used = {d.name: d.used for d in plan.shards}
+    assert used == {"small": 0.55, "big": 0.5125}  # (20 + 2) / 40 and (80 + 2) / 160
+    plain, _ = select(readings, Memory(), now, SelectionParams(capacity=100, headroom=0.0))
+    assert {d.name: d.used for d in plain.shards} == {"small": 0.5, "big": 0.5}
+    capped, _ = select(readings, Memory(), now, SelectionParams(capacity=100, headroom=100.0))
+    assert {d.name: d.used for d in capped.shards} == {"small": 0.55, "big": 0.55}  # at most the margin
+
+
 def test_pins_conflicts_and_grace():
     r1 = ok("s1", 3, [LiveRoom("a", 1), LiveRoom("b", 2)])
     r2 = ok("s2", 5, [LiveRoom("a", 5)])

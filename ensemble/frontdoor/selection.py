@@ -13,12 +13,15 @@ Rules:
   ``recent_ttl`` seconds; a room seen on two shards goes where it has more participants.
 - weights: ready shards only. A shard's used fraction is ``max((participants + pending) / capacity,
   JVB stress)``, where pending counts the people still expected: rooms routed but not yet in its
-  census, and rooms younger than ``growth_window`` (people join over a meeting's first minutes)
-  below the size of the fleet's settled rooms, both at that size. New rooms fill shards up to a
-  water level, the fleet's used fraction + ``margin`` (0.05): weight = ``capacity * (level -
-  used)``, so the emptiest shards get the most and shards above the level none (``margin`` >= 1 is
-  plain "proportional to free capacity"; the day simulation in bench/frontdoor.py balances markedly
-  better with a low margin and the growth estimate). The room is quantised in
+  census (at the fleet's settled room size), rooms younger than ``growth_window`` up to their
+  expected final size (people join over a meeting's first minutes; `final_size_estimate`: Bayes
+  over the settled rooms' sizes, given how many joined how fast), and ``headroom`` standard
+  deviations of a new room's size (at most ``margin`` of its capacity: small shards, where one big
+  meeting weighs most, stay a little emptier). New rooms fill shards up to a water level, the
+  fleet's used fraction + ``margin`` (0.05): weight = ``capacity * (level - used)``, so the
+  emptiest shards get the most and shards above the level none (``margin`` >= 1 is plain
+  "proportional to free capacity"; the day simulation in bench/placement.py balances markedly
+  better with a low margin, the size estimate and the headroom). The room is quantised in
   steps of 5 % so small changes do not move new rooms; in 0.01 % units summing to 10000 (nginx
   split_clients' precision). If every ready shard is full, new rooms spread by capacity.
 - unconfirmed routes (routed as new, in no census yet) are what anyone can create by requesting
@@ -93,7 +96,7 @@ class SelectionParams:
     growth_window: float = 600.0
     size_prior: bool = True  # young rooms' final sizes from how fast people joined them (final_size_estimate)
     caution: float = 0.0  # standard deviations of the young rooms' final sizes counted as used
-    headroom: float = 0.0  # standard deviations of a new room's size kept free on every shard
+    headroom: float = 1.0  # standard deviations of a new room's size kept free on every shard (at most margin)
     unconfirmed_per_client: int = 3  # newest routed-not-joined rooms of one client counted as pending
     unconfirmed_share: float = 0.05  # at most this much of a shard's capacity pending from unconfirmed routes
     max_unconfirmed_pins: int = 5000  # routed-not-joined rooms pinned (the newest): bounds the maps
@@ -229,6 +232,21 @@ def size_prior(readings: list[ShardReading], now: float, growth_window: float) -
                 if room.created and now - room.created >= growth_window and room.participants > 0:
                     counts[room.participants] = counts.get(room.participants, 0) + 1
     return tuple(sorted(counts.items()))
+
+
+def size_spread(prior: tuple[tuple[int, int], ...]) -> float:
+    """The standard deviation of the settled rooms' sizes (0 without any): how far a new room's size
+    may fall from the average.
+
+    Example::
+
+        size_spread(((2, 1), (6, 1)))     # 2.0
+    """
+    rooms = sum(count for _, count in prior)
+    if not rooms:
+        return 0.0
+    mean = sum(size * count for size, count in prior) / rooms
+    return math.sqrt(max(0.0, sum(size * size * count for size, count in prior) / rooms - mean * mean))
 
 
 def final_size_estimate(joined: int, age: float, growth_window: float, prior: tuple[tuple[int, int], ...],
@@ -422,10 +440,11 @@ def select(readings: list[ShardReading], memory: Memory, now: float, params: Sel
                for r in readings if r.ok}
     for shard, extra in unconfirmed.items():
         pending[shard] = pending.get(shard, 0.0) + extra
-    rooms_in_prior = sum(count for _, count in prior)
-    new_sd = math.sqrt(max(0.0, sum(size * size * count for size, count in prior) / rooms_in_prior - room_size ** 2)) \
-        if prior else 0.0
-    ready = [(r.name, used_fraction(r, cap, pending.get(r.name, 0.0) + params.headroom * new_sd), cap)
+    # every shard keeps `headroom` standard deviations of a new room's size free (at most `margin` of
+    # its capacity): the same places are a larger share of a small shard, where one big meeting weighs most
+    new_sd = size_spread(prior)
+    ready = [(r.name, used_fraction(r, cap, pending.get(r.name, 0.0)
+                                    + min(params.headroom * new_sd, params.margin * cap)), cap)
              for r, state, _, cap in decisions if state == "ready"]
     used = {name: round(u, 4) for name, u, _ in ready}
     weights = fill_weights(ready, params.margin, params.quantum)
