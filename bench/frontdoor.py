@@ -357,15 +357,17 @@ def report(results: dict) -> None:
         print(f"3. hours {d['hours'][0]}-{d['hours'][1]} of a day, ~{d['meetings']} meetings on {d['shards']} shards "
               f"({d['capacities']} participants), "
               f"median of {len(d['seeds'])} days; load/capacity vs the fleet's (the ideal):")
-        print(f"   {'strategy':18} {'peak vs ideal':>14} {'spread at peak':>15} {'daily peak':>11} {'split rooms':>12}")
+        print(f"   {'strategy':18} {'peak vs ideal':>14} {'spread at peak':>15} {'daily peak':>11} "
+              f"{'busy hours':>11} {'split rooms':>12}")
         for name, s in d["strategies"].items():
             print(f"   {name:18} {s['peak_vs_ideal']:>+14.1%} {s['spread_at_peak']:>+15.1%} "
-                  f"{s['daily_peak_vs_ideal']:>+11.1%} {s['split_rooms']:>12}")
+                  f"{s['daily_peak_vs_ideal']:>+11.1%} {s['busy_peak_vs_ideal']:>+11.1%} {s['split_rooms']:>12}")
         print("   clairvoyant and real-time-blind are yardsticks, not front doors: real-time placement with and"
               " without each meeting's final size (bench/placement.py)")
         print("   peak vs ideal: the fullest shard at the fleet's busiest moment; spread: the shard furthest from the"
               " fleet then, either way (ensemble's target: within 10%); daily peak: the highest any shard reaches"
-              " vs the fleet's own peak")
+              " vs the fleet's own peak; busy hours: the fullest shard vs the fleet, averaged while the fleet is"
+              " within 90% of its peak")
 
 
 def main(argv: list[str] | None = None) -> int:
