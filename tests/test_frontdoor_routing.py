@@ -153,7 +153,7 @@ def test_young_rooms_count_at_their_expected_final_size(fleet):
     result = door.refresh()
     used = {d.name: d.used for d in result.plan.shards}
     spread = 2.4  # the settled sizes 8 x 2 and 2 x 8: mean 3.2, standard deviation 2.4, kept free everywhere
-    quiet = final_size_estimate(1, 300.0, 600.0, ((2, 8), (8, 2)), 3.2)[0]
+    quiet = final_size_estimate(1, 300.0, 600.0, ((2, 8), (8, 2)), 3.2)
     assert 2.0 < quiet < 2.3
     assert used == pytest.approx({s1: 0.184, s2: 0.184, s3: (6 + 2 + spread) / 100,
                                   s4: round((3 * quiet + spread) / 100, 4)}, abs=1e-4)

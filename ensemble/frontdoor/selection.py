@@ -95,7 +95,6 @@ class SelectionParams:
     margin: float = 0.05
     growth_window: float = 600.0
     size_prior: bool = True  # young rooms' final sizes from how fast people joined them (final_size_estimate)
-    caution: float = 0.0  # standard deviations of the young rooms' final sizes counted as used
     headroom: float = 1.0  # standard deviations of a new room's size kept free on every shard (at most margin)
     unconfirmed_per_client: int = 3  # newest routed-not-joined rooms of one client counted as pending
     unconfirmed_share: float = 0.05  # at most this much of a shard's capacity pending from unconfirmed routes
@@ -221,7 +220,7 @@ def size_prior(readings: list[ShardReading], now: float, growth_window: float) -
 
     Example::
 
-        size_prior([ShardReading("s", ok=True, rooms=(LiveRoom("a", 6, 0.0), LiveRoom("b", 6, 10.0),
+        size_prior([ShardReading("s", ok=True, rooms=(LiveRoom("a", 6, 1.0), LiveRoom("b", 6, 10.0),
                                                       LiveRoom("c", 2, 20.0), LiveRoom("d", 1, 990.0)))],
                    now=1000.0, growth_window=600.0)    # ((2, 1), (6, 2))
     """
@@ -250,9 +249,8 @@ def size_spread(prior: tuple[tuple[int, int], ...]) -> float:
 
 
 def final_size_estimate(joined: int, age: float, growth_window: float, prior: tuple[tuple[int, int], ...],
-                        room_size: float) -> tuple[float, float]:
-    """A young room's expected final size and its variance, given `joined` people `age` seconds after
-    its first join.
+                        room_size: float) -> float:
+    """A young room's expected final size, given `joined` people `age` seconds after its first join.
 
     Model: a room's final size S follows the fleet's settled rooms (`prior`); after its first person,
     each of the other S - 1 has joined by age a with probability f = a / growth_window (joins spread
@@ -263,47 +261,43 @@ def final_size_estimate(joined: int, age: float, growth_window: float, prior: tu
     Example::
 
         prior = ((2, 50), (20, 10))
-        final_size_estimate(1, 0.0, 600.0, prior, 5.0)[0]      # 5.0: the prior's mean
-        final_size_estimate(6, 60.0, 600.0, prior, 5.0)        # (20.0, 0.0): 6 people in a minute
+        final_size_estimate(1, 0.0, 600.0, prior, 5.0)      # 5.0: the prior's mean
+        final_size_estimate(6, 60.0, 600.0, prior, 5.0)     # 20.0: 6 people in a minute
     """
     if age >= growth_window or joined <= 0:
-        return float(max(joined, 0)), 0.0
+        return float(max(joined, 0))
     if not prior:
-        return max(float(joined), room_size), 0.0
+        return max(float(joined), room_size)
     log_stay = math.log(1.0 - max(age, 0.0) / growth_window)  # chance one person has not joined yet
     logs = [(size, math.log(rooms) + math.lgamma(size) - math.lgamma(size - joined + 1) + (size - joined) * log_stay)
             for size, rooms in prior if size >= joined]
     if not logs:
-        return float(joined), 0.0  # bigger than every settled room: it is its own best guess
+        return float(joined)  # bigger than every settled room: it is its own best guess
     top = max(value for _, value in logs)
     weights = [(size, math.exp(value - top)) for size, value in logs]
-    total = sum(w for _, w in weights)
-    mean = sum(size * w for size, w in weights) / total
-    return mean, max(0.0, sum(size * size * w for size, w in weights) / total - mean * mean)
+    return sum(size * w for size, w in weights) / sum(w for _, w in weights)
 
 
 def growth_expected(reading: ShardReading, now: float, growth_window: float, room_size: float,
-                    prior: tuple[tuple[int, int], ...] = (), caution: float = 0.0,
-                    memo: dict[tuple[int, int], tuple[float, float]] | None = None) -> float:
+                    prior: tuple[tuple[int, int], ...] = (), memo: dict[tuple[int, int], float] | None = None) -> float:
     """Participants still expected in a shard's young rooms (younger than `growth_window`; rooms fill
     up over their first minutes): each is expected to reach `final_size_estimate` (with no prior:
-    `room_size`), plus `caution` standard deviations of their sum. Ages count in steps of
-    AGE_STEP seconds, so rooms share estimates (`memo`, one per prior).
+    `room_size`). Ages count in steps of AGE_STEP seconds, so rooms share estimates (`memo`, one per
+    prior).
 
     Example::
 
         growth_expected(ShardReading("s", ok=True, rooms=(LiveRoom("a", 1, 990.0),)), 1000.0, 600.0, 5.0)   # 4.0
     """
     memo = {} if memo is None else memo
-    total = variance = 0.0
+    total = 0.0
     for room in reading.rooms:
         if room.created and now - room.created < growth_window:
             slot = (room.participants, int((now - room.created) // AGE_STEP))
             if slot not in memo:
                 memo[slot] = final_size_estimate(slot[0], slot[1] * AGE_STEP, growth_window, prior, room_size)
-            total += max(0.0, memo[slot][0] - room.participants)
-            variance += memo[slot][1]
-    return total + caution * math.sqrt(variance)
+            total += max(0.0, memo[slot] - room.participants)
+    return total
 
 
 def fill_weights(used: list[tuple[str, float, int]], margin: float, quantum: float) -> list[tuple[str, float]]:
@@ -435,8 +429,8 @@ def select(readings: list[ShardReading], memory: Memory, now: float, params: Sel
     recent, unconfirmed = bound_unconfirmed(recent, params, {r.name: cap for r, _, _, cap in decisions}, room_size)
     pins.update({key: shard for key, (shard, _, _) in recent.items()})
     prior = size_prior(readings, now, params.growth_window) if params.size_prior else ()
-    memo: dict[tuple[int, int], tuple[float, float]] = {}
-    pending = {r.name: growth_expected(r, now, params.growth_window, room_size, prior, params.caution, memo)
+    memo: dict[tuple[int, int], float] = {}
+    pending = {r.name: growth_expected(r, now, params.growth_window, room_size, prior, memo)
                for r in readings if r.ok}
     for shard, extra in unconfirmed.items():
         pending[shard] = pending.get(shard, 0.0) + extra
