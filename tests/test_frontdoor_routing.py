@@ -148,11 +148,12 @@ def test_young_rooms_count_at_their_expected_final_size(fleet):
     settled = door.clock - 3600
     standin.set_rooms(s1, {f"small{j}": 2 for j in range(8)}, {f"small{j}": settled for j in range(8)})
     standin.set_rooms(s2, {"big0": 8, "big1": 8}, {"big0": settled, "big1": settled})
-    standin.set_rooms(s3, {"fast": 6}, {"fast": door.clock - 45})  # the refresh's clock moves 15 s on
-    standin.set_rooms(s4, {f"quiet{j}": 1 for j in range(3)}, {f"quiet{j}": door.clock - 285 for j in range(3)})
+    standin.set_rooms(s3, {"fast": 6}, {"fast": door.clock - 47})  # the refresh's clock moves 15 s on
+    standin.set_rooms(s4, {f"quiet{j}": 1 for j in range(3)}, {f"quiet{j}": door.clock - 287 for j in range(3)})
     result = door.refresh()
     used = {d.name: d.used for d in result.plan.shards}
     spread = 2.4  # the settled sizes 8 x 2 and 2 x 8: mean 3.2, standard deviation 2.4, kept free everywhere
+    # ages 62 s and 302 s: estimated in 5-s steps (60 s, 300 s), away from a step's edge (census times are ms)
     quiet = final_size_estimate(1, 300.0, 600.0, ((2, 8), (8, 2)), 3.2)
     assert 2.0 < quiet < 2.3
     assert used == pytest.approx({s1: 0.184, s2: 0.184, s3: (6 + 2 + spread) / 100,
