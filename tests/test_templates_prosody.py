@@ -126,6 +126,49 @@ def test_the_jitsi_essentials_are_there(profile):
     assert ('"smacks"' in site) is not legacy
 
 
+MUCS = ("conference", "breakout", "lobby")
+GONE_2025 = ('"speakerstats";', '"av_moderation";', '"polls";', '"conference_duration_component"',
+             "speakerstats_component =", "conference_duration_component =", "av_moderation_component =",
+             "end_conference_component =")
+
+
+@pytest.mark.parametrize("profile", sorted(p for p in PROFILES if not PROFILES[p].legacy))
+def test_current_profiles_follow_upstreams_2025_layout(profile):
+    """Upstream's current layout: features_identity and the focus as admin on the main host, every MUC hides
+    its rooms, the metadata and polls components; none of the modules upstream removed in 2025."""
+    d, site = _prosody_file(profile)
+    main_host = _section(site, f'VirtualHost "{d}"')
+    assert '"features_identity"' in main_host and '"conference_duration"' in main_host
+    assert f'admins = {{ "focus@auth.{d}" }}' in main_host
+    for muc in (*MUCS, "internal.auth"):
+        assert '"muc_hide_all"' in _section(site, f'Component "{muc}.{d}" "muc"'), muc
+    metadata = _section(site, f'Component "metadata.{d}" "room_metadata_component"')
+    assert f'muc_component = "conference.{d}"' in metadata and f'breakout_rooms_component = "breakout.{d}"' in metadata
+    assert f'Component "polls.{d}" "polls_component"' in site
+    for kind, component in (("speakerstats", "speakerstats_component"), ("endconference", "end_conference"),
+                            ("avmoderation", "av_moderation_component")):
+        assert f'muc_component = "conference.{d}"' in _section(site, f'Component "{kind}.{d}" "{component}"')
+    for gone in GONE_2025:
+        assert gone not in site, gone
+    # jitsi-meet-prosody's postinst greps for these on every upgrade: present, so it edits nothing
+    assert re.search(rf'Component "conference\.{re.escape(d)}" "muc"\n    restrict_room_creation = true', site)
+
+
+@pytest.mark.parametrize("profile", sorted(p for p in PROFILES if PROFILES[p].legacy))
+def test_legacy_profiles_keep_the_2_0_8719_layout(profile):
+    """jitsi-meet 2.0.8719 (legacy profiles) still has the modules removed in 2025 and none of the newer ones."""
+    d, site = _prosody_file(profile)
+    main_host = _section(site, f'VirtualHost "{d}"')
+    for name in ('"speakerstats";', '"av_moderation";', '"end_conference";',
+                 f'speakerstats_component = "speakerstats.{d}"'):
+        assert name in main_host, name
+    assert f'Component "conferenceduration.{d}" "conference_duration_component"' in site
+    assert '"polls";' in _section(site, f'Component "conference.{d}" "muc"')
+    for newer in ('"features_identity"', "room_metadata_component", "polls_component"):
+        assert newer not in site, newer
+    assert not any('"muc_hide_all"' in _section(site, f'Component "{muc}.{d}" "muc"') for muc in MUCS)
+
+
 # ---------------------------------------------------------------- prosody running the rendered file
 
 # Runs inside a private network namespace (only its own loopback): start prosody as its user, wait for
@@ -201,9 +244,12 @@ def _scram_stored_key(password: str, salt: str, iterations: int) -> str:
 
 
 @pytest.mark.needs_tool("prosodyctl")
-def test_account_command_creates_then_repasswords_from_stdin(prosody_dir):
+@pytest.mark.parametrize("series", ["0.12", "13"])
+def test_account_command_creates_then_repasswords_from_stdin(prosody_dir, series):
     """The deploy's account command reads the password from stdin (prosodyctl's prompts): created when
-    missing, changed when present; the password appears in no command line."""
+    missing, changed when present; the password appears in no command line. The form prosody 13 gets
+    (`register`, offline: its adduser/passwd need the running server's admin shell) runs here on the
+    machine's prosody too; on 13 itself it runs in tests/test_os_profiles_realhost.py (trixie)."""
     from ensemble.components.prosody import account_command, prosody_data_dir
 
     auth = "auth.a-1.test"
@@ -213,7 +259,7 @@ def test_account_command_creates_then_repasswords_from_stdin(prosody_dir):
     main.write_text(f'pidfile = "{prosody_dir}/p.pid"\ndata_path = "{prosody_dir}/data"\n'
                     f'log = {{ info = "{prosody_dir}/p.log" }}\nVirtualHost "{auth}"\n'
                     '    authentication = "internal_hashed"\n')
-    command = account_command("jvb", auth)
+    command = account_command("jvb", auth, series)
     assert "pw-" not in command
     command = command.replace("prosodyctl ", f"prosodyctl --config {main} ").replace(
         prosody_data_dir(auth), str(prosody_dir / "data" / Path(prosody_data_dir(auth)).name))
