@@ -348,3 +348,22 @@ def test_new_room_clients_are_an_ipv4_address_or_an_ipv6_64(tmp_path):
         nginx.stop()
     assert answers == {"127.0.0.1": "0 127.0.0.1", "::1": "1 v6 "}  # ::1 is in ::/64
     assert "duplicate" not in (tmp_path / "error.log").read_text()
+
+
+def test_a_refresh_that_reloads_returns_with_new_workers_serving(fleet):
+    """The catch-up read of the route log (rooms the old maps routed during the reload) happens once the new
+    maps are in service: the reload signal returns before nginx has read them (a room was split in a real
+    browser run when the read came first)."""
+    from ensemble.frontdoor.refresh import nginx_workers, refresh
+
+    spec, standin, _, door, client = fleet
+    door.refresh()
+    assert nginx_workers(door.nginx.pid_file) == door.worker_pids() != set()
+    names = spec.shard_names()
+    standin.set_rooms(names[0], {f"busy{j}": 1 for j in range(400)})  # the weights move: a reload
+    before = door.worker_pids()
+    door.clock += spec.frontdoor.refresh_interval
+    result = refresh(spec, door.layout, door.source, door.nginx, now=door.clock)
+    assert result.reloaded
+    assert door.worker_pids() - before, "refresh returned before nginx's new workers were serving"
+    door.wait_workers_replaced(before)

@@ -58,6 +58,42 @@ class NginxControl:
     reload: tuple[str, ...] = ("systemctl", "reload", "nginx")
     reopen: tuple[str, ...] = ("nginx", "-s", "reopen")  # reopens the route log (rotation)
     settle: float = 0.3  # seconds for the old workers to finish before the catch-up read of the route log
+    pid_file: str = "/run/nginx.pid"  # the master's (Debian's nginx.conf): its workers tell when a reload is done
+
+
+def nginx_workers(pid_file: str) -> set[int]:
+    """The pids of the nginx master's children (its workers), from /proc; empty when unknown.
+
+    Example::
+
+        nginx_workers("/run/nginx.pid")   # {4242, 4243}
+    """
+    try:
+        master = int(Path(pid_file).read_text().strip())
+    except (OSError, ValueError):
+        return set()
+    workers = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if fields[1] == str(master):  # fields: state, ppid, ...
+            workers.add(int(stat.parent.name))
+    return workers
+
+
+def wait_for_new_workers(pid_file: str, before: set[int], timeout: float = 10.0) -> bool:
+    """Wait until the master has started a worker that was not there `before` (a reload's new maps are in
+    service, and the old workers were told to stop taking requests). False when it cannot tell or gave up."""
+    if not before:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if nginx_workers(pid_file) - before:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 @dataclass(frozen=True)
@@ -274,11 +310,15 @@ def refresh(spec: FleetSpec, layout: FrontdoorLayout, source: OccupancySource, n
     routes, failed = len(routed), True
     try:
         text = routing_conf(plan, spec, layout)
+        workers_before = nginx_workers(nginx.pid_file)
         changed, reloaded = install_maps(routing_path, text, nginx, in_service)
         if reloaded:
             in_service = maps_digest(text)
         if reloaded and nginx.settle > 0:
-            # rooms routed by the old maps between the read above and the reload: pin them too
+            # rooms routed by the old maps between the read above and the reload: pin them too. The reload
+            # signal returns before nginx has read the new maps (about a second on a loaded host): read the
+            # route log only once new workers serve, plus `settle` for requests the old ones had begun
+            wait_for_new_workers(nginx.pid_file, workers_before)
             time.sleep(nginx.settle)
             _run(nginx.reopen)
             late, position = read_new_routes(log, position)

@@ -316,7 +316,7 @@ class FrontdoorUnderTest(NginxInstance):
         self.source = OccupancySource(token=token, urls={n: f"http://127.0.0.1:{shards.port}" for n in names})
         self.shard_hosts = shards
         self.nginx = NginxControl(test=self.command("-t", "-q"), reload=self.command("-s", "reload"),
-                                  reopen=self.command("-s", "reopen"))
+                                  reopen=self.command("-s", "reopen"), pid_file=str(prefix / "nginx.pid"))
         self.clock = time.time()  # the refresher's clock: tests move it forward explicitly
 
     def refresh(self, advance: float | None = None):
