@@ -9,6 +9,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # the fast tier: everything but real throwaway hosts and tests over a minute
 FAST := not realhost and not slow
+# two test processes (pytest-xdist), each taking whole files (module-scoped fleets stay in one process):
+# real-host tests mostly wait on their guests, so two fleets at once on a 2-core machine finish sooner
+PARALLEL ?= -n 2 --dist loadfile
 
 .PHONY: deploy test check lint bench system venv clean-local
 
@@ -33,10 +36,10 @@ lint: venv
 	$(BIN)/lint-imports
 
 check: system venv lint
-	$(BIN)/pytest -ra -m "$(FAST)" $(PYTEST_ARGS)
+	$(BIN)/pytest -ra $(PARALLEL) -m "$(FAST)" $(PYTEST_ARGS)
 
 test: system venv lint
-	$(BIN)/pytest -ra $(PYTEST_ARGS)
+	$(BIN)/pytest -ra $(PARALLEL) $(PYTEST_ARGS)
 
 bench: system venv
 	$(BIN)/python bench/run_all.py

@@ -223,13 +223,19 @@ def fleet() -> None:
 @fleet.command("list")
 @config_option
 @json_option
+@click.option("--hosts-file", is_flag=True,
+              help="Print /etc/hosts lines for the fleet's names (to open a local fleet in a browser).")
 @handle_errors
-def fleet_list(config: Path | None, as_json: bool) -> None:
+def fleet_list(config: Path | None, as_json: bool, hosts_file: bool) -> None:
     """The fleet's hosts as the provider reports them."""
     from ensemble.lifecycle import format_table, list_fleet
+    from ensemble.lifecycle import hosts_file as hosts_file_lines
 
-    rows = list_fleet(get_spec(config))
-    if as_json:
+    spec = get_spec(config)
+    rows = list_fleet(spec)
+    if hosts_file:
+        click.echo(hosts_file_lines(spec, rows))
+    elif as_json:
         print_json(rows)
     else:
         click.echo(format_table(rows, ("name", "role", "shard", "address", "state", "created")))

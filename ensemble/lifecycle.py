@@ -99,6 +99,28 @@ def list_fleet(spec: FleetSpec, provider: Provider | None = None) -> list[dict[s
     return [host_row(h) for h in hosts]
 
 
+def hosts_file(spec: FleetSpec, rows: list[dict[str, Any]]) -> str:
+    """/etc/hosts lines naming every host of the fleet (a local fleet's names resolve nowhere else).
+
+    The front door's name is the fleet's domain; a shard with TURN on is also turn-<shard>.
+
+    Example::
+
+        hosts_file(spec, list_fleet(spec))   # "10.151.42.10 meet.ensemble.test\n10.151.42.11 demo-1... turn-demo-1..."
+    """
+    from ensemble.turn import turn_tls_name
+
+    lines = []
+    for row in rows:
+        if not row.get("address"):
+            continue
+        names = [row["name"]]
+        if row.get("role") == "shard" and spec.turn.enabled:
+            names.append(turn_tls_name(row["name"]))
+        lines.append(" ".join([row["address"], *names]))
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     """A plain aligned text table.
 

@@ -356,6 +356,7 @@ def test_status_watch_and_json_together_is_a_usage_error(tmp_path):
 
 def test_status_watch_redraws_until_interrupted(tmp_path):
     import signal
+    import threading
     import time
 
     state = tmp_path / "state.json"
@@ -364,14 +365,23 @@ def test_status_watch_redraws_until_interrupted(tmp_path):
          "stress": 0.1, "capacity": 200, "weight": 10000, "pinned": 2}]}}))
     proc = subprocess.Popen([sys.executable, "-m", "ensemble.cli", "status", "--watch", "--interval", "1",
                              "--state", str(state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        state.write_text(state.read_text().replace('"participants": 9', '"participants": 11'))
-        if time.monotonic() > deadline - 27:  # at least 3 s: a few redraws
-            break
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+
+    def wait_for(check) -> None:  # on what the command printed, not on the clock (imports are slow under load)
+        deadline = time.monotonic() + 60
+        while not check("".join(seen)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    wait_for(lambda out: "s1.example.org" in out)
+    state.write_text(state.read_text().replace('"participants": 9', '"participants": 11'))
+    wait_for(lambda out: out.count("every 1s, Ctrl-C to stop") >= 2 and " 11 " in out)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    err = proc.stderr.read()
+    proc.wait(timeout=30)
+    reader.join(timeout=10)
+    out = "".join(seen)
     assert proc.returncode in (0, 130), err
     assert "s1.example.org" in out and "ready" in out and "Traceback" not in err
     assert out.count("every 1s, Ctrl-C to stop") >= 2  # redrawn

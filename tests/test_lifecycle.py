@@ -259,3 +259,19 @@ def test_janitor_tags_must_all_match_though_the_block_api_lists_any(scw):
                 "project_id": scw.api.project_id, "created_at": old, "references": []}
     listed = lifecycle.janitor(scw.spec, "2h", ("ci-run-1",), dry_run=True, provider=scw.provider())
     assert listed == ["volume 0f0f0f0f-0000-4000-8000-000000000002"]
+
+
+def test_hosts_file_names_the_front_door_by_the_domain_and_each_shards_turn_name():
+    from dataclasses import replace
+
+    from ensemble.spec import default_spec
+
+    spec = default_spec()
+    rows = [{"name": spec.fleet.domain, "role": "frontdoor", "address": "10.151.42.10"},
+            {"name": spec.shard_name(1), "role": "shard", "address": "10.151.42.11"},
+            {"name": spec.shard_name(2), "role": "shard", "address": None}]
+    lines = lifecycle.hosts_file(spec, rows).splitlines()
+    assert lines == [f"10.151.42.10 {spec.fleet.domain}",
+                     f"10.151.42.11 {spec.shard_name(1)} turn-{spec.shard_name(1)}"]
+    no_turn = replace(spec, turn=replace(spec.turn, enabled=False))
+    assert lifecycle.hosts_file(no_turn, rows[1:2]) == f"10.151.42.11 {spec.shard_name(1)}"

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -380,13 +381,32 @@ def release_text(suite_dir: Path, index_names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short_home(home: Path) -> str:
+    """A path of at most ~40 bytes for gpg's home: gpg-agent's socket is made inside it, and a Unix
+    socket path has at most 107 bytes (a deep cache folder, e.g. a test's, fails with "No agent running").
+
+    Example::
+
+        _short_home(Path("/var/cache/ensemble/jitsi-standin/gnupg"))   # unchanged: already short
+    """
+    if len(str(home)) <= 60:
+        return str(home)
+    link = Path(tempfile.gettempdir()) / f"ensemble-gpg-{hashlib.sha256(str(home).encode()).hexdigest()[:16]}"
+    if not (link.is_symlink() and os.readlink(link) == str(home)):
+        staged = link.with_name(f"{link.name}.{os.getpid()}")
+        staged.unlink(missing_ok=True)
+        staged.symlink_to(home)
+        staged.replace(link)  # atomic: another process may be doing the same
+    return str(link)
+
+
 def _gpg(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return _run(["gpg", "--homedir", str(home), "--batch", "--quiet", "--no-tty", *args])
+    return _run(["gpg", "--homedir", _short_home(home), "--batch", "--quiet", "--no-tty", *args])
 
 
 def _stop_gpg_agent(home: Path) -> None:
     """gpg starts an agent per home directory; stop it so nothing is left running."""
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False)
+    subprocess.run(["gpgconf", "--homedir", _short_home(home), "--kill", "all"], capture_output=True, check=False)
 
 
 def ensure_signing_key(cache_dir: Path) -> tuple[Path, str]:
@@ -436,10 +456,18 @@ def _build_into(repo_root: Path, home: Path, fingerprint: str, work_dir: Path, p
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
+# A repository asked for within this many seconds may still be served to a running fleet (another
+# checkout, another test process): it is never pruned, however many there are.
+RECENTLY_USED = 3 * 3600
+
+
 def _prune_old_repos(cache_dir: Path, keep: Path, kept: int = 6) -> None:
+    os.utime(keep)  # mtime = last asked for
+    now = time.time()
     others = sorted((p for p in cache_dir.glob("repo-*") if p != keep), key=lambda p: p.stat().st_mtime)
     for old in others[:max(0, len(others) - (kept - 1))]:
-        shutil.rmtree(old, ignore_errors=True)
+        if now - old.stat().st_mtime > RECENTLY_USED:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def build_standin_repo(cache_dir: Path = DEFAULT_CACHE_DIR, *, revision: int = 1,
@@ -448,7 +476,8 @@ def build_standin_repo(cache_dir: Path = DEFAULT_CACHE_DIR, *, revision: int = 1
 
     The repository lives in cache_dir/repo-<content hash>-<key>[-r<revision>][-legacy]: a change to any
     stand-in file gives a new directory, an unchanged tree returns at once. Only the newest few
-    repositories are kept (an older one may still be served by a running test). `revision` 2, 3, ...
+    repositories are kept, and none asked for in the last 3 hours (it may still be served by a running test).
+    `revision` 2, 3, ...
     carries the same packages with newer versions (an upstream release to upgrade to); `legacy` adds the
     legacy set (jitsi-meet 2.0.8719-1 and the exact versions it depends on) beside the newer packages.
 

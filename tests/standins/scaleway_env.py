@@ -19,6 +19,7 @@ Example (in a test module)::
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -38,9 +39,28 @@ SECRET_KEY = "11111111-2222-4333-8444-555555555555"
 PROJECT_ID = "66666666-7777-4888-9999-000000000000"
 SSHD = "/usr/sbin/sshd"
 # Where the stand-in's servers answer SSH. Several checkouts on one machine may run these tests at once:
-# each test process takes a /24 of its own (from its pid; ENSEMBLE_SCW_STANDIN_NET=127.0.77. picks one) so
-# their sshds never answer for each other (seen: "host key changed" when two runs shared 127.0.10.x).
-ADDRESS_PREFIX = os.environ.get("ENSEMBLE_SCW_STANDIN_NET", f"127.1.{os.getpid() % 250}.")
+# each test process takes a /24 of its own (the first 127.1.N. whose lock no live process holds;
+# ENSEMBLE_SCW_STANDIN_NET=127.0.77. picks one) so their sshds never answer for each other (seen: "host
+# key changed" when two runs shared 127.0.10.x). The lock is held until the process exits.
+_NET_LOCKS: list = []
+
+
+def _claim_address_prefix() -> str:
+    if os.environ.get("ENSEMBLE_SCW_STANDIN_NET"):
+        return os.environ["ENSEMBLE_SCW_STANDIN_NET"]
+    for n in range(250):
+        handle = open(f"/tmp/ensemble-scw-standin-net-{n}.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _NET_LOCKS.append(handle)
+        return f"127.1.{n}."
+    raise RuntimeError("no free 127.1.N.0/24 for the Scaleway stand-in's sshds (250 test processes?)")
+
+
+ADDRESS_PREFIX = _claim_address_prefix()
 
 
 @dataclass
