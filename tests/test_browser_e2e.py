@@ -166,8 +166,9 @@ class Browser:
             self.driver.find_element(By.ID, "standin-join").click()
             WebDriverWait(self.driver, JOIN_TIMEOUT).until(lambda d: body("joined") == "true" or body("error"))
             assert body("joined") == "true", body("error")
-        except Exception as error:  # say where the browser was and what the front door had in service
-            raise AssertionError(f"{self.display_name}: {error!r} at {self.driver.current_url}\n"
+        except Exception as error:  # say where the browser was, what failed, what the front door had in service
+            failed = {u: a for u, a in contacted(self.driver).items() if a.startswith("failed")}
+            raise AssertionError(f"{self.display_name}: {error!r} at {self.driver.current_url}\n{failed}\n"
                                  f"{self.driver.find_element(By.TAG_NAME, 'body').text[:800]}\n"
                                  f"{routing_maps(self.door)}") from error
         self.node = body("room")
@@ -190,7 +191,8 @@ class Browser:
             assert urllib.parse.urlsplit(self.url).hostname == self.front, self.url
             network = {u: a for u, a in self.requests.items() if u.split(":", 1)[0] in ("http", "https", "ws", "wss")}
             foreign = {u: a for u, a in network.items()
-                       if urllib.parse.urlsplit(u).hostname != self.front or a not in ("", self.door.address)}
+                       if urllib.parse.urlsplit(u).hostname != self.front
+                       or not (a in ("", self.door.address) or a.startswith("failed"))}
             assert not foreign, foreign
             assert any(a == self.door.address for a in network.values()), network  # the log has addresses
             signalling = {"websocket": f"wss://{self.front}/xmpp-websocket?room={self.node}",
@@ -201,7 +203,10 @@ class Browser:
             assert urllib.parse.urlsplit(self.url).hostname == self.shard, (self.url, self.shard)
 
     def quit(self) -> None:
-        self.driver.quit()
+        """Close the browser (its tab goes away, as a user closing it); idempotent."""
+        if self.driver is not None:
+            self.driver.quit()
+            self.driver = None
 
 
 def test_rooms_stay_on_their_shard_through_weights_and_drains(fleet, tmp_path):
@@ -260,6 +265,7 @@ def test_rooms_stay_on_their_shard_through_weights_and_drains(fleet, tmp_path):
         fourth.check_origin()
         wait_for(lambda: census(shards[home]).get(node) == 4, 30, "the census to count the 4th participant")
         fourth.quit()
+        wait_for(lambda: census(shards[home]).get(node) == 3, 30, "the census to see the 4th participant leave")
         ssh_state_writer(shards[home], state_document(False))
 
         # the other shard is drained, then undrained, by the operator's CLI

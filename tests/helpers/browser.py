@@ -46,15 +46,19 @@ def headless_chromium(tmp_path, resolver_rules: str, *, insecure: bool = False, 
 
 def contacted(driver) -> dict[str, str]:
     """{url: remote address} of every request the browser sent since the last call (performance log:
-    documents, scripts, fetch, WebSocket handshakes; address "" when no response reported one: WebSockets,
-    requests that failed)."""
+    documents, scripts, fetch, WebSocket handshakes; address "" when no response reported one (WebSockets),
+    "failed: <Chromium's error>" for a request that failed)."""
     seen: dict[str, str] = {}
+    urls: dict[str, str] = {}  # request id -> url
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
         params = message.get("params", {})
         method = message.get("method")
         if method == "Network.requestWillBeSent":
+            urls[params["requestId"]] = params["request"]["url"]
             seen.setdefault(params["request"]["url"], "")
+        elif method == "Network.loadingFailed" and params.get("requestId") in urls:
+            seen[urls[params["requestId"]]] = f"failed: {params.get('errorText', '')}"
         elif method == "Network.responseReceived":
             seen[params["response"]["url"]] = params["response"].get("remoteIPAddress", "")
         elif method == "Network.webSocketCreated":
