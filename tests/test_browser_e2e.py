@@ -176,6 +176,9 @@ class Browser:
         self.shard = self.driver.execute_script("return config.hosts.domain")
         self.url = self.driver.current_url
         self.requests.update(contacted(self.driver))
+        if body("retried"):  # tolerated, as by jitsi-meet; said, to find out what fails (seen once with BOSH)
+            print(f"\n[browser e2e] {self.display_name} sent requests again: {body('retried')} "
+                  f"{ {u: a for u, a in self.requests.items() if a.startswith('failed')} }")
         return self
 
     def names(self) -> list[str]:
