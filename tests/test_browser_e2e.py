@@ -10,13 +10,13 @@ conferenceRequestUrl, XMPP over the configured WebSocket, anonymous login, MUC p
 name, through the real nginx of the front door and shard into the real prosody.
 
 Chain (per mode, one fleet at a time): 3 participants in "Réunion d'équipe" and 2 in "Planning" -> each
-room's participants on one shard, which prosody's census counts (and every display name is seen in the
-room) -> the room's shard announces a tiny capacity, so the weights favour the other shard (a new room
-goes there) -> a 4th
-participant still lands on the room's shard -> the other shard is drained and undrained (`ensemble fleet
-drain|undrain`) -> a 4th participant still lands there. One participant speaks BOSH (jitsi-meet's
-`#config.preferBosh=true`), the others WebSocket, as config.js says. Proxy mode: every request of every browser went to
-the front door's name and address (Chromium's performance log; no other name even resolves).
+room's participants on one shard, which prosody's census counts (and every page sees every display
+name) -> the room's shard announces a tiny capacity, so the weights favour the other shard (a new room
+goes there) -> a 4th participant still lands on the room's shard -> the other shard is drained and
+undrained (`ensemble fleet drain|undrain`) -> a 4th participant still lands there. One participant speaks
+BOSH (jitsi-meet's `#config.preferBosh=true`), the others WebSocket, as config.js says. Proxy mode: every
+request of every browser went to the front door's name and address (Chromium's performance log; no other
+name even resolves).
 Then (proxy fleet) the stand-in repository is bumped, the shards `apt-get upgrade`, and `ensemble deploy`
 restarts none of prosody, jicofo, jitsi-videobridge2, nginx; a second deploy changes nothing.
 """
