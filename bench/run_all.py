@@ -8,6 +8,7 @@ Example::
 
     .venv/bin/python bench/run_all.py            # all
     .venv/bin/python bench/run_all.py frontdoor  # one
+    .venv/bin/python bench/run_all.py autoscale  # the autoscaler's simulated day (exit 1: a missed target)
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ("provision", "frontdoor", "deploy")
+BENCHES = ("provision", "frontdoor", "deploy", "autoscale")
 
 
 def main(argv: list[str]) -> int:
     here = Path(__file__).resolve().parent
     chosen = argv or list(BENCHES)
+    unknown = [name for name in chosen if name not in BENCHES]
+    if unknown:
+        print(f"run_all.py: unknown benchmark {', '.join(unknown)!s}; valid: {', '.join(BENCHES)}", file=sys.stderr)
+        return 2
     failed = []
     for name in chosen:
         print(f"=== bench/{name}.py", flush=True)

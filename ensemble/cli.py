@@ -378,19 +378,30 @@ def status(config: Path | None, state_path: Path | None, watch: bool, interval: 
               help="Seconds between decisions when long-running. Default: autoscale.interval.")
 @click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The last actions (cooldowns). Default: $XDG_STATE_HOME/ensemble/autoscale-<fleet>.json.")
+@click.option("--install-unit", is_flag=True,
+              help="Write a systemd service (one --once round with this spec, user and state file) and its timer "
+                   "(every --interval s after the last round ended) into --unit-dir, then exit.")
+@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where --install-unit writes. Default: /etc/systemd/system.")
 @json_option
 @handle_errors
 def autoscale(config: Path | None, once: bool, dry_run: bool, interval: int | None, state_file: Path | None,
-              as_json: bool) -> None:
-    """Scale the fleet to the [autoscale] policy: up by create + deploy, down by drain-and-wait.
+              install_unit: bool, unit_dir: Path | None, as_json: bool) -> None:
+    """Keep the [autoscale] policy: up by create + deploy (or undrain), down by drain, removed once empty.
 
-    Runs on an ops host with the cloud credentials, never on a shard. Every decision is printed
-    with its reason and figures (one JSON object per line with --json). --once exits 1 when its
-    action did not finish (e.g. a drain still waiting for meetings: nothing is cut).
+    Runs on an ops host with the cloud credentials, never on a shard (--install-unit writes its
+    systemd service + timer). Every decision is printed with its reason and figures (one JSON object
+    per line with --json). --once exits 1 when its action did not finish (e.g. a deploy failed, or
+    someone joined a drained shard before its removal: nothing is cut).
     """
     from ensemble.autoscale import autoscale_forever, autoscale_once
 
+    if unit_dir is not None and not install_unit:
+        raise UsageError("--unit-dir: only with --install-unit")
     spec = get_spec(config, files=True)
+    if install_unit:
+        _install_autoscale_unit(spec, once or dry_run, interval, state_file, unit_dir, as_json)
+        return
 
     def progress(line: str) -> None:
         click.echo(line, err=True)
@@ -410,6 +421,31 @@ def autoscale(config: Path | None, once: bool, dry_run: bool, interval: int | No
         sys.exit(1 if result.error else 0)
     autoscale_forever(spec, interval or spec.autoscale.interval, report, dry_run=dry_run, state_path=state_file,
                       progress=progress)
+
+
+def _install_autoscale_unit(spec, with_round_flags: bool, interval: int | None, state_file: Path | None,
+                            unit_dir: Path | None, as_json: bool) -> None:
+    from ensemble import paths
+    from ensemble.autoscale import autoscale_units, default_state_path, install_units, unit_name
+
+    if with_round_flags:
+        raise UsageError("--install-unit: not with --once or --dry-run (the unit runs --once itself)")
+    source = Path(spec.source)
+    if not source.is_file():
+        raise UsageError("--install-unit: the spec must be a file (pass --config PATH)")
+    units = autoscale_units(spec, source.resolve(), (state_file or default_state_path(spec)).resolve(),
+                            interval or spec.autoscale.interval)
+    folder = unit_dir or Path(paths.OPS_UNIT_DIR)
+    changed = install_units(units, folder)
+    enable = f"systemctl daemon-reload && systemctl enable --now {unit_name(spec)}.timer"
+    if as_json:
+        click.echo(json.dumps({"unit_dir": str(folder), "units": sorted(units), "changed": changed,
+                               "enable": enable}, sort_keys=True))
+        return
+    for name in sorted(units):
+        click.echo(f"{folder / name}: {'written' if name in changed else 'unchanged'}")
+    click.echo(f"start it: {enable}")
+    click.echo(f"cloud credentials for it (optional, 0600): {paths.OPS_AUTOSCALE_ENV.format(fleet=spec.fleet.name)}")
 
 
 @main.command()

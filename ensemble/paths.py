@@ -64,3 +64,7 @@ METRICS_URL_PATH = "/_ensemble/metrics"  # allow-listed: frontdoor.metrics_allow
 FLEET_SIZE_FILE = "/var/lib/ensemble/fleet-size.json"  # {"shards": N, "spec_shards": M}: what `fleet scale` decided
 ROUTING_PATH = "/var/lib/ensemble/frontdoor/routing.conf"
 ROUTING_SEED = "/etc/ensemble/frontdoor/routing.seed.conf"
+
+# ---- the ops host (`ensemble autoscale --install-unit`; never a shard or the front door) ----
+OPS_UNIT_DIR = "/etc/systemd/system"  # ensemble-autoscale-<fleet>.service and .timer
+OPS_AUTOSCALE_ENV = "/etc/ensemble/autoscale-{fleet}.env"  # optional, 0600: SCW_* credentials for the unit

@@ -414,19 +414,28 @@ def _check_schedule(v: list[str]):
 class AutoscaleSection:
     min_shards: int = _opt(1, "never fewer shards than this", bounds=(1, MAX_SHARDS))
     max_shards: int = _opt(10, "never more shards than this (the cloud bill's ceiling)", bounds=(1, MAX_SHARDS))
-    target_free: int = _opt(100, "free participant places to keep on the ready shards: below it, scale up",
+    target_free: int = _opt(100, "free participant places always kept on the ready shards (the growth term "
+                            "comes on top): below it, scale up",
                             bounds=(0, 10000000))
+    headroom_per_shard: int = _opt(0, "free places kept per ready shard on top of target_free (room for a big "
+                                   "meeting on whichever shard it lands: about the largest meeting expected)",
+                                   bounds=(0, 100000))
     hysteresis: int = _opt(100, "extra free places needed before removing a shard (no flapping): scale down "
                            "only when target_free + hysteresis stay free without it", bounds=(0, 10000000))
     step: int = _opt(1, "shards added (at least) or removed per decision", bounds=(1, 100))
     cooldown_up: int = _opt(300, "seconds after a scale up before the next one", bounds=(0, 86400))
     cooldown_down: int = _opt(900, "seconds after any scale action before a scale down", bounds=(0, 86400))
-    drain_timeout: int = _opt(300, "seconds a scale down waits for the drained shards' meetings to end; "
-                              "then the round stops, leaving them drained (nothing is cut), and the next "
-                              "round continues: short, so a waiting drain never delays a scale up long",
-                              bounds=(1, 86400))
+    drain_timeout: int = _opt(300, "seconds the removal of a drained shard read empty waits for it in the "
+                              "lifecycle's drain-and-wait (someone joined meanwhile: the round stops, nothing "
+                              "is cut, a later round tries again)", bounds=(1, 86400))
     interval: int = _opt(60, "seconds between decisions of the long-running `ensemble autoscale`",
                          bounds=(5, 86400))
+    lead_time: int = _opt(300, "seconds from a scale up's decision to its shards taking meetings (create + "
+                          "deploy + read ready); once a scale up was timed, its measured time is used instead",
+                          bounds=(0, 86400))
+    growth_window: int = _opt(900, "seconds of the recent past over which the fleet's growth (places per "
+                              "second) is measured: free places kept = target_free + growth x (lead_time + "
+                              "interval)", bounds=(60, 86400))
     schedule: list[str] = _opt([], 'UTC windows raising min_shards, e.g. "mon-fri 08:00-19:00 4" (the '
                                "highest matching entry wins)", check=_check_schedule)
 

@@ -63,7 +63,7 @@ def test_scales_up_when_free_places_fall_below_the_target():
     d = run(policy(), *fleet(80, 75))  # 45 free < 50
     assert (d.action, d.target) == ("up", 3)
     assert d.figures["free"] == 45 and d.figures["target_free"] == 50
-    assert "45 free place(s) < target_free 50" in d.reason
+    assert "45 free place(s) < 50 to keep (target_free 50)" in d.reason
 
 
 def test_a_big_gap_adds_more_than_one_step():
@@ -78,15 +78,15 @@ def test_step_is_the_least_added():
 
 def test_hysteresis_no_flapping_between_up_and_down():
     pol = policy(target_free=50, hysteresis=30)
-    # 3 shards, 300 places. Removing one leaves 200 - used free.
-    assert run(pol, *fleet(40, 40, 40)).action == "down"  # 180 free; without one: 80 >= 80
-    d = run(pol, *fleet(41, 40, 40))  # without one: 79 < target + hysteresis 80
-    assert d.action == "hold" and "79 < target_free + hysteresis 80" in d.reason
-    d = run(pol, *fleet(40, 40, 39))
-    assert (d.action, d.target, d.remove) == ("down", 2, ("s3",)) and d.figures["free_after_down"] == 81
-    # right after the scale down the same load is not "too little free" (no up/down loop)
-    loads, names = fleet(40, 39)
-    assert run(pol, loads, names).action != "up"
+    # 3 shards, 300 places. Draining s3 takes its free places away (its people stay on it).
+    assert run(pol, *fleet(60, 60, 10)).action == "drain"  # 170 free; without s3's 90: 80 >= 80
+    d = run(pol, *fleet(61, 60, 10))  # without s3: 79 < to keep + hysteresis 80
+    assert d.action == "hold" and "79 < 80 (to keep + hysteresis 30)" in d.reason
+    d = run(pol, *fleet(60, 59, 10))
+    assert (d.action, d.target, d.remove) == ("drain", 3, ("s3",)) and d.figures["free_after_drain"] == 81
+    # right after the drain the same load is not "too little free" (no up/down loop)
+    loads, names = fleet(60, 59, 10, states={"s3": "draining"})
+    assert run(pol, loads, names, memory=AutoscaleMemory(draining=("s3",))).action == "hold"
 
 
 def test_exactly_the_target_is_enough():
@@ -122,6 +122,10 @@ def test_never_removes_on_an_incomplete_view():
 
 def test_removes_the_highest_numbers_first_by_step():
     d = run(policy(step=2, target_free=10, hysteresis=0), *fleet(5, 5, 5, 5))
+    assert (d.action, d.target, d.remove) == ("drain", 4, ("s4", "s3"))
+    # once the front door reads them drained and empty, they are removed (highest numbers)
+    loads, names = fleet(5, 5, 0, 0, states={"s3": "draining", "s4": "draining"})
+    d = run(policy(step=2, target_free=10, hysteresis=0), loads, names, memory=AutoscaleMemory(draining=("s4", "s3")))
     assert (d.action, d.target, d.remove) == ("down", 2, ("s4", "s3"))
 
 
@@ -131,8 +135,17 @@ def test_bounds_apply_at_once_whatever_the_load_and_cooldown():
     recent = AutoscaleMemory(last_up=TUESDAY_10H - 1, last_down=TUESDAY_10H - 1)
     d = run(policy(min_shards=3), *fleet(0), memory=recent)
     assert (d.action, d.target) == ("up", 3) and "minimum 3" in d.reason
-    d = run(policy(max_shards=2), *fleet(99, 99, 0, 0), memory=recent)
-    assert (d.action, d.target, d.remove) == ("down", 2, ("s4", "s3"))
+    d = run(policy(max_shards=2), *fleet(99, 99, 0, 1), memory=recent)
+    assert (d.action, d.target, d.remove) == ("drain", 4, ("s4", "s3")) and "max_shards 2" in d.reason
+    # drained: an empty one goes at once (even while more places are wanted), the busy one is waited for
+    loads, names = fleet(99, 99, 1, 0, states={"s3": "draining", "s4": "draining"})
+    busy = AutoscaleMemory(last_up=recent.last_up, last_down=recent.last_down, draining=("s3", "s4"))
+    d = run(policy(max_shards=2), loads, names, memory=busy)
+    assert (d.action, d.target, d.remove) == ("down", 3, ("s4",))
+    # places wanted, but the drained shards are above max_shards: never put back in service
+    loads, names = fleet(99, 99, 1, states={"s3": "draining"})
+    d = run(policy(max_shards=2), loads, names, memory=AutoscaleMemory(draining=("s3",)))
+    assert d.action == "hold" and not d.undrain and "max_shards 2" in d.reason
 
 
 def test_at_max_it_holds_and_says_so():
@@ -166,7 +179,7 @@ def test_cooldown_down_counts_from_any_action():
     for memory in (AutoscaleMemory(last_up=TUESDAY_10H - 600), AutoscaleMemory(last_down=TUESDAY_10H - 600)):
         d = run(pol, loads, names, memory=memory)
         assert d.action == "hold" and "300s left" in d.reason
-    assert run(pol, loads, names, memory=AutoscaleMemory(last_up=TUESDAY_10H - 900)).action == "down"
+    assert run(pol, loads, names, memory=AutoscaleMemory(last_up=TUESDAY_10H - 900)).action == "drain"
 
 
 def test_a_scale_up_is_not_held_by_a_recent_scale_down():
@@ -176,10 +189,20 @@ def test_a_scale_up_is_not_held_by_a_recent_scale_down():
 
 # ---------------------------------------------------------------- a scale down under way
 
-def test_an_unfinished_scale_down_continues_without_cooldown():
+def test_a_drained_shard_is_removed_once_read_empty_without_cooldown():
     memory = AutoscaleMemory(last_down=TUESDAY_10H - 60, draining=("s3",))
     d = run(policy(), *fleet(10, 10, 3, states={"s3": "draining"}), memory=memory)
-    assert (d.action, d.remove) == ("down", ("s3",)) and "continuing" in d.reason
+    assert d.action == "hold"  # 3 people left on s3: waited for, never cut, and no second drain (cooldown)
+    d = run(policy(), *fleet(10, 10, 0, states={"s3": "draining"}), memory=memory)
+    assert (d.action, d.target, d.remove) == ("down", 2, ("s3",)) and "empty" in d.reason
+
+
+def test_only_the_top_of_the_drained_shards_goes_and_an_operator_undrain_wins():
+    memory = AutoscaleMemory(draining=("s2", "s3"))
+    d = run(policy(), *fleet(10, 0, 4, states={"s2": "draining", "s3": "draining"}), memory=memory)
+    assert d.action == "hold"  # s2 is empty but s3 above it is not: the lifecycle removes the highest numbers
+    d = run(policy(), *fleet(10, 0, 0, states={"s3": "draining"}), memory=memory)
+    assert d.remove == ("s3",)  # s2 read ready: undrained by hand, no longer ours to remove
 
 
 def test_when_places_are_needed_again_the_drained_shard_comes_back_first():
@@ -253,9 +276,9 @@ def test_shard_loads_from_the_front_door_state_survive_junk():
 def test_state_file_round_trip_mode_0600_and_damage_tolerated(tmp_path):
     path = tmp_path / "state" / "autoscale-t.json"
     assert load_memory(path) == AutoscaleMemory()
-    save_memory(path, AutoscaleMemory(1.0, 2.0, ("s3",)))
+    save_memory(path, AutoscaleMemory(1.0, 2.0, ("s3",), ((1.0, 5.0),), 240.0))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert load_memory(path) == AutoscaleMemory(1.0, 2.0, ("s3",))
+    assert load_memory(path) == AutoscaleMemory(1.0, 2.0, ("s3",), ((1.0, 5.0),), 240.0)
     path.write_text("{not json")
     assert load_memory(path) == AutoscaleMemory()
     assert memory_from_json({"last_up": True, "draining": [1, "s2"]}) == AutoscaleMemory(None, None, ("s2",))
@@ -265,6 +288,9 @@ def test_state_file_round_trip_mode_0600_and_damage_tolerated(tmp_path):
 
 class Fleet:
     """The provider's view of hosts (no cloud): a front door and shards 1..n."""
+
+    name = "fake"
+    account = "fake account"
 
     def __init__(self, count: int) -> None:
         self.count = count
@@ -296,32 +322,131 @@ def test_dry_run_changes_nothing(tmp_path):
     assert not (tmp_path / "s.json").exists()
 
 
-def test_a_round_up_then_a_drain_that_times_out_is_continued(tmp_path):
-    spec, now, calls = round_spec(), 1e9, []
+def test_a_round_up_is_timed_then_a_drain_is_waited_for_across_rounds_then_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSEMBLE_LOCK_DIR", str(tmp_path / "locks"))
+    spec, now, calls, flags = round_spec(), 1e9, [], []
     state = tmp_path / "s.json"
     result = autoscale_once(spec, state_path=state, provider=Fleet(1), view=view_of(spec, 9, now=now),
-                            scale=lambda s, n, **k: calls.append(n), now=now)
-    assert calls == [2] and result.done and load_memory(state).last_up == now
+                            scale=lambda s, n, **k: calls.append(n), now=now, clock=lambda: now + 240)
+    assert calls == [2] and "in 240s" in result.done
+    memory = load_memory(state)
+    assert (memory.last_up, memory.lead_time, memory.samples) == (now, 240.0, ((now, 9.0),))
 
-    def stuck(s, n, **k):
-        calls.append(n)
-        raise EnsembleError("drain: timeout after 20s, still in use: t-asu-2.t-asu.test: 1 participant(s)")
+    def flag(host, drain):
+        flags.append((host.name, drain))
 
-    result = autoscale_once(spec, state_path=state, provider=Fleet(2), view=view_of(spec, 0, 0, now=now + 1),
-                            scale=stuck, now=now + 1)
-    assert calls == [2, 1] and "nothing was cut" in result.error
-    assert load_memory(state).draining == (spec.shard_name(2),)
-    # the next round continues the scale down although cooldown_down would now hold it
+    two = spec.shard_name(2)
+    result = autoscale_once(spec, state_path=state, provider=Fleet(2), view=view_of(spec, 0, 1, now=now + 300),
+                            scale=lambda s, n, **k: calls.append(n), set_drain=flag, now=now + 300)
+    assert (result.decision.action, result.decision.remove) == ("drain", (two,)) and flags == [(two, True)]
+    assert calls == [2] and load_memory(state).draining == (two,)  # not waited for: no scale call
+    # its participant is still there: waited for (never cut), the round ends at once
     spec2 = replace(spec, autoscale=replace(spec.autoscale, cooldown_down=3600))
-    result = autoscale_once(spec2, state_path=state, provider=Fleet(2),
-                            view=view_of(spec, 0, 1, now=now + 2, states={2: "draining"}),
-                            scale=lambda s, n, **k: calls.append(n), now=now + 2)
-    assert calls == [2, 1, 1] and result.decision.action == "down"
-    assert load_memory(state).draining == ()
+    result = autoscale_once(spec2, state_path=state, provider=Fleet(2), now=now + 360, set_drain=flag,
+                            view=view_of(spec, 0, 1, now=now + 360, states={2: "draining"}),
+                            scale=lambda s, n, **k: calls.append(n))
+    assert result.decision.action == "hold" and calls == [2]
+    # gone: the next round removes the shard although cooldown_down would hold a new drain
+    result = autoscale_once(spec2, state_path=state, provider=Fleet(2), now=now + 420, set_drain=flag,
+                            view=view_of(spec, 0, 0, now=now + 420, states={2: "draining"}),
+                            scale=lambda s, n, **k: calls.append(n))
+    assert calls == [2, 1] and result.decision.action == "down" and not result.error
+    assert load_memory(state).draining == () and len(load_memory(state).samples) == 4
 
 
-def test_no_front_door_is_an_error(tmp_path):
+def test_a_removal_the_lifecycle_refuses_is_reported_and_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSEMBLE_LOCK_DIR", str(tmp_path / "locks"))
+    spec, now = round_spec(), 1e9
+    two = spec.shard_name(2)
+    state = tmp_path / "s.json"
+    save_memory(state, AutoscaleMemory(draining=(two,)))
+
+    def stuck(s, n, **k):  # someone joined the drained room between the view and the drain-and-wait
+        raise EnsembleError(f"drain: timeout after 20s, still in use: {two}: 1 participant(s)")
+
+    result = autoscale_once(spec, state_path=state, provider=Fleet(2), scale=stuck, now=now,
+                            view=view_of(spec, 0, 0, now=now, states={2: "draining"}))
+    assert result.decision.action == "down" and "nothing was cut" in result.error
+    assert load_memory(state).draining == (two,)
+
+
+def test_when_places_are_needed_the_round_undrains_instead_of_creating(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSEMBLE_LOCK_DIR", str(tmp_path / "locks"))
+    spec, now, flags = round_spec(), 1e9, []
+    two = spec.shard_name(2)
+    state = tmp_path / "s.json"
+    save_memory(state, AutoscaleMemory(draining=(two,)))
+    result = autoscale_once(spec, state_path=state, provider=Fleet(2), scale=lambda *a, **k: 1 / 0,
+                            set_drain=lambda h, d: flags.append((h.name, d)), now=now,
+                            view=view_of(spec, 9, 2, now=now, states={2: "draining"}))
+    assert result.decision.undrain == (two,) and flags == [(two, False)] and load_memory(state).draining == ()
+
+
+def test_a_round_while_another_command_holds_the_fleet_lock_is_a_hold(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSEMBLE_LOCK_DIR", str(tmp_path / "locks"))
+    spec, now = round_spec(), 1e9
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom ensemble.fleetlock import fleet_lock\n"
+         "with fleet_lock('t-asu', 'fake account'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "ENSEMBLE_LOCK_DIR": str(tmp_path / "locks")})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = autoscale_once(spec, state_path=tmp_path / "s.json", provider=Fleet(1), now=now,
+                                view=view_of(spec, 9, now=now), scale=lambda *a, **k: 1 / 0)
+        assert result.decision.action == "hold" and "is locked by" in result.decision.reason
+        assert not (tmp_path / "s.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ---------------------------------------------------------------- growth
+
+def test_growth_raises_the_places_kept_by_lead_time_plus_interval():
+    from ensemble.autoscale import growth_rate
+
+    assert growth_rate([(0, 10), (60, 20), (120, 30)], 120, 900) == pytest.approx(10 / 60)
+    assert growth_rate([(0, 30), (60, 20), (120, 10)], 120, 900) == 0.0  # shrinking: target_free only
+    assert growth_rate([(0, 10), (30, 90)], 30, 900) == 0.0  # too short to tell
+    assert growth_rate([(0, 0), (1000, 500), (1060, 500)], 1060, 900) == 0.0  # the old sample is out of the window
+    pol = policy(target_free=50, lead_time=240, interval=60)
+    loads, names = fleet(40, 40)  # 120 free: enough when quiet
+    assert run(pol, loads, names).action in ("hold", "drain")
+    # +20 places a minute for 10 minutes: keep 50 + 20/60 x (240 + 60) = 150 > 120 free
+    samples = tuple((TUESDAY_10H - 600 + 60 * k, 80 - 200 + 20 * k) for k in range(10))
+    d = run(pol, loads, names, memory=AutoscaleMemory(samples=samples))
+    assert d.action == "up" and d.figures["growth_per_min"] == 20 and d.figures["keep_free"] == 150
+    # enough shards to still keep 150 once they are ready: 150 - 120 + 20/60 x 240 = 110 places: 2 shards
+    assert d.target == 4 and "growth 20.0/min x 300s" in d.reason
+    # a measured lead time replaces the policy's
+    d = run(pol, loads, names, memory=AutoscaleMemory(samples=samples, lead_time=60.0))
+    assert d.figures["lead_time"] == 60 and d.figures["keep_free"] == 90 and d.action != "up"
+
+
+def test_headroom_per_shard_keeps_room_for_a_big_meeting_on_every_ready_shard():
+    pol = policy(target_free=50, headroom_per_shard=20, hysteresis=0)
+    d = run(pol, *fleet(60, 60, 60, 60))  # 160 free < 50 + 4 x 20 = 130? no: enough
+    assert d.action == "hold" and d.figures["keep_free"] == 130
+    d = run(pol, *fleet(70, 70, 70, 70))  # 120 free < 130
+    assert d.action == "up" and d.target == 5
+    assert d.figures["keep_free"] == 130 and "headroom 20 x 4 shard(s)" in d.reason
+
+
+def test_the_memory_keeps_a_window_of_samples_and_survives_junk():
+    memory = AutoscaleMemory()
+    for k in range(400):
+        memory = memory.sampled(60.0 * k, k, 900)
+    assert len(memory.samples) == 16 and memory.samples[-1] == (60.0 * 399, 399.0)
+    assert memory_from_json({"samples": [[1, 2], [1, "x"], "junk", [1, 2, 3], [1e999, 1]], "lead_time": -5}) == \
+        AutoscaleMemory(samples=((1.0, 2.0),))
+
+
+def test_no_front_door_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSEMBLE_LOCK_DIR", str(tmp_path / "locks"))
+
     class Empty:
+        name, account = "fake", "fake account"
+
         def list_hosts(self, spec):
             return []
 
@@ -419,3 +544,76 @@ def test_a_state_file_that_is_not_a_regular_file_is_refused(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere.json")
     with pytest.raises(UsageError, match="not a regular file"):
         load_memory(tmp_path / "link")
+
+
+# ---------------------------------------------------------------- one autoscaler per fleet, and its systemd unit
+
+def test_a_second_autoscaler_of_the_fleet_is_refused(tmp_path, monkeypatch):
+    from ensemble.errors import UsageError
+
+    monkeypatch.setenv("ENSEMBLE_LOCK_DIR", str(tmp_path / "locks"))
+    spec, now = round_spec(), 1e9
+    holder = subprocess.Popen(  # a long-running `ensemble autoscale` of the same fleet
+        [sys.executable, "-c", "import time\nfrom ensemble.fleetlock import fleet_lock\n"
+         "with fleet_lock('t-asu.autoscaler', 'fake account'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "ENSEMBLE_LOCK_DIR": str(tmp_path / "locks")})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UsageError, match="another autoscaler of fleet 't-asu' runs: .*locked by"):
+            autoscale_once(spec, state_path=tmp_path / "s.json", provider=Fleet(1), now=now,
+                           view=view_of(spec, 9, now=now), scale=lambda *a, **k: 1 / 0)
+        # a dry run changes nothing: it may look while the autoscaler runs
+        assert autoscale_once(spec, dry_run=True, state_path=tmp_path / "s.json", provider=Fleet(1), now=now,
+                              view=view_of(spec, 9, now=now)).decision.action == "up"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def install_unit(tmp_path, *args: str, folder=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ensemble.cli", "autoscale", *args], capture_output=True, text=True,
+                          cwd=folder or tmp_path, timeout=120,
+                          env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
+
+
+@pytest.mark.needs_tool("systemd-analyze")
+def test_install_unit_writes_a_service_and_timer_systemd_accepts_and_a_rerun_changes_nothing(tmp_path):
+    folder = tmp_path / 'ops 50%$HOME"q'  # a hostile folder name: quoted, specifiers and variables escaped
+    folder.mkdir()
+    (folder / "ensemble.toml").write_text('[fleet]\nname = "t-as2u"\ndomain = "t-as2u.test"\n\n'
+                                          '[autoscale]\ninterval = 45\n')
+    units = tmp_path / "units"
+    units.mkdir()
+    done = install_unit(tmp_path, "--install-unit", "-c", "ensemble.toml", "--unit-dir", str(units), "--json",
+                        folder=folder)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["changed"] == ["ensemble-autoscale-t-as2u.service", "ensemble-autoscale-t-as2u.timer"]
+    assert out["enable"] == "systemctl daemon-reload && systemctl enable --now ensemble-autoscale-t-as2u.timer"
+    service = (units / "ensemble-autoscale-t-as2u.service").read_text()
+    timer = (units / "ensemble-autoscale-t-as2u.timer").read_text()
+    assert stat.S_IMODE(os.stat(units / "ensemble-autoscale-t-as2u.service").st_mode) == 0o644
+    escaped = str(folder).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    state = tmp_path / "state" / "ensemble" / "autoscale-t-as2u.json"
+    assert f'"autoscale" "--once" "--config" "{escaped}/ensemble.toml" "--state-file" "{state}"' in service
+    assert "Type=oneshot" in service and f'"XDG_STATE_HOME={tmp_path / "state"}"' in service
+    assert "EnvironmentFile=-/etc/ensemble/autoscale-t-as2u.env" in service
+    assert "OnUnitInactiveSec=45s" in timer and "WantedBy=timers.target" in timer
+    verify = subprocess.run(["systemd-analyze", "verify", str(units / "ensemble-autoscale-t-as2u.service"),
+                             str(units / "ensemble-autoscale-t-as2u.timer")], capture_output=True, text=True,
+                            timeout=120)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    again = install_unit(tmp_path, "--install-unit", "-c", "ensemble.toml", "--unit-dir", str(units), folder=folder)
+    assert again.returncode == 0 and again.stdout.count(": unchanged") == 2, again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--install-unit", "--once"], "--install-unit: not with --once or --dry-run"),
+    (["--unit-dir", "/tmp"], "--unit-dir: only with --install-unit"),
+    (["--install-unit", "--unit-dir", "/nonexistent-units"], "--unit-dir: /nonexistent-units is not a directory"),
+])
+def test_install_unit_bad_use_exits_2_with_one_line(tmp_path, args, message):
+    (tmp_path / "ensemble.toml").write_text('[fleet]\nname = "t-as2u"\ndomain = "t-as2u.test"\n')
+    done = install_unit(tmp_path, *args, "-c", "ensemble.toml")
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

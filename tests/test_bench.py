@@ -71,3 +71,36 @@ def test_deploy_bench_names_each_missed_target():
     assert deploy.missed_targets({"ratio_3_vs_1": 1.2, "rerun_changes": 0, "ratio_ensemble_vs_shell": 1.1}) == []
     assert deploy.missed_targets({"ratio_3_vs_1": 2.0, "rerun_changes": 3}) == [
         "ratio_3_vs_1 = 2.0, target <= 1.5", "rerun_changes = 3, target == 0"]
+
+
+AUTOSCALE_BENCH = ROOT / "bench" / "autoscale.py"
+
+
+def test_autoscale_bench_quick_reports_three_fleets_and_its_exit_follows_the_misses():
+    done = subprocess.run([sys.executable, str(AUTOSCALE_BENCH), "--quick", "--json"], capture_output=True,
+                          text=True, timeout=600)
+    result = json.loads(done.stdout)
+    assert set(result["median"]) == {"fixed", "threshold", "ensemble"} and result["seeds"] == 1
+    assert done.returncode == (1 if result["missed_targets"] else 0), done.stderr
+    # the real round ran: it scaled up, drained and removed shards over the day
+    actions = result["runs"]["ensemble"][0]["actions"]
+    assert actions["up"] > 0 and actions["drain"] > 0 and actions["down"] > 0
+
+
+def test_autoscale_bench_names_each_missed_target():
+    spec = importlib.util.spec_from_file_location("bench_autoscale", AUTOSCALE_BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_autoscale"] = bench  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    fixed = {"shard_hours": 700, "peak_overload": 1.1}
+    assert bench.missed_targets({"fixed": fixed, "threshold": {"shard_hours": 360, "peak_overload": 1.05},
+                                 "ensemble": {"shard_hours": 350, "peak_overload": 1.05}}) == []
+    assert bench.missed_targets({"fixed": fixed, "threshold": {"shard_hours": 360, "peak_overload": 1.05},
+                                 "ensemble": {"shard_hours": 361, "peak_overload": 1.06}}) == [
+        "shard_hours: ensemble 361 > threshold 360", "peak_overload: ensemble 1.06 > threshold 1.05"]
+
+
+def test_run_all_refuses_an_unknown_benchmark_and_knows_autoscale():
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "nope"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "valid: provision, frontdoor, deploy, autoscale" in done.stderr

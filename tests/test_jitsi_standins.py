@@ -27,11 +27,16 @@ from conftest import missing
 
 from ensemble.standins import build_standin_repo
 from ensemble.standins.jitsi_repo import (
+    CURRENT_ONLY_PLUGINS,
     JICOFO_VERSION,
     JVB_VERSION,
     KEY_FILE,
+    LEGACY_ONLY_PLACEHOLDERS,
     MEET_VERSION,
+    OWN_PLUGINS,
     PLACEHOLDER_PLUGINS,
+    legacy_packages,
+    standin_packages,
 )
 
 PACKAGES = ["jitsi-videobridge2", "jicofo", "jitsi-meet-web", "jitsi-meet-web-config", "jitsi-meet-prosody",
@@ -271,9 +276,32 @@ def test_files_units_and_debconf_templates(repo, tmp_path):
 
     prosody = deb_paths(deb_of(repo, "jitsi-meet-prosody"))
     for name in ("muc_census", "conference_duration", "auth_jitsi-anonymous", "roster_command", "muc_filter_access",
-                 *PLACEHOLDER_PLUGINS):
+                 "muc_hide_all", "features_identity", "room_metadata_component", "polls_component",
+                 "speakerstats_component", "end_conference", "av_moderation_component", *PLACEHOLDER_PLUGINS):
         assert f"/usr/share/jitsi-meet/prosody-plugins/mod_{name}.lua" in prosody
     assert "/usr/share/jitsi-meet/prosody-plugins/mod_external_services.lua" not in prosody  # prosody ships it
+    for gone in LEGACY_ONLY_PLACEHOLDERS:  # removed upstream in 2025: loading them must fail, as upstream
+        assert f"/usr/share/jitsi-meet/prosody-plugins/mod_{gone}.lua" not in prosody
+
+
+def test_the_legacy_prosody_package_has_the_2023_plugins():
+    """jitsi-meet-prosody 1.0.7322 (legacy profiles) still has the modules removed in 2025, not the newer components."""
+    def plugins(packages) -> set[str]:
+        (pkg,) = [p for p in packages if p.name == "jitsi-meet-prosody"]
+        return {path.rsplit("/", 1)[1] for path in pkg.files if "/prosody-plugins/" in path}
+
+    legacy, current = plugins(legacy_packages()), plugins(standin_packages())
+    assert {f"mod_{n}.lua" for n in LEGACY_ONLY_PLACEHOLDERS} <= legacy - current
+    assert set(CURRENT_ONLY_PLUGINS) <= current - legacy
+    # its postinst predates polls as a component: it neither appends one nor comments the module out
+    from ensemble.standins.jitsi_repo import script_text
+
+    def postinst(packages) -> str:
+        (pkg,) = [p for p in packages if p.name == "jitsi-meet-prosody"]
+        return script_text(pkg, "postinst")
+
+    assert "polls_component" in postinst(standin_packages()) and "polls_component" not in postinst(legacy_packages())
+    assert postinst(legacy_packages()).count("\n") > 100  # the rest of the script is there
 
 
 def test_maintainer_scripts_are_valid_shell(repo, tmp_path):
@@ -293,8 +321,8 @@ def test_prosody_plugins_compile(repo, tmp_path):
     luac = shutil.which("luac5.4") or shutil.which("luac")
     assert luac, "lua5.4 (luac) is in .ci/apt-packages.txt"
     root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "p")
-    plugins = sorted((root / "usr/share/jitsi-meet/prosody-plugins").glob("*.lua"))
-    assert len(plugins) == len(PLACEHOLDER_PLUGINS) + 5
+    plugins = sorted((root / "usr/share/jitsi-meet/prosody-plugins").glob("*.lua"))  # *.lib.lua included
+    assert len(plugins) == len(PLACEHOLDER_PLUGINS) + len(OWN_PLUGINS) + len(CURRENT_ONLY_PLUGINS)
     for plugin in plugins:  # one file per run: Debian's luac5.4 aborts on many files at once
         subprocess.run([luac, "-p", str(plugin)], check=True)
     subprocess.run([luac, "-p", str(root / "usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example")], check=True)
@@ -592,11 +620,21 @@ class XmppClient:
         text, self.buffer = self.buffer[:match.end()], self.buffer[match.end():]
         return text
 
-    def join(self, room_jid: str, nick: str) -> None:
+    def join(self, room_jid: str, nick: str) -> str:
+        """Join a MUC; the stanzas up to our own presence (the other occupants' presences among them)."""
         self.send(f"<presence to='{room_jid}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
         # our own presence in the room (status 110): joined; an error presence: refused
         answer = self.read_until(r"<status code=['\"]110['\"]|<presence [^>]*type=['\"]error['\"].*?</presence>")
         assert "110" in answer, f"joining {room_jid} refused: {answer}"
+        return answer
+
+    def disco(self, to: str, what: str = "info") -> str:
+        """The answer (the whole <iq>) to a disco#info or disco#items query sent to `to`."""
+        self.queries = getattr(self, "queries", 0) + 1
+        iq_id = f"disco{self.queries}"
+        self.send(f"<iq type='get' id='{iq_id}' to='{to}'>"
+                  f"<query xmlns='http://jabber.org/protocol/disco#{what}'/></iq>")
+        return self.read_until(rf"(?s)<iq [^>]*id=['\"]{iq_id}['\"](?:[^>]*/>|.*?</iq>)")
 
     def close(self) -> None:
         try:
@@ -615,13 +653,14 @@ def make_certs(folder: Path, *hosts: str) -> Path:
 
 
 @contextlib.contextmanager
-def running_prosody(repo, tmp_path: Path, vhost: str):
+def running_prosody(repo, tmp_path: Path, vhost: str, plugins: Path | None = None):
     """Run a real prosody on loopback ports with the stand-in plugins and `vhost` (a Jitsi virtual host file
-    whose plugin_paths is rewritten to the extracted stand-in plugins)."""
+    whose plugin_paths is rewritten to the extracted stand-in plugins, or to `plugins`)."""
     prosody = shutil.which("prosody")
     assert prosody, "prosody is in .ci/apt-packages.txt"
-    root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "pkg")
-    plugins = root / "usr/share/jitsi-meet/prosody-plugins"
+    if plugins is None:
+        root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "pkg")
+        plugins = root / "usr/share/jitsi-meet/prosody-plugins"
     vhost = vhost.replace('"/usr/share/jitsi-meet/prosody-plugins/"', f'"{plugins}/"')
     c2s, http_port = free_port(), free_port()
     (tmp_path / "data").mkdir()
@@ -815,23 +854,96 @@ def test_standins_run_with_the_files_ensemble_renders(repo, tmp_path, start_serv
             visitor.close()
         status, answer = http("POST", f"{jicofo}/conference-request/v1", {"room": room})
         assert status == 200 and answer["ready"] is True
-        guest = XmppClient(prosody["c2s"], domain)
+        guest, outsider = XmppClient(prosody["c2s"], domain), XmppClient(prosody["c2s"], domain)
         try:
-            guest.join(room, "eve")
+            presences = guest.join(room, "eve").replace('"', "'")
+            # the focus made the room and owns it (admins of the MUC, as upstream)
+            focus = re.search(rf"(?s)<presence [^>]*from='{re.escape(room)}/focus'.*?</presence>", presences)
+            assert focus and "affiliation='owner'" in focus.group(), presences
             assert [(r["room_name"], r["participants"]) for r in get_census(prosody["census"], domain)] == [(room, 1)]
             stats = http("GET", f"{jvb}/colibri/stats")[1]
             assert (stats["conferences"], stats["participants"]) == (1, 1)
+            # muc_hide_all: an anonymous user lists no room and learns nothing of a room it is not in
+            items = outsider.disco(f"conference.{domain}", "items")
+            assert "type='result'" in items.replace('"', "'") and "<item" not in items, items
+            assert "forbidden" in outsider.disco(room), "disco#info of a room answered to a non-occupant"
+            assert "<identity" in guest.disco(room)  # an occupant still reads the room's info
+            # features_identity: the components are announced on the main host, as upstream's
+            identities = {}
+            for tag in re.findall(r"<identity [^>]*>", outsider.disco(domain)):  # attributes come in any order
+                attrs = dict(re.findall(r"(\w+)=['\"]([^'\"]*)['\"]", tag))
+                identities[attrs.get("type")] = attrs.get("name")
+            assert {kind: identities.get(kind) for kind in
+                    ("speakerstats", "end_conference", "av_moderation", "room_metadata", "polls")} == {
+                "speakerstats": f"speakerstats.{domain}", "end_conference": f"endconference.{domain}",
+                "av_moderation": f"avmoderation.{domain}", "room_metadata": f"metadata.{domain}",
+                "polls": f"polls.{domain}"}, identities
         finally:
             guest.close()
+            outsider.close()
         log = prosody["log"].read_text()
     problems = [line for line in log.splitlines() if re.search(r"\terror\t|Unable to load|Failed to load", line)]
     assert not problems, "\n".join(problems)
 
 
 
+LOAD_PROBLEMS = r"\terror\t|Unable to load|Failed to load"
+
+
+def rendered_vhost(profile: str, certs_dir: Path) -> tuple[str, str]:
+    """(domain, prosody virtual host file) as ensemble renders it for `profile`, certificates made."""
+    from ensemble.render import shard_files
+    from ensemble.secrets import complete_secrets
+    from ensemble.spec import spec_from_dict
+
+    spec = spec_from_dict({"fleet": {"name": "stl", "domain": "stl.test", "shards": 1, "os": profile}},
+                          source="<test>")
+    domain = spec.shard_names()[0]
+    secrets: dict = {}
+    complete_secrets(secrets, spec)
+    (vhost,) = [f.content for f in shard_files(spec, 1, secrets) if f.component == "prosody"]
+    certs = make_certs(certs_dir, domain, f"auth.{domain}")
+    return domain, vhost.replace("/etc/prosody/certs/", f"{certs}/")
+
+
+@pytest.mark.needs_tool("prosody")
+def test_a_module_upstream_removed_fails_to_load(repo, tmp_path):
+    """The stand-in package no longer has the modules upstream removed in 2025: a virtual host that still
+    loads one (here "speakerstats" on the main host) makes prosody log the failure the tests look for."""
+    domain, vhost = rendered_vhost("debian-bookworm", tmp_path / "certs")
+    old = vhost.replace('        "features_identity";\n', '        "features_identity";\n        "speakerstats";\n', 1)
+    assert old != vhost
+    with running_prosody(repo, tmp_path, old) as prosody:
+        failure = wait_for(lambda: re.search(r".*Unable to load module.*speakerstats.*", prosody["log"].read_text()),
+                           what="prosody's complaint about mod_speakerstats")
+    assert re.search(LOAD_PROBLEMS, failure.group())
+
+
+@pytest.mark.needs_tool("prosody")
+def test_the_legacy_virtual_host_loads_with_the_legacy_plugins(tmp_path):
+    """A legacy profile's file (2.0.8719's layout: speakerstats, av_moderation and polls modules, the
+    conference_duration component) loads cleanly with the legacy jitsi-meet-prosody's plugins; the current
+    package's plugins would refuse it."""
+    from ensemble.standins.jitsi_repo import _write_tree
+
+    domain, vhost = rendered_vhost("debian-buster", tmp_path / "certs")
+    assert '"speakerstats";' in vhost and '"conference_duration_component"' in vhost
+    (pkg,) = [p for p in legacy_packages() if p.name == "jitsi-meet-prosody"]
+    _write_tree(pkg, tmp_path / "legacy")
+    with running_prosody(None, tmp_path, vhost, plugins=tmp_path / "legacy/usr/share/jitsi-meet/prosody-plugins"
+                         ) as prosody:
+        client = XmppClient(prosody["c2s"], domain)  # the hosts are up: an anonymous login works
+        client.close()
+        log = prosody["log"].read_text()
+    problems = [line for line in log.splitlines() if re.search(LOAD_PROBLEMS, line)]
+    assert not problems, "\n".join(problems)
+    assert "TEST STAND-IN placeholder mod_speakerstats loaded" in log
+
+
 @contextlib.contextmanager
-def chromium(tmp_path: Path, resolver_rules: str):
-    """Headless Debian Chromium driven by selenium; names resolved by `resolver_rules` only."""
+def chromium(tmp_path: Path, resolver_rules: str, languages: str = "en-US,en"):
+    """Headless Debian Chromium driven by selenium; names resolved by `resolver_rules` only; the browser's
+    preferred `languages` (navigator.languages)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -842,6 +954,7 @@ def chromium(tmp_path: Path, resolver_rules: str):
                  "--no-proxy-server", "--ignore-certificate-errors", f"--user-data-dir={tmp_path / 'chromium'}",
                  f"--host-resolver-rules={resolver_rules}"):
         options.add_argument(flag)
+    options.add_experimental_option("prefs", {"intl.accept_languages": languages})
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
         driver.set_page_load_timeout(30)
@@ -853,6 +966,60 @@ def chromium(tmp_path: Path, resolver_rules: str):
 def body_state(driver) -> dict:
     attributes = ("ready", "joined", "participants", "error")
     return {a: driver.find_element("tag name", "body").get_attribute(f"data-standin-{a}") for a in attributes}
+
+
+# ------------------------------------------------------------------------------------------------ web app language
+
+def standin_page(tmp_path: Path, config_js: str) -> Path:
+    """The stand-in web app's page as its index.html assembles it: config.js, then the package's
+    interface_config.js (upstream's defaults), then the app; no room (nothing to join)."""
+    from ensemble.standins.jitsi_repo import _data_bytes
+
+    web = tmp_path / "web"
+    web.mkdir(parents=True)
+    (web / "config.js").write_text(config_js)
+    (web / "interface_config.js").write_bytes(_data_bytes("web/interface_config.js"))
+    (web / "app.js").write_bytes(_data_bytes("web/libs/app.bundle.min.js"))
+    (web / "index.html").write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><script>window.standin = { room: "" };</script>'
+        '<script src="config.js"></script><script src="interface_config.js"></script>'
+        '<script src="app.js"></script></head><body><div id="react"></div></body></html>')
+    return web / "index.html"
+
+
+def page_language(browser, page: Path, query: str = "") -> tuple[str, dict]:
+    browser.get(page.as_uri() + query)
+    wait_for(lambda: body_state(browser)["ready"] == "true", timeout=15, what="the stand-in page")
+    return (browser.execute_script("return document.documentElement.lang"),
+            browser.execute_script("return window.interfaceConfig"))
+
+
+@pytest.mark.needs_tool("chromium", "/usr/bin/chromedriver")
+def test_interface_config_has_upstreams_defaults_and_ensembles_language_wins(tmp_path):
+    """With upstream's interface_config.js (LANG_DETECTION on), an English browser sees English even where
+    config.js says French; with the config.js ensemble renders, the fleet's French wins, every other upstream
+    default is kept, and ?lang= still switches."""
+    from ensemble.render import shard_files
+    from ensemble.secrets import complete_secrets
+    from ensemble.spec import spec_from_dict
+
+    spec = spec_from_dict({"fleet": {"name": "lng", "domain": "lng.test"}, "jitsi": {"language": "fr"}},
+                          source="<test>")
+    secrets: dict = {}
+    complete_secrets(secrets, spec)
+    domain = spec.shard_names()[0]
+    (rendered,) = [f.content for f in shard_files(spec, 1, secrets) if f.path == f"/etc/jitsi/meet/{domain}-config.js"]
+    with chromium(tmp_path, "MAP * ~NOTFOUND", languages="en-US,en") as browser:
+        upstream_lang, upstream_ic = page_language(
+            browser, standin_page(tmp_path / "upstream", "var config = { defaultLanguage: 'fr' };"))
+        assert upstream_lang == "en" and upstream_ic["LANG_DETECTION"] is True  # the browser wins upstream
+        page = standin_page(tmp_path / "ensemble", rendered)
+        lang, ic = page_language(browser, page)
+        assert lang == "fr" and ic["LANG_DETECTION"] is False
+        assert {k: v for k, v in ic.items() if k != "LANG_DETECTION"} == {
+            k: v for k, v in upstream_ic.items() if k != "LANG_DETECTION"}  # upstream's other defaults kept
+        assert (ic["APP_NAME"], ic["SHOW_JITSI_WATERMARK"], ic["PROVIDER_NAME"]) == ("Jitsi Meet", True, "Jitsi")
+        assert page_language(browser, page, "?lang=de")[0] == "de"  # the user's choice still wins
 
 
 # ------------------------------------------------------------------------------------------------ a real guest

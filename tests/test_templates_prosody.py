@@ -126,6 +126,49 @@ def test_the_jitsi_essentials_are_there(profile):
     assert ('"smacks"' in site) is not legacy
 
 
+MUCS = ("conference", "breakout", "lobby")
+GONE_2025 = ('"speakerstats";', '"av_moderation";', '"polls";', '"conference_duration_component"',
+             "speakerstats_component =", "conference_duration_component =", "av_moderation_component =",
+             "end_conference_component =")
+
+
+@pytest.mark.parametrize("profile", sorted(p for p in PROFILES if not PROFILES[p].legacy))
+def test_current_profiles_follow_upstreams_2025_layout(profile):
+    """Upstream's current layout: features_identity and the focus as admin on the main host, every MUC hides
+    its rooms, the metadata and polls components; none of the modules upstream removed in 2025."""
+    d, site = _prosody_file(profile)
+    main_host = _section(site, f'VirtualHost "{d}"')
+    assert '"features_identity"' in main_host and '"conference_duration"' in main_host
+    assert f'admins = {{ "focus@auth.{d}" }}' in main_host
+    for muc in (*MUCS, "internal.auth"):
+        assert '"muc_hide_all"' in _section(site, f'Component "{muc}.{d}" "muc"'), muc
+    metadata = _section(site, f'Component "metadata.{d}" "room_metadata_component"')
+    assert f'muc_component = "conference.{d}"' in metadata and f'breakout_rooms_component = "breakout.{d}"' in metadata
+    assert f'Component "polls.{d}" "polls_component"' in site
+    for kind, component in (("speakerstats", "speakerstats_component"), ("endconference", "end_conference"),
+                            ("avmoderation", "av_moderation_component")):
+        assert f'muc_component = "conference.{d}"' in _section(site, f'Component "{kind}.{d}" "{component}"')
+    for gone in GONE_2025:
+        assert gone not in site, gone
+    # jitsi-meet-prosody's postinst greps for these on every upgrade: present, so it edits nothing
+    assert re.search(rf'Component "conference\.{re.escape(d)}" "muc"\n    restrict_room_creation = true', site)
+
+
+@pytest.mark.parametrize("profile", sorted(p for p in PROFILES if PROFILES[p].legacy))
+def test_legacy_profiles_keep_the_2_0_8719_layout(profile):
+    """jitsi-meet 2.0.8719 (legacy profiles) still has the modules removed in 2025 and none of the newer ones."""
+    d, site = _prosody_file(profile)
+    main_host = _section(site, f'VirtualHost "{d}"')
+    for name in ('"speakerstats";', '"av_moderation";', '"end_conference";',
+                 f'speakerstats_component = "speakerstats.{d}"'):
+        assert name in main_host, name
+    assert f'Component "conferenceduration.{d}" "conference_duration_component"' in site
+    assert '"polls";' in _section(site, f'Component "conference.{d}" "muc"')
+    for newer in ('"features_identity"', "room_metadata_component", "polls_component"):
+        assert newer not in site, newer
+    assert not any('"muc_hide_all"' in _section(site, f'Component "{muc}.{d}" "muc"') for muc in MUCS)
+
+
 # ---------------------------------------------------------------- prosody running the rendered file
 
 # Runs inside a private network namespace (only its own loopback): start prosody as its user, wait for

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 from conftest import ssh_run
 from standins.xmpp_participant import (
     FOCUS_NICK,
+    NS_DISCO_ITEMS,
+    NS_STANZAS,
     Participant,
     ParticipantError,
     _ws_frame,
@@ -189,10 +192,28 @@ def test_participants_are_counted_while_joined_and_not_after_leaving(shard):
 
 @pytest.mark.realhost
 @pytest.mark.slow
-def test_rooms_are_counted_apart(shard):
+def test_prosody_loaded_every_module_the_virtual_host_names(shard):
+    """The deployed virtual host (upstream's current layout) names no module the installed jitsi-meet-prosody
+    lacks: prosody's error log on the shard has no failed module load."""
+    code, out, err = ssh_run(shard, "cat /var/log/prosody/prosody.err /var/log/prosody/prosody.log 2>/dev/null"
+                                    " | grep -E 'Unable to load module|Error loading' || true")
+    assert code == 0 and out.strip() == "", out + err
+
+
+@pytest.mark.realhost
+@pytest.mark.slow
+def test_rooms_are_counted_apart_and_their_names_stay_private(shard):
+    """Two rooms, counted apart by the census; through the shard's public signalling, an anonymous participant
+    lists no room of the MUC (muc_hide_all) and cannot read a room it is not in, while it can read its own."""
     url = f"https://{shard.name}"
     with Participant(url, "planning", address=shard.address, verify=False) as a, \
             Participant(url, "Standup", address=shard.address, verify=False) as b:
         assert census(shard) == {f"planning@conference.{shard.name}": 1, f"standup@conference.{shard.name}": 1}
         assert a.participants == b.participants == 1
+        listed = a.disco(f"conference.{shard.name}", "items")
+        assert listed.get("type") == "result" and not list(listed.iter(f"{{{NS_DISCO_ITEMS}}}item")), \
+            ET.tostring(listed, "unicode")
+        other = a.disco(f"standup@conference.{shard.name}", "info")
+        assert other.get("type") == "error" and other.find(f".//{{{NS_STANZAS}}}forbidden") is not None
+        assert a.disco(f"planning@conference.{shard.name}", "info").get("type") == "result"
     wait_for(lambda: census(shard) == {}, 30, "both rooms to go")

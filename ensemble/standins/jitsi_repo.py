@@ -20,6 +20,7 @@ import fcntl
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -58,24 +59,35 @@ JVB_PROGRAM = "/usr/share/jitsi-videobridge/standin-jvb.py"
 JICOFO_PROGRAM = "/usr/share/jicofo/standin-jicofo.py"
 PLUGIN_DIR = "/usr/share/jitsi-meet/prosody-plugins"
 
-# Plugin names a Jitsi virtual host file may load. The stand-in ships a working census, anonymous
-# auth, roster command and brewery filter (muc_filter_access), and a do-nothing module for every
-# other name so prosody starts cleanly.
+# Plugin names a Jitsi virtual host file may load. The stand-in ships working modules where their effect
+# is observable (census, conference duration, anonymous auth, roster command, brewery filter, hidden rooms,
+# the components' identities: OWN_PLUGINS), and a do-nothing module for every other name so prosody starts
+# cleanly. A name upstream no longer ships is not shipped either: prosody then logs "Unable to load module",
+# as with upstream's packages, and the tests that read prosody's log fail.
 # Names prosody 0.12+ ships itself (bosh, websocket, smacks, external_services, ...) are left out on
 # purpose: a placeholder in plugin_paths would shadow the real module.
+OWN_PLUGINS = (
+    "mod_muc_census.lua", "mod_conference_duration.lua", "mod_auth_jitsi-anonymous.lua", "mod_roster_command.lua",
+    "mod_muc_filter_access.lua", "mod_muc_hide_all.lua", "mod_features_identity.lua", "standin_component.lib.lua",
+    "mod_speakerstats_component.lua", "mod_end_conference.lua", "mod_av_moderation_component.lua",
+)
+# Components that came after 2.0.8719 (room metadata 2024, polls as a component 2025).
+CURRENT_ONLY_PLUGINS = ("mod_room_metadata_component.lua", "mod_polls_component.lua")
 PLACEHOLDER_PLUGINS = (
-    "av_moderation", "av_moderation_component", "client_proxy",
-    "conference_duration_component", "end_conference", "features_identity", "filter_iq_jibri", "filter_iq_rayo",
+    "client_proxy", "filter_iq_jibri", "filter_iq_rayo",
     "fmuc", "jibri_session", "jiconop", "jitsi_permissions", "jitsi_session", "limits_exception",
     "measure_message_count", "muc_allowners", "muc_auth_ban", "muc_breakout_rooms", "muc_domain_mapper",
-    "muc_end_meeting", "muc_hide_all", "muc_kick_participant", "muc_limit_messages",
+    "muc_end_meeting", "muc_kick_participant", "muc_limit_messages",
     "muc_lobby_rooms", "muc_max_occupants", "muc_meeting_id", "muc_password_check", "muc_password_whitelist",
     "muc_poltergeist", "muc_rate_limit", "muc_resource_validate", "muc_size", "muc_visitors",
-    "muc_wait_for_host", "persistent_lobby", "polls", "polls_component", "presence_identity", "rate_limit",
-    "room_destroy", "room_metadata", "room_metadata_component", "s2s_whitelist", "s2sout_override",
-    "secure_interfaces", "speakerstats", "speakerstats_component", "system_chat_message", "token_verification",
+    "muc_wait_for_host", "persistent_lobby", "presence_identity", "rate_limit",
+    "room_destroy", "room_metadata", "s2s_whitelist", "s2sout_override",
+    "secure_interfaces", "system_chat_message", "token_verification",
     "turncredentials", "visitors", "visitors_component",
 )
+# Modules jitsi-meet-prosody 1.0.7322 (the legacy set) still shipped and upstream removed in 2025: only the
+# legacy package has them (as placeholders).
+LEGACY_ONLY_PLACEHOLDERS = ("speakerstats", "av_moderation", "polls", "conference_duration_component")
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,7 @@ class StandinPackage:
     files: dict[str, str] = field(default_factory=dict)  # guest path -> "data:<file>" or literal text
     modes: dict[str, int] = field(default_factory=dict)  # guest path -> mode (default 0644)
     scripts: tuple[str, ...] = ()  # maintainer scripts / debconf files under jitsi/debian/<name>.<script>
+    legacy: bool = False  # of the legacy set: its scripts lack the blocks marked "# >>> since 2025"
 
     def description(self) -> str:
         return (f"TEST STAND-IN for {self.what} {NOT_JITSI}\n"
@@ -143,10 +156,11 @@ def _web_files() -> dict[str, str]:
     return {f"{root}/{n}": f"data:web/{n}" for n in names}
 
 
-def _prosody_files() -> dict[str, str]:
-    out = {f"{PLUGIN_DIR}/mod_{n}.lua": _placeholder_plugin(n) for n in PLACEHOLDER_PLUGINS}
-    for own in ("mod_muc_census.lua", "mod_conference_duration.lua", "mod_auth_jitsi-anonymous.lua",
-                "mod_roster_command.lua", "mod_muc_filter_access.lua"):
+def _prosody_files(legacy: bool = False) -> dict[str, str]:
+    """The files of jitsi-meet-prosody: the plugins of the current release, or of the legacy one (1.0.7322)."""
+    placeholders = PLACEHOLDER_PLUGINS + (LEGACY_ONLY_PLACEHOLDERS if legacy else ())
+    out = {f"{PLUGIN_DIR}/mod_{n}.lua": _placeholder_plugin(n) for n in placeholders}
+    for own in OWN_PLUGINS + (() if legacy else CURRENT_ONLY_PLUGINS):
         out[f"{PLUGIN_DIR}/{own}"] = f"data:prosody-plugins/{own}"
     out["/usr/share/jitsi-meet-prosody/prosody.cfg.lua-jvb.example"] = "data:prosody/prosody.cfg.lua-jvb.example"
     return out
@@ -171,7 +185,7 @@ def standin_packages(revision: int = 1) -> list[StandinPackage]:
     """
     jvb_version, jicofo_version, meet_version = (revised(v, revision) for v in
                                                   (JVB_VERSION, JICOFO_VERSION, MEET_VERSION))
-    return _packages(jvb_version, jicofo_version, meet_version, meet_version)
+    return _packages(jvb_version, jicofo_version, meet_version, meet_version, legacy=False)
 
 
 def legacy_packages() -> list[StandinPackage]:
@@ -179,10 +193,12 @@ def legacy_packages() -> list[StandinPackage]:
 
     Example: {p.name: p.version for p in legacy_packages()}["jicofo"]    # "1.0-1038-1"
     """
-    return _packages(LEGACY_JVB_VERSION, LEGACY_JICOFO_VERSION, LEGACY_WEB_VERSION, LEGACY_MEET_VERSION)
+    return _packages(LEGACY_JVB_VERSION, LEGACY_JICOFO_VERSION, LEGACY_WEB_VERSION, LEGACY_MEET_VERSION,
+                     legacy=True)
 
 
-def _packages(jvb_version: str, jicofo_version: str, web_version: str, meet_version: str) -> list[StandinPackage]:
+def _packages(jvb_version: str, jicofo_version: str, web_version: str, meet_version: str, *,
+              legacy: bool) -> list[StandinPackage]:
     service_deps = ("python3 (>= 3.9)", "adduser", "procps", "debconf (>= 0.5) | debconf-2.0")
     maint = ("templates", "config", "postinst", "prerm", "postrm")
     return [
@@ -216,9 +232,9 @@ def _packages(jvb_version: str, jicofo_version: str, web_version: str, meet_vers
             "jitsi-meet-prosody", web_version, "the Jitsi Meet prosody configuration and plugins (jitsi-meet-prosody)",
             depends=("openssl", "ca-certificates", "prosody (>= 0.12.0) | prosody-0.12 | prosody-13.0", "lua-sec",
                      "lua-basexx", "lua-luaossl", "lua-cjson", "lua-inspect", "debconf (>= 0.5) | debconf-2.0"),
-            files={**_prosody_files(),
+            files={**_prosody_files(legacy),
                    "/usr/share/doc/jitsi-meet-prosody/README.standin": _readme("jitsi-meet-prosody")},
-            scripts=("templates", "config", "postinst", "postrm")),
+            scripts=("templates", "config", "postinst", "postrm"), legacy=legacy),
         StandinPackage(
             "jitsi-meet", meet_version, "the Jitsi Meet meta package (jitsi-meet)",
             pre_depends=(f"jitsi-videobridge2 (= {jvb_version})",),
@@ -330,7 +346,7 @@ def _write_tree(pkg: StandinPackage, root: Path) -> None:
     control.mkdir(parents=True, exist_ok=True)
     for script in pkg.scripts:
         target = control / script
-        target.write_bytes(_data_bytes(f"debian/{pkg.name}.{script}"))
+        target.write_bytes(script_text(pkg, script).encode())
         target.chmod(0o644 if script == "templates" else 0o755)
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and control not in p.parents)
     (control / "control").write_text(_control_text(pkg, max(1, (size + 1023) // 1024)))
@@ -338,6 +354,18 @@ def _write_tree(pkg: StandinPackage, root: Path) -> None:
         if path.is_dir():
             path.chmod(0o755)
         os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH), follow_symlinks=False)
+
+
+def script_text(pkg: StandinPackage, script: str) -> str:
+    """A maintainer script of the package; for the legacy set without the edits upstream added in 2025
+    (the blocks between "# >>> since 2025" and "# <<< since 2025").
+
+    Example: "polls_component" in script_text(legacy_prosody_package, "postinst")   # False
+    """
+    text = _data_bytes(f"debian/{pkg.name}.{script}").decode()
+    if pkg.legacy:
+        text = re.sub(r"(?ms)^[ \t]*# >>> since 2025.*?^[ \t]*# <<< since 2025[^\n]*\n", "", text)
+    return text
 
 
 def build_deb(pkg: StandinPackage, out_dir: Path, work_dir: Path) -> Path:

@@ -76,6 +76,8 @@ NS_BOSH = "http://jabber.org/protocol/httpbind"
 NS_XBOSH = "urn:xmpp:xbosh"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_EXTDISCO = "urn:xmpp:extdisco:2"  # XEP-0215 external services (STUN/TURN), what lib-jitsi-meet asks for
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) ensemble-test-participant/1"
 FOCUS_NICK = "focus"  # jicofo's nick in every conference room
@@ -989,6 +991,29 @@ class Participant:
                     self.keepalive_gets += 1
                 except ParticipantError:
                     pass  # lib-jitsi-meet only logs it
+
+    def disco(self, to: str, what: str = "items", timeout: float = 10.0) -> ET.Element:
+        """XEP-0030: the answer (<iq> result or error) to a disco#info or disco#items query sent to `to`, as
+        any client may send one (lib-jitsi-meet asks the domain's disco#info for its components).
+
+        Example::
+
+            p.disco(f"conference.{domain}").findall(f"{{{NS_DISCO_ITEMS}}}query/{{{NS_DISCO_ITEMS}}}item")
+        """
+        iq_id = self._next_id("disco")
+        with self._lock:
+            self._iq_ids[iq_id] = None
+        ns = NS_DISCO_ITEMS if what == "items" else NS_DISCO_INFO
+        self._send(f"<iq xmlns='{NS_CLIENT}' type='get' id={quoteattr(iq_id)} to={quoteattr(to)}>"
+                   f"<query xmlns='{ns}'/></iq>")
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._iq_ids.get(iq_id) is None and self.error is None and time.monotonic() < deadline:
+                self._lock.wait(max(0.0, deadline - time.monotonic()))
+            answer = self._iq_ids.pop(iq_id, None)
+        if answer is None:
+            raise ParticipantError(f"{to}: no disco#{what} answer within {timeout:.0f} s")
+        return answer
 
     def external_services(self, timeout: float = 10.0) -> list[dict[str, str]]:
         """XEP-0215: the STUN/TURN services the shard announces, as lib-jitsi-meet fetches them after login
