@@ -21,7 +21,7 @@ from ensemble import paths
 from ensemble.profiles import PROSODY_IM_REPO
 from ensemble.providers.base import DeployEnv, Host
 from ensemble.publicports import public_ports
-from ensemble.spec import FleetSpec, spec_toml
+from ensemble.spec import FleetSpec, spec_json
 from ensemble.templating import RenderedFile, render_template
 from ensemble.turn import turn_context
 
@@ -252,13 +252,18 @@ def ssh_cidrs(spec: FleetSpec, env: DeployEnv) -> list[str]:
     return list(env.admin_cidrs) if env.admin_cidrs else list(spec.provider.scaleway.ssh_allowed_cidrs)
 
 
-SPEC_HEADER = "Managed by ensemble: the fleet spec as deployed (read by the refresh timer)."
-
-
 def launcher() -> str:
-    """The front door's `ensemble` command: the package deploy unpacked, run by Debian's python3."""
+    """The front door's `ensemble` command: the package deploy unpacked, run by Debian's python3.
+
+    `ensemble frontdoor refresh` (the timer's command) goes to the stdlib-only entry point
+    (ensemble.frontdoor.commands.host_main), which runs on python >= 3.9 without click; the rest
+    goes to the click CLI.
+    """
+    lib = f"{paths.ENSEMBLE_HOME}/lib"
     return (f'#!/bin/sh\n# Managed by ensemble.\n'
-            f'PYTHONPATH={paths.ENSEMBLE_HOME}/lib exec python3 -m ensemble.cli "$@"\n')
+            f'if [ "$1" = frontdoor ] && [ "$2" = refresh ]; then\n'
+            f'    shift\n    PYTHONPATH={lib} exec python3 -m ensemble.frontdoor.commands "$@"\nfi\n'
+            f'PYTHONPATH={lib} exec python3 -m ensemble.cli "$@"\n')
 
 
 def fleet_size_record(shards: int, spec_shards: int) -> str:
@@ -336,7 +341,7 @@ def base_files(spec: FleetSpec, host: Host, env: DeployEnv, host_secrets: dict, 
     else:
         record = fleet_size_record(spec.fleet.shards, spec_shards or spec.fleet.shards)
         out += [RenderedFile(paths.FLEET_SIZE_FILE, record, component="secrets"),
-                RenderedFile(paths.FRONTDOOR_SPEC, spec_toml(spec, header=SPEC_HEADER), component="frontdoor-program"),
+                RenderedFile(paths.FRONTDOOR_SPEC, spec_json(spec), component="frontdoor-program"),
                 RenderedFile(paths.ENSEMBLE_BIN, launcher(), 0o755, component="frontdoor-program")]
     if spec.tls.mode == "letsencrypt":
         turn = turn_context(spec, host.name) if shard else None

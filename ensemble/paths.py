@@ -57,7 +57,8 @@ COTURN_TLS_PORT = 5349  # coturn's own TLS listener (not opened in the firewall:
 # ---- front door ----
 ENSEMBLE_HOME = "/usr/local/lib/ensemble"  # ensemble's own code, run by the refresh timer
 ENSEMBLE_BIN = "/usr/local/bin/ensemble"
-FRONTDOOR_SPEC = "/etc/ensemble/ensemble.toml"
+FRONTDOOR_SPEC = "/etc/ensemble/ensemble.json"  # JSON: bullseye's python 3.9 has no tomllib
+FRONTDOOR_SPEC_TOML = "/etc/ensemble/ensemble.toml"  # where deploys before the JSON spec wrote it: removed
 FRONTDOOR_STATE = "/var/lib/ensemble/frontdoor/state.json"
 FRONTDOOR_METRICS = "/var/lib/ensemble/frontdoor/metrics.prom"  # Prometheus text, served at METRICS_URL_PATH
 METRICS_URL_PATH = "/_ensemble/metrics"  # allow-listed: frontdoor.metrics_allowed_cidrs

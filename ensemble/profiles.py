@@ -47,6 +47,21 @@ class OSProfile:
     prosody_package: str = "prosody"  # prosody.im: "prosody" follows the newest line; "prosody-0.11" etc. stay
 
     @property
+    def prosody_series(self) -> str:
+        """Which prosody the profile runs: "0.11" (legacy, prosody.im), "13" (prosody.im's newest line, or
+        trixie's own), else the distribution's "0.12" (bookworm, noble).
+
+        Example::
+
+            PROFILES["debian-trixie"].prosody_series    # "13"
+        """
+        if self.legacy:
+            return "0.11"
+        if self.prosody_source == "prosody.im" or self.codename in ("trixie",):
+            return "13"
+        return "0.12"
+
+    @property
     def eol_warning(self) -> str | None:
         if not self.legacy:
             return None

@@ -101,13 +101,8 @@ def _stun_host_port(server: str) -> str:
 
 
 def _prosody_series(spec: FleetSpec) -> str:
-    """Which prosody the profile gets: "0.11" (legacy), "0.12" or "13"."""
-    profile = spec.profile
-    if profile.legacy:
-        return "0.11"
-    if profile.prosody_source == "prosody.im" or profile.codename in ("trixie",):
-        return "13"
-    return "0.12"
+    """Which prosody the profile gets: "0.11" (legacy), "0.12" or "13" (OSProfile.prosody_series)."""
+    return spec.profile.prosody_series
 
 
 def _secret(secrets: Secrets, entry: str, name: str) -> str:

@@ -17,13 +17,12 @@ import ipaddress
 import json
 import re
 import string
-import tomllib
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ensemble.errors import SpecError
+from ensemble.errors import SpecError, UsageError
 from ensemble.etherpad_source import check_source_url
 from ensemble.grammar import (
     absolute_path_problem,
@@ -35,7 +34,7 @@ from ensemble.grammar import (
     url_problem,
 )
 from ensemble.profiles import DEFAULT_PROFILE, PROFILES, OSProfile
-from ensemble.userfiles import parse_toml, read_user_text
+from ensemble.userfiles import parse_json, parse_toml, read_user_text
 
 _FLEET_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 _ZONE = re.compile(r"[a-z]{2}-[a-z]{3}-[0-9]")
@@ -209,6 +208,8 @@ class FleetSection:
 class LocalProviderSection:
     suite: str = _opt("", "Debian suite of the containers (e.g. bookworm); empty = the OS profile's codename",
                       check=_check_optional_suite)
+    frontdoor_suite: str = _opt("", "Debian suite of the front door's container; empty = as the shards (a test "
+                                "switch: a front door on bullseye beside bookworm shards)", check=_check_optional_suite)
     cache_dir: str = _opt("/var/cache/ensemble", "where the debootstrapped root filesystem is kept (absolute path)",
                           check=_check_absolute)
     state_dir: str = _opt("/run/ensemble", "where running containers live (tmpfs)")
@@ -573,13 +574,18 @@ def _check_cross_fields(spec: FleetSpec) -> None:
 
 
 def load_spec(path: str | Path) -> FleetSpec:
-    """Read and validate an ensemble.toml. Raises UsageError/SpecError with one line.
+    """Read and validate an ensemble.toml (or its JSON rendering, `spec_json`, when the name ends in
+    .json: what the front door's refresher reads, python 3.9 having no tomllib). Raises
+    UsageError/SpecError with one line.
 
     The file is read bounded (a regular file of at most 1 MiB, UTF-8): a FIFO, /dev/zero or a
     directory given as --config is refused, not hung on.
     """
     p = Path(path)
-    data = parse_toml(read_user_text(p, "--config"), str(p))
+    text = read_user_text(p, "--config")
+    data = parse_json(text, str(p)) if p.suffix == ".json" else parse_toml(text, str(p))
+    if not isinstance(data, dict):
+        raise UsageError(f"{p}: a spec is a JSON object, got {type(data).__name__}")
     return spec_from_dict(data, source=str(p))
 
 
@@ -620,17 +626,17 @@ def default_spec() -> FleetSpec:
     from importlib.resources import files
 
     text = files("ensemble").joinpath("default.toml").read_text(encoding="utf-8")
-    return spec_from_dict(tomllib.loads(text), source="<embedded default>")
+    return spec_from_dict(parse_toml(text, "<embedded default>"), source="<embedded default>")
 
 
 def _toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # JSON's string escapes are TOML basic-string escapes
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
@@ -659,6 +665,22 @@ def spec_toml(spec: FleetSpec, header: str = "") -> str:
 
     section(spec, "")
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def spec_json(spec: FleetSpec) -> str:
+    """The spec as JSON that loads back to an equal spec (every key written, defaults included): what
+    the front door's refresher reads, on any python >= 3.9 (bullseye's 3.9 has no tomllib).
+
+    Example::
+
+        spec_from_dict(json.loads(spec_json(spec))) == spec      # True
+    """
+
+    def table(obj) -> dict:
+        return {f.name: table(getattr(obj, f.name)) if is_dataclass(getattr(obj, f.name)) else getattr(obj, f.name)
+                for f in fields(obj) if f.name != "source"}
+
+    return json.dumps(table(spec), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def iter_keys(cls: type = FleetSpec, prefix: str = ""):

@@ -21,9 +21,13 @@ import errno
 import json
 import os
 import stat
-import tomllib
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # python < 3.11 (bullseye's front door): the refresher reads the spec as JSON
+    tomllib = None  # type: ignore[assignment]
 
 from ensemble.errors import UsageError
 
@@ -115,6 +119,8 @@ def parse_toml(text: str, what: str) -> dict[str, Any]:
 
         parse_toml('[fleet]\\nname = "demo"\\n', "ensemble.toml")   # {"fleet": {"name": "demo"}}
     """
+    if tomllib is None:
+        raise UsageError(f"{what}: reading TOML needs python >= 3.11; give the spec as JSON (spec_json)")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

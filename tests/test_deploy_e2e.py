@@ -140,7 +140,7 @@ def test_front_door_serves_the_landing_page_with_the_pebble_chain(fleet):
 def test_front_door_refresh_reads_every_shard(fleet):
     _config, spec, hosts, _pebble, _ = fleet
     door = hosts[spec.fleet.domain]
-    code, out, err = ssh_run(door, "ensemble frontdoor refresh --config /etc/ensemble/ensemble.toml "
+    code, out, err = ssh_run(door, "ensemble frontdoor refresh --config /etc/ensemble/ensemble.json "
                                    "--secrets /etc/ensemble/secrets.json --json")
     assert code == 0, err[-2000:]
     result = json.loads(out)

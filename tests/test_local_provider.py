@@ -18,7 +18,7 @@ from conftest import local_spec, ssh_run
 from ensemble.errors import EnsembleError, SpecError, UsageError
 from ensemble.providers import local as local_mod
 from ensemble.providers import localnet
-from ensemble.providers.local import LOCAL_ETHERPAD_SOURCE, LocalProvider, suite_of
+from ensemble.providers.local import LOCAL_ETHERPAD_SOURCE, LocalProvider, suite_of, suite_of_role
 from ensemble.providers.localcontainer import container_processes, machine_name
 from ensemble.providers.localimage import guest_sources, machine_sources, mirror_for_suite, mounts_under
 from ensemble.providers.localnet import plan_network
@@ -60,6 +60,16 @@ def test_suite_follows_the_os_profile_and_refuses_what_the_mirror_lacks():
             suite_of(local_spec("t-facts", os_profile=profile))
     with pytest.raises(SpecError, match=r"^provider\.local\.suite: "):
         suite_of(local_spec("t-facts", provider={"kind": "local", "local": {"suite": "buster"}}))
+
+
+def test_the_front_door_may_run_another_suite_than_the_shards():
+    """A test switch: bullseye's front door beside bookworm shards (bullseye's shards need prosody.im)."""
+    spec = local_spec("t-facts", provider={"kind": "local", "local": {"frontdoor_suite": "bullseye"}})
+    assert (suite_of_role(spec, "frontdoor"), suite_of_role(spec, "shard")) == ("bullseye", "bookworm")
+    assert suite_of_role(local_spec("t-facts"), "frontdoor") == "bookworm"
+    with pytest.raises(SpecError, match=r"^provider\.local\.frontdoor_suite: "):
+        suite_of_role(local_spec("t-facts", provider={"kind": "local", "local": {"frontdoor_suite": "buster"}}),
+                      "frontdoor")
 
 
 def test_mirror_is_read_from_the_machine_sources(tmp_path):

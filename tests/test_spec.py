@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from ensemble.errors import SpecError
+from ensemble.errors import EnsembleError, SpecError
 from ensemble.profiles import PROFILES
 from ensemble.spec import default_spec, iter_keys, load_spec, spec_from_dict
 
@@ -128,3 +129,32 @@ def test_spec_toml_loads_back_to_the_same_spec():
                              "jitsi": {"stun_servers": ["stun:a.example.org:3478"]}})]
     for spec in specs:
         assert spec_from_dict(tomllib.loads(spec_toml(spec, header="a\nb"))) == spec
+
+
+def test_spec_json_loads_back_to_the_same_spec(tmp_path):
+    """The front door's refresher reads the spec as JSON (bullseye's python 3.9 has no tomllib)."""
+    from ensemble.spec import spec_json
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "ensemble.toml"
+    specs = [default_spec(), load_spec(example),
+             spec_from_dict({"fleet": {"name": "t-a", "domain": "t-a.test", "shards": 3, "os": "debian-bullseye"},
+                             "jitsi": {"stun_servers": ["stun:a.example.org:3478"]}})]
+    for i, spec in enumerate(specs):
+        path = tmp_path / f"spec{i}.json"
+        path.write_text(spec_json(spec))
+        assert replace(load_spec(path), source=spec.source) == spec
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "a spec is a JSON object"),
+    ('{"fleet": {"shards": "3"}}', "fleet.shards"),
+    ('{"nope": 1}', "unknown key"),
+    ("{", "not valid JSON"),
+    ("[" * 10000, "nested"),
+])
+def test_a_bad_json_spec_is_one_line_naming_the_problem(tmp_path, text, message):
+    path = tmp_path / "ensemble.json"
+    path.write_text(text)
+    with pytest.raises(EnsembleError) as caught:
+        load_spec(path)
+    assert message in str(caught.value) and "\n" not in str(caught.value)

@@ -244,9 +244,12 @@ def _scram_stored_key(password: str, salt: str, iterations: int) -> str:
 
 
 @pytest.mark.needs_tool("prosodyctl")
-def test_account_command_creates_then_repasswords_from_stdin(prosody_dir):
+@pytest.mark.parametrize("series", ["0.12", "13"])
+def test_account_command_creates_then_repasswords_from_stdin(prosody_dir, series):
     """The deploy's account command reads the password from stdin (prosodyctl's prompts): created when
-    missing, changed when present; the password appears in no command line."""
+    missing, changed when present; the password appears in no command line. The form prosody 13 gets
+    (`register`, offline: its adduser/passwd need the running server's admin shell) runs here on the
+    machine's prosody too; on 13 itself it runs in tests/test_os_profiles_realhost.py (trixie)."""
     from ensemble.components.prosody import account_command, prosody_data_dir
 
     auth = "auth.a-1.test"
@@ -256,7 +259,7 @@ def test_account_command_creates_then_repasswords_from_stdin(prosody_dir):
     main.write_text(f'pidfile = "{prosody_dir}/p.pid"\ndata_path = "{prosody_dir}/data"\n'
                     f'log = {{ info = "{prosody_dir}/p.log" }}\nVirtualHost "{auth}"\n'
                     '    authentication = "internal_hashed"\n')
-    command = account_command("jvb", auth)
+    command = account_command("jvb", auth, series)
     assert "pw-" not in command
     command = command.replace("prosodyctl ", f"prosodyctl --config {main} ").replace(
         prosody_data_dir(auth), str(prosody_dir / "data" / Path(prosody_data_dir(auth)).name))

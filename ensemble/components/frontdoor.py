@@ -26,7 +26,7 @@ from pyinfra.operations import files, server
 
 from ensemble.components.base import DeployContext, base, put_files
 from ensemble.components.tls import acme, tls_files
-from ensemble.paths import ACME_WEBROOT, ENSEMBLE_HOME, ROUTING_PATH
+from ensemble.paths import ACME_WEBROOT, ENSEMBLE_HOME, FRONTDOOR_SPEC_TOML, ROUTING_PATH
 from ensemble.paths import ROUTING_SEED as SEED_PATH
 
 
@@ -65,6 +65,8 @@ def ensemble_itself(ctx: DeployContext) -> None:
         f"rm -rf {ENSEMBLE_HOME}/lib && mkdir -p {ENSEMBLE_HOME}/lib && tar -xzf {ENSEMBLE_HOME}/ensemble.tar.gz"
         f" -C {ENSEMBLE_HOME}/lib"], _if=archive.did_change)
     put_files(ctx.files_of("frontdoor-program"))
+    # the spec is JSON now (any python >= 3.9 reads it); the TOML copy older deploys wrote is stale
+    files.file(name="old TOML spec removed", path=FRONTDOOR_SPEC_TOML, present=False)
 
 
 @deploy("Front door")

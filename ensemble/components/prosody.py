@@ -87,21 +87,29 @@ def prosody(ctx: DeployContext) -> None:
     for user, password in (("focus", secrets["focus_password"]), ("jvb", secrets["jvb_password"])):
         # the password goes through the SSH channel's stdin to prosodyctl's prompts (twice: "Retype"),
         # never into a command line, where any local user could read it in /proc/<pid>/cmdline
-        server.shell(name=f"XMPP account {user}@{auth}", commands=[account_command(user, auth)],
+        command = account_command(user, auth, ctx.spec.profile.prosody_series)
+        server.shell(name=f"XMPP account {user}@{auth}", commands=[command],
                      _stdin=[password, password], _if=when)
     # focus.D is jicofo's client_proxy: it needs focus@auth.D in its roster
     server.shell(name="focus roster", commands=[
         f"prosodyctl mod_roster_command subscribe focus.{domain} focus@{auth} >/dev/null 2>&1 || true"], _if=when)
 
 
-def account_command(user: str, auth: str) -> str:
+def account_command(user: str, auth: str, series: str = "0.12") -> str:
     """Create or re-password an XMPP account, the password read from stdin (prosodyctl's two prompts).
+
+    prosody 13's `adduser`/`passwd` go through the running server's admin shell (its socket, which a
+    freshly restarted prosody may not have yet, and mod_admin_shell); `register USER HOST` still writes
+    the account offline, creating or replacing it, with the same two prompts: used from 13 on.
 
     Example::
 
         account_command("jvb", "auth.a.test")
         # 'if [ -e .../accounts/jvb.dat ]; then prosodyctl passwd jvb@auth.a.test; else prosodyctl adduser ...'
+        account_command("jvb", "auth.a.test", "13")     # 'prosodyctl register jvb auth.a.test'
     """
+    if series not in ("0.11", "0.12"):
+        return f"prosodyctl register {user} {auth}"
     jid = f"{user}@{auth}"
     return (f"if [ -e {prosody_data_dir(auth)}/accounts/{user}.dat ]; then prosodyctl passwd {jid}; "
             f"else prosodyctl adduser {jid}; fi")

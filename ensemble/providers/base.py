@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 if TYPE_CHECKING:
     from ensemble.spec import FleetSpec
 
-Progress = Callable[[str], None] | None  # called with one line of text per step, if given
+# called with one line of text per step, if given (Optional: evaluated at import by the front door's python 3.9)
+Progress = Optional[Callable[[str], None]]  # noqa: UP045
 
 
 @dataclass(frozen=True)

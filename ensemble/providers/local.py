@@ -79,7 +79,7 @@ if TYPE_CHECKING:
     from ensemble.spec import FleetSpec
 
 __all__ = ["LOCAL_ETHERPAD_SOURCE", "PRODUCTION_JITSI_REPO", "LocalProvider", "container_processes", "machine_name",
-           "mounts_under", "suite_of"]
+           "mounts_under", "suite_of", "suite_of_role"]
 
 KEYS_ROOT = Path(os.environ.get("ENSEMBLE_LOCAL_KEYS", "/var/lib/ensemble/local"))
 REGISTRY = Path(os.environ.get("ENSEMBLE_LOCAL_REGISTRY", "/run/ensemble-local"))
@@ -111,6 +111,25 @@ def suite_of(spec: FleetSpec) -> str:
         return configured
     check_suite(spec.profile.codename, spec.fleet.os)
     return spec.profile.codename
+
+
+def suite_of_role(spec: FleetSpec, role: str) -> str:
+    """The Debian suite of one role's containers: `provider.local.frontdoor_suite` for the front door
+    when set (a test switch: e.g. a bullseye front door beside bookworm shards, bullseye's shards
+    needing prosody.im, which is out of reach here), else the fleet's (`suite_of`).
+
+    Example::
+
+        suite_of_role(default_spec(), "frontdoor")   # "bookworm"
+    """
+    configured = spec.provider.local.frontdoor_suite
+    if role == "frontdoor" and configured:
+        try:
+            check_suite(configured, spec.fleet.os)
+        except SpecError as exc:
+            raise SpecError("provider.local.frontdoor_suite", exc.args[0].split(": ", 1)[1]) from None
+        return configured
+    return suite_of(spec)
 
 
 def fleet_lock(bridge: str):
@@ -279,12 +298,13 @@ class LocalProvider:
         """
         say = progress or (lambda _line: None)
         self.check_machine()
-        suite = suite_of(spec)
+        suites = {role: suite_of_role(spec, role) for role in ("shard", "frontdoor")}
         self.cleanup_stale(progress=say)  # what a crashed earlier run left behind
         net = self.network(spec)
         wanted = planned_hosts(spec, net)
-        tarball = ensure_image(suite, Path(spec.provider.local.cache_dir),
-                               mirror_for_suite(spec.provider.local.mirror), progress=say)
+        tarballs = {suite: ensure_image(suite, Path(spec.provider.local.cache_dir),
+                                        mirror_for_suite(spec.provider.local.mirror), progress=say)
+                    for suite in sorted(set(suites.values()))}
         self.ensure_network(spec)
         self._ensure_ssh_key(spec)
         with file_lock(self.keys_dir(spec) / ".create.lock"):  # two runs on one fleet create each host once
@@ -294,8 +314,8 @@ class LocalProvider:
                 say(f"creating {len(missing)} host(s): {', '.join(h.name for h in missing)}")
                 cancel = threading.Event()
                 with terminate_as_exit(), ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
-                    futures = {h.name: pool.submit(self._create_host, spec, h, suite, tarball, net, say, cancel,
-                                                   dict(labels or {}))
+                    futures = {h.name: pool.submit(self._create_host, spec, h, suites[h.role],
+                                                   tarballs[suites[h.role]], net, say, cancel, dict(labels or {}))
                                for h in missing}
                     try:
                         while not all(f.done() for f in futures.values()):
