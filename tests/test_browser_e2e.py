@@ -320,9 +320,9 @@ def test_upgrade_then_deploy_restarts_nothing(fleet):
     assert {name: service_states(host, services) for name, host in shards.items()} == upgraded
     assert service_states(door, ("nginx",)) == door_nginx
     assert deploy_changes(config) == {}
-    # Known defect (not of this test): when the refresher reloads the front door's nginx while the deploy reads
-    # its state, systemd's SubState is "reload", pyinfra's SystemdStatus takes it for stopped, and the deploy
-    # reports "nginx running" changed (`systemctl start` on an active unit: no restart, MainPID kept, checked
-    # above). Seen once in seven runs, right after the upgrade. Anything else is a failure.
+    # Known defect (not of this test), most likely cause: when the refresher reloads the front door's nginx while
+    # the deploy reads its state, systemd's SubState is "reload", which pyinfra's SystemdStatus does not count as
+    # running, and the deploy reports "nginx running" changed (`systemctl start` on an active unit: no restart,
+    # MainPID kept, checked above). Seen once in seven runs, right after the upgrade. Anything else fails.
     race = {"Fleet host | Front door | nginx running"}
     assert {name: set(c) - race for name, c in changes.items()} in ({}, {door.name: set()}), changes
