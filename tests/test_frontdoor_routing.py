@@ -18,6 +18,7 @@ from standins.shard_occupancy import Client, FrontdoorUnderTest, OccupancyStandi
 from ensemble.frontdoor.drain import set_drain
 from ensemble.frontdoor.render import seed_plan
 from ensemble.frontdoor.rooms import room_key, split_bounds, split_choice
+from ensemble.frontdoor.selection import final_size_estimate
 from ensemble.frontdoor.status import format_status, status_rows
 from ensemble.providers.base import Host
 from ensemble.spec import spec_from_dict
@@ -136,6 +137,32 @@ def test_nginx_agrees_with_python_model_and_weights(fleet):
     expected = {n: 4000 * units[n] / 10000 for n in units}
     chi2 = sum((counts[n] - expected[n]) ** 2 / expected[n] for n in units)
     assert chi2 < CHI2_999[len(units) - 1], (counts, expected, chi2)
+
+
+def test_young_rooms_count_at_their_expected_final_size(fleet):
+    """Census times (milliseconds) -> each young room's expected final size and the headroom -> the
+    weights nginx serves: a room 6 people joined within a minute counts as one of the fleet's big
+    rooms, a room still alone after 5 minutes as a small one."""
+    spec, standin, _, door, client = fleet
+    s1, s2, s3, s4 = spec.shard_names()
+    settled = door.clock - 3600
+    standin.set_rooms(s1, {f"small{j}": 2 for j in range(8)}, {f"small{j}": settled for j in range(8)})
+    standin.set_rooms(s2, {"big0": 8, "big1": 8}, {"big0": settled, "big1": settled})
+    standin.set_rooms(s3, {"fast": 6}, {"fast": door.clock - 47})  # the refresh's clock moves 15 s on
+    standin.set_rooms(s4, {f"quiet{j}": 1 for j in range(3)}, {f"quiet{j}": door.clock - 287 for j in range(3)})
+    result = door.refresh()
+    used = {d.name: d.used for d in result.plan.shards}
+    spread = 2.4  # the settled sizes 8 x 2 and 2 x 8: mean 3.2, standard deviation 2.4, kept free everywhere
+    # ages 62 s and 302 s: estimated in 5-s steps (60 s, 300 s), away from a step's edge (census times are ms)
+    quiet = final_size_estimate(1, 300.0, 600.0, ((2, 8), (8, 2)), 3.2)
+    assert 2.0 < quiet < 2.3
+    assert used == pytest.approx({s1: 0.184, s2: 0.184, s3: (6 + 2 + spread) / 100,
+                                  s4: round((3 * quiet + spread) / 100, 4)}, abs=1e-4)
+    units = dict(result.plan.split)
+    assert units.get(s1, 0) == units.get(s2, 0) == 0 and units[s4] > units[s3] > 0  # the fast room is a big one
+    bounds = split_bounds(result.plan.split)
+    for room in room_names(300, seed=11):
+        assert shard_of(client, room) == split_choice(room_key(room), bounds), room
 
 
 @pytest.mark.parametrize("fleet", [2000], indirect=True)  # room for 1500 rooms routed within a minute

@@ -20,9 +20,12 @@ from ensemble.frontdoor.selection import (
     Memory,
     SelectionParams,
     ShardReading,
+    final_size_estimate,
+    growth_expected,
     memory_from_json,
     memory_to_json,
     select,
+    size_prior,
     to_units,
 )
 from ensemble.frontdoor.status import format_status, status_rows
@@ -87,6 +90,44 @@ def test_young_rooms_count_at_the_settled_room_size():
     assert dict(later.split) == {"s2": 5000, "s3": 5000}  # level 0.097: room 0.05 each (quantised)
     census = {"room_census": [{"room_name": "a@c", "participants": 2, "created_time": 1700000000123}]}
     assert parse_census(census)[0].created == 1700000000.123  # Jitsi's census counts milliseconds
+
+
+def test_young_rooms_final_size_from_how_fast_people_joined():
+    # the fleet's settled rooms: 50 of 2 people, 10 of 20 (the prior of a young room's final size)
+    now = 10_000.0
+    settled = [LiveRoom(f"two{i}", 2, now - 3600) for i in range(50)] + [LiveRoom(f"big{i}", 20, now - 3600)
+                                                                        for i in range(10)]
+    prior = size_prior([ok("s1", 280, settled), ShardReading("s2", ok=False)], now, 600.0)
+    assert prior == ((2, 50), (20, 10))
+    # just opened: the prior's mean
+    assert final_size_estimate(1, 0.0, 600.0, prior, 5.0) == pytest.approx((2 * 50 + 20 * 10) / 60)
+    assert final_size_estimate(6, 60.0, 600.0, prior, 5.0) == 20.0  # 6 people in a minute: a big one
+    quiet = final_size_estimate(1, 300.0, 600.0, prior, 5.0)
+    assert 2.0 <= quiet < 2.1  # alone for 5 minutes: a 20-people meeting would have filled half way
+    assert final_size_estimate(30, 60.0, 600.0, prior, 5.0) == 30.0  # beyond the prior: as big as it is
+    assert final_size_estimate(3, 600.0, 600.0, prior, 5.0) == 3.0  # settled: as big as it is
+    assert final_size_estimate(1, 60.0, 600.0, (), 5.0) == 5.0  # nothing settled yet: the room size
+    fresh = ok("s2", 7, [LiveRoom("fast", 6, now - 60), LiveRoom("slow", 1, now - 300)])
+    assert growth_expected(fresh, now, 600.0, 5.0, prior) == pytest.approx(14.0 + quiet - 1, abs=1e-6)
+    # the shard whose young room filled fast counts it at 20: the new rooms go to the other one
+    readings = [ok("s1", 280, settled), fresh, ok("s3", 7, [LiveRoom("slow2", 1, now - 300),
+                                                             LiveRoom("slow3", 6, now - 3000)])]
+    plan, _ = select(readings, Memory(), now, SelectionParams(capacity=100))
+    assert plan.shards[1].used > 0.2 > plan.shards[2].used
+
+
+def test_headroom_keeps_the_small_shards_a_little_below_the_big_ones():
+    # settled rooms of 2 and 6 people (standard deviation 2): every shard keeps 2 places free
+    now = 10_000.0
+    rooms = [LiveRoom("a", 2, now - 3600), LiveRoom("b", 6, now - 3600)]
+    readings = [ok("small", 20, rooms, capacity=40), ok("big", 80, [], capacity=160)]
+    plan, _ = select(readings, Memory(), now, SelectionParams(capacity=100))
+    used = {d.name: d.used for d in plan.shards}
+    assert used == {"small": 0.55, "big": 0.5125}  # (20 + 2) / 40 and (80 + 2) / 160
+    plain, _ = select(readings, Memory(), now, SelectionParams(capacity=100, headroom=0.0))
+    assert {d.name: d.used for d in plain.shards} == {"small": 0.5, "big": 0.5}
+    capped, _ = select(readings, Memory(), now, SelectionParams(capacity=100, headroom=100.0))
+    assert {d.name: d.used for d in capped.shards} == {"small": 0.55, "big": 0.55}  # at most the margin
 
 
 def test_pins_conflicts_and_grace():

@@ -13,12 +13,15 @@ Rules:
   ``recent_ttl`` seconds; a room seen on two shards goes where it has more participants.
 - weights: ready shards only. A shard's used fraction is ``max((participants + pending) / capacity,
   JVB stress)``, where pending counts the people still expected: rooms routed but not yet in its
-  census, and rooms younger than ``growth_window`` (people join over a meeting's first minutes)
-  below the size of the fleet's settled rooms, both at that size. New rooms fill shards up to a
-  water level, the fleet's used fraction + ``margin`` (0.05): weight = ``capacity * (level -
-  used)``, so the emptiest shards get the most and shards above the level none (``margin`` >= 1 is
-  plain "proportional to free capacity"; the day simulation in bench/frontdoor.py balances markedly
-  better with a low margin and the growth estimate). The room is quantised in
+  census (at the fleet's settled room size), rooms younger than ``growth_window`` up to their
+  expected final size (people join over a meeting's first minutes; `final_size_estimate`: Bayes
+  over the settled rooms' sizes, given how many joined how fast), and ``headroom`` standard
+  deviations of a new room's size (at most ``margin`` of its capacity: small shards, where one big
+  meeting weighs most, stay a little emptier). New rooms fill shards up to a water level, the
+  fleet's used fraction + ``margin`` (0.05): weight = ``capacity * (level - used)``, so the
+  emptiest shards get the most and shards above the level none (``margin`` >= 1 is plain
+  "proportional to free capacity"; the day simulation in bench/placement.py balances markedly
+  better with a low margin, the size estimate and the headroom). The room is quantised in
   steps of 5 % so small changes do not move new rooms; in 0.01 % units summing to 10000 (nginx
   split_clients' precision). If every ready shard is full, new rooms spread by capacity.
 - unconfirmed routes (routed as new, in no census yet) are what anyone can create by requesting
@@ -41,6 +44,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 STATES = ("ready", "draining", "unhealthy")
+AGE_STEP = 5.0  # seconds: young rooms' ages in these steps when their final sizes are estimated
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class SelectionParams:
     quantum: float = 0.05
     margin: float = 0.05
     growth_window: float = 600.0
+    size_prior: bool = True  # young rooms' final sizes from how fast people joined them (final_size_estimate)
+    headroom: float = 1.0  # standard deviations of a new room's size kept free on every shard (at most margin)
     unconfirmed_per_client: int = 3  # newest routed-not-joined rooms of one client counted as pending
     unconfirmed_share: float = 0.05  # at most this much of a shard's capacity pending from unconfirmed routes
     max_unconfirmed_pins: int = 5000  # routed-not-joined rooms pinned (the newest): bounds the maps
@@ -208,16 +214,90 @@ def settled_room_size(readings: list[ShardReading], now: float, growth_window: f
     return max(1.0, sum(sizes) / len(sizes)) if sizes else 1.0
 
 
-def growth_expected(reading: ShardReading, now: float, growth_window: float, room_size: float) -> float:
-    """Participants still expected in a shard's young rooms: each room younger than `growth_window`
-    is expected to reach `room_size` (rooms fill up over their first minutes).
+def size_prior(readings: list[ShardReading], now: float, growth_window: float) -> tuple[tuple[int, int], ...]:
+    """How many people the fleet's settled rooms (older than `growth_window`) hold: ((participants,
+    rooms), ...) by size, the prior of a young room's final size. Empty when no room is settled.
+
+    Example::
+
+        size_prior([ShardReading("s", ok=True, rooms=(LiveRoom("a", 6, 1.0), LiveRoom("b", 6, 10.0),
+                                                      LiveRoom("c", 2, 20.0), LiveRoom("d", 1, 990.0)))],
+                   now=1000.0, growth_window=600.0)    # ((2, 1), (6, 2))
+    """
+    counts: dict[int, int] = {}
+    for reading in readings:
+        if reading.ok:
+            for room in reading.rooms:
+                if room.created and now - room.created >= growth_window and room.participants > 0:
+                    counts[room.participants] = counts.get(room.participants, 0) + 1
+    return tuple(sorted(counts.items()))
+
+
+def size_spread(prior: tuple[tuple[int, int], ...]) -> float:
+    """The standard deviation of the settled rooms' sizes (0 without any): how far a new room's size
+    may fall from the average.
+
+    Example::
+
+        size_spread(((2, 1), (6, 1)))     # 2.0
+    """
+    rooms = sum(count for _, count in prior)
+    if not rooms:
+        return 0.0
+    mean = sum(size * count for size, count in prior) / rooms
+    return math.sqrt(max(0.0, sum(size * size * count for size, count in prior) / rooms - mean * mean))
+
+
+def final_size_estimate(joined: int, age: float, growth_window: float, prior: tuple[tuple[int, int], ...],
+                        room_size: float) -> float:
+    """A young room's expected final size, given `joined` people `age` seconds after its first join.
+
+    Model: a room's final size S follows the fleet's settled rooms (`prior`); after its first person,
+    each of the other S - 1 has joined by age a with probability f = a / growth_window (joins spread
+    over the window). Bayes: P(S = s | joined n) ~ prior(s) * C(s-1, n-1) f^(n-1) (1-f)^(s-n), s >= n.
+    A room where people arrive fast is expected to be big, one that stays at 1 small; a room older
+    than the window is as big as it is. Without a prior (nothing settled yet): max(joined, room_size).
+
+    Example::
+
+        prior = ((2, 50), (20, 10))
+        final_size_estimate(1, 0.0, 600.0, prior, 5.0)      # 5.0: the prior's mean
+        final_size_estimate(6, 60.0, 600.0, prior, 5.0)     # 20.0: 6 people in a minute
+    """
+    if age >= growth_window or joined <= 0:
+        return float(max(joined, 0))
+    if not prior:
+        return max(float(joined), room_size)
+    log_stay = math.log(1.0 - max(age, 0.0) / growth_window)  # chance one person has not joined yet
+    logs = [(size, math.log(rooms) + math.lgamma(size) - math.lgamma(size - joined + 1) + (size - joined) * log_stay)
+            for size, rooms in prior if size >= joined]
+    if not logs:
+        return float(joined)  # bigger than every settled room: it is its own best guess
+    top = max(value for _, value in logs)
+    weights = [(size, math.exp(value - top)) for size, value in logs]
+    return sum(size * w for size, w in weights) / sum(w for _, w in weights)
+
+
+def growth_expected(reading: ShardReading, now: float, growth_window: float, room_size: float,
+                    prior: tuple[tuple[int, int], ...] = (), memo: dict[tuple[int, int], float] | None = None) -> float:
+    """Participants still expected in a shard's young rooms (younger than `growth_window`; rooms fill
+    up over their first minutes): each is expected to reach `final_size_estimate` (with no prior:
+    `room_size`). Ages count in steps of AGE_STEP seconds, so rooms share estimates (`memo`, one per
+    prior).
 
     Example::
 
         growth_expected(ShardReading("s", ok=True, rooms=(LiveRoom("a", 1, 990.0),)), 1000.0, 600.0, 5.0)   # 4.0
     """
-    return sum(max(0.0, room_size - room.participants) for room in reading.rooms
-               if room.created and now - room.created < growth_window)
+    memo = {} if memo is None else memo
+    total = 0.0
+    for room in reading.rooms:
+        if room.created and now - room.created < growth_window:
+            slot = (room.participants, int((now - room.created) // AGE_STEP))
+            if slot not in memo:
+                memo[slot] = final_size_estimate(slot[0], slot[1] * AGE_STEP, growth_window, prior, room_size)
+            total += max(0.0, memo[slot] - room.participants)
+    return total
 
 
 def fill_weights(used: list[tuple[str, float, int]], margin: float, quantum: float) -> list[tuple[str, float]]:
@@ -348,10 +428,17 @@ def select(readings: list[ShardReading], memory: Memory, now: float, params: Sel
     room_size = settled_room_size(readings, now, params.growth_window)
     recent, unconfirmed = bound_unconfirmed(recent, params, {r.name: cap for r, _, _, cap in decisions}, room_size)
     pins.update({key: shard for key, (shard, _, _) in recent.items()})
-    pending = {r.name: growth_expected(r, now, params.growth_window, room_size) for r in readings if r.ok}
+    prior = size_prior(readings, now, params.growth_window) if params.size_prior else ()
+    memo: dict[tuple[int, int], float] = {}
+    pending = {r.name: growth_expected(r, now, params.growth_window, room_size, prior, memo)
+               for r in readings if r.ok}
     for shard, extra in unconfirmed.items():
         pending[shard] = pending.get(shard, 0.0) + extra
-    ready = [(r.name, used_fraction(r, cap, pending.get(r.name, 0.0)), cap)
+    # every shard keeps `headroom` standard deviations of a new room's size free (at most `margin` of
+    # its capacity): the same places are a larger share of a small shard, where one big meeting weighs most
+    new_sd = size_spread(prior)
+    ready = [(r.name, used_fraction(r, cap, pending.get(r.name, 0.0)
+                                    + min(params.headroom * new_sd, params.margin * cap)), cap)
              for r, state, _, cap in decisions if state == "ready"]
     used = {name: round(u, 4) for name, u, _ in ready}
     weights = fill_weights(ready, params.margin, params.quantum)

@@ -47,15 +47,18 @@ class OccupancyStandin:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.rooms: dict[str, dict[str, int]] = {}
+        self.created: dict[str, dict[str, float]] = {}  # shard -> room -> Unix seconds (else 1700000000 + i)
         self.stress: dict[str, float] = {}
         self.down: set[str] = set()  # answer 502 on everything
         self.unhealthy: set[str] = set()  # jicofo health 500
         self.server: ThreadingHTTPServer | None = None
 
     # -- control
-    def set_rooms(self, shard: str, rooms: dict[str, int]) -> None:
+    def set_rooms(self, shard: str, rooms: dict[str, int], created: dict[str, float] | None = None) -> None:
+        """A shard's rooms (name -> participants); `created`: when some of them started (Unix seconds)."""
         with self.lock:
             self.rooms[shard] = dict(rooms)
+            self.created[shard] = dict(created or {})
 
     def set_stress(self, shard: str, stress: float) -> None:
         with self.lock:
@@ -78,13 +81,16 @@ class OccupancyStandin:
             if shard in self.down:
                 return 502, {}
             rooms = dict(self.rooms.get(shard, {}))
+            created = dict(self.created.get(shard, {}))
             stress = self.stress.get(shard, 0.0)
             healthy = shard not in self.unhealthy
         participants = sum(rooms.values())
         if what == "room-census":
             domain = f"conference.{shard}"
             return 200, {"room_census": [{"room_name": f"{name}@{domain}", "participants": n,
-                                          "created_time": 1700000000 + i, "leaked": False}
+                                          # mod_muc_census counts milliseconds
+                                          "created_time": round(created[name] * 1000) if name in created
+                                          else 1700000000 + i, "leaked": False}
                                          for i, (name, n) in enumerate(sorted(rooms.items()))]}
         if what == "colibri/stats":
             return 200, {"conferences": len(rooms), "participants": participants, "endpoints": participants,
