@@ -8,15 +8,24 @@ malformed names get 400; a refresh changes nothing when nothing changed.
 
 from __future__ import annotations
 
+import http.client
 import random
 import re
 import string
 
 import pytest
-from standins.shard_occupancy import Client, FrontdoorUnderTest, OccupancyStandin, ShardsNginx
+from standins.shard_occupancy import (
+    Client,
+    FrontdoorUnderTest,
+    NginxInstance,
+    OccupancyStandin,
+    ShardsNginx,
+    free_port,
+    nginx_main_conf,
+)
 
 from ensemble.frontdoor.drain import set_drain
-from ensemble.frontdoor.render import seed_plan
+from ensemble.frontdoor.render import FrontdoorLayout, frontdoor_files, seed_plan
 from ensemble.frontdoor.rooms import room_key, split_bounds, split_choice
 from ensemble.frontdoor.selection import final_size_estimate
 from ensemble.frontdoor.status import format_status, status_rows
@@ -277,3 +286,65 @@ def test_config_js_redirects_to_its_rooms_shard(fleet):
     status, location = client.get("/config.js?room=%c3%a9quipe")
     assert status == 302 and re.fullmatch(rf"http://{re.escape(names[1])}:\d+/config\.js\?room=%c3%a9quipe", location)
     assert client.get("/config.js")[0] == 400 and client.get("/config.js?room=%C3%89quipe")[0] == 400
+
+
+def test_simple_live_names_in_any_spelling_and_new_rooms_leave_no_error_log_line(fleet):
+    """Joins of a live room with a simple name are found by the raw name in any case (the raw-name pin map);
+    a spelling that needs decoding still reaches the room through its key; new rooms are redirected by the
+    split, logged in the route log, and write nothing to the error log (no deny per new room)."""
+    spec, standin, _, door, client = fleet
+    names = spec.shard_names()
+    bounds = split_bounds(door.refresh().plan.split)
+    key = "teammeeting-42"
+    home = next(n for n in names if n != split_choice(key, bounds))  # only the pin sends it there
+    standin.set_rooms(home, {key: 3})
+    result = door.refresh()
+    assert result.plan.pins[key] == home
+    for spelling in ("TeamMeeting-42", "teammeeting-42", "TEAMMEETING-42", "team%4Deeting-42"):
+        assert shard_of(client, spelling) == home, spelling
+    fresh = [f"FreshRoom{i}" for i in range(20)]
+    for name in fresh:
+        assert shard_of(client, name) == split_choice(name.lower(), split_bounds(result.plan.split)), name
+    routes = (door.prefix / "logs" / "routes.log").read_text()
+    assert all(f" {name.lower()} " in routes for name in fresh) and f" {key} " not in routes
+    assert "forbidden" not in (door.prefix / "error.log").read_text()
+
+
+def test_a_live_room_with_the_longest_key_is_pinned_and_the_maps_still_load(fleet):
+    """Any client can make a key of 1023 characters (an XMPP node's limit); its pin must not stop nginx from
+    loading the maps (a hash bucket too small for it failed `nginx -t` and froze routing at the old maps)."""
+    spec, standin, _, door, client = fleet
+    names = spec.shard_names()
+    segment = "%C3%A9" + "a" * 1017
+    key = room_key(segment)
+    assert key is not None and len(key) == 1023
+    bounds = split_bounds(door.refresh().plan.split)
+    home = next(n for n in names if n != split_choice(key, bounds))
+    standin.set_rooms(home, {key: 2})
+    result = door.refresh()
+    assert result.reloaded and result.plan.pins[key] == home
+    assert shard_of(client, segment) == home
+
+
+def test_new_room_clients_are_an_ipv4_address_or_an_ipv6_64(tmp_path):
+    """The per-client key of the new-room limit, as the generated geo and maps compute it in a real nginx
+    reached over IPv4 and IPv6: the address for IPv4, the /64 for IPv6."""
+    site = next(f.content for f in frontdoor_files(make_spec(), {}, None, FrontdoorLayout(tls=False))
+                if f.path == FrontdoorLayout().site_path)
+    client_maps = site[site.index("geo $fd_ipv6"):site.index("map $fd_log_new")]
+    port = free_port()
+    nginx = NginxInstance(tmp_path)
+    server = f'server {{ listen 127.0.0.1:{port}; listen [::1]:{port}; return 200 "$fd_ipv6 $fd_client_v6"; }}'
+    nginx.conf.write_text(nginx_main_conf(tmp_path, client_maps + server))
+    nginx.start()
+    try:
+        answers = {}
+        for host in ("127.0.0.1", "::1"):
+            connection = http.client.HTTPConnection(host, port, timeout=10)
+            connection.request("GET", "/")
+            answers[host] = connection.getresponse().read().decode()
+            connection.close()
+    finally:
+        nginx.stop()
+    assert answers == {"127.0.0.1": "0 127.0.0.1", "::1": "1 v6 "}  # ::1 is in ::/64
+    assert "duplicate" not in (tmp_path / "error.log").read_text()

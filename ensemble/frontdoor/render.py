@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass, field
 from importlib.resources import files as package_files
@@ -22,7 +23,13 @@ from pathlib import Path
 
 from ensemble import paths
 from ensemble.errors import EnsembleError
-from ensemble.frontdoor.rooms import KEY_PATTERN, MAX_RAW_LENGTH, PAGE_SEGMENT_PATTERN, SIMPLE_ROOM_PATTERN
+from ensemble.frontdoor.rooms import (
+    KEY_PATTERN,
+    MAX_KEY_LENGTH,
+    MAX_RAW_LENGTH,
+    PAGE_SEGMENT_PATTERN,
+    SIMPLE_ROOM_PATTERN,
+)
 from ensemble.frontdoor.selection import RoutingPlan, ShardDecision
 from ensemble.paths import ACME_WEBROOT, TLS_DIR
 from ensemble.providers.base import Host
@@ -31,9 +38,16 @@ from ensemble.spec import FleetSpec
 from ensemble.templating import RenderedFile, render_template
 
 COMPONENT = "frontdoor"
-FEW_CAPITALS = 12  # room names with at most this many capitals take nginx's fast lower-casing path
+FEW_CAPITALS = 12  # simple names with more capitals are keyed by the browser (canonicalising page)
 JITSI_CAPITALS = 4  # Jitsi's generated names are four capitalised words: the fastest capitals path
 PCRE_JIT_PATH = "/etc/nginx/modules-enabled/50-ensemble-pcre-jit.conf"  # main context on Debian
+
+# nginx refuses to build a map whose longest key does not fit a hash bucket ("could not build map_hash"):
+# an entry takes the pointer, 2 bytes and the key rounded up to 8, a bucket also ends with a pointer, and
+# nginx rounds the size up to a cache line. A pin of the longest key (any client can make one) must load.
+MAP_HASH_BUCKET_SIZE = -(-(8 + ((MAX_KEY_LENGTH + 2 + 7) // 8) * 8 + 8) // 64) * 64  # 1088
+# keys nginx computes itself (a simple segment lower-cased): their pins are also looked up by the raw segment
+SIMPLE_KEY = re.compile(SIMPLE_ROOM_PATTERN.replace("A-Za-z", "a-z"))
 
 PCRE_JIT_CONF = "# Managed by ensemble: the front door's room regexes are compiled with PCRE's JIT.\npcre_jit on;\n"
 
@@ -179,16 +193,17 @@ def site_context(spec: FleetSpec, layout: FrontdoorLayout) -> dict:
         "key": f"{layout.tls_dir}/{domain}/privkey.pem",
         "acme_webroot": layout.acme_webroot,
         "shard_base": layout.shard_base(),
+        "pinned_page_base": layout.shard_base("$fd_pinned_page"),
         "shard_scheme": layout.shard_scheme,
         "shard_names": spec.shard_names(),
         "verify_tls": shard_certificates_trusted(spec),
         "simple_pattern": SIMPLE_ROOM_PATTERN,
         "key_pattern": KEY_PATTERN,
         "page_pattern": PAGE_SEGMENT_PATTERN,
-        "positions": list(range(1, MAX_RAW_LENGTH + 1)),
         "few": FEW_CAPITALS,
         "jitsi_capitals": JITSI_CAPITALS,
         "max_length": MAX_RAW_LENGTH,
+        "map_hash_bucket_size": MAP_HASH_BUCKET_SIZE,
         "capitals": list(range(1, FEW_CAPITALS + 1)),
         "letters": list(string.ascii_lowercase),
     }
@@ -225,6 +240,8 @@ def routing_conf(plan: RoutingPlan, spec: FleetSpec, layout: FrontdoorLayout, se
         "seed": seed,
         "shards": plan.shards,
         "pins": list(plan.pins.items()),
+        "simple_pins": [(key, shard) for key, shard in plan.pins.items()
+                        if spec.frontdoor.mode == "redirect" and SIMPLE_KEY.fullmatch(key)],
         "split": plan.split,
         "mode": spec.frontdoor.mode,
         "upstreams": [(name, layout.upstream_address(name)) for name in names],

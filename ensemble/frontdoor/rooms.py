@@ -29,7 +29,7 @@ import re
 import unicodedata
 from urllib.parse import quote, unquote_to_bytes
 
-MAX_RAW_LENGTH = 80  # simple (ASCII) names: nginx lower-cases them itself, one map per position
+MAX_RAW_LENGTH = 80  # simple (ASCII) names: nginx keys them itself (up to 12 capitals; more: the browser)
 MAX_KEY_LENGTH = 1023  # an XMPP node's limit; also the longest page segment the front door accepts
 # Simple segments: the key is the segment lower-cased (nginx does it with maps).
 SIMPLE_ROOM_PATTERN = r"[A-Za-z0-9_-]{1,LEN}".replace("LEN", str(MAX_RAW_LENGTH))
