@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
+from helpers.browser import CHROMEDRIVER, headless_chromium
 from standins.shard_occupancy import (
     OCCUPANCY_GUARD,
     FrontdoorUnderTest,
@@ -19,7 +19,6 @@ from test_frontdoor_routing import TOKEN, make_spec
 
 from ensemble.frontdoor.rooms import room_key, split_bounds, split_choice
 
-CHROMEDRIVER = "/usr/bin/chromedriver"
 pytestmark = pytest.mark.needs_tool("chromium", CHROMEDRIVER, "nginx")
 
 
@@ -40,23 +39,6 @@ def browser_fleet(tmp_path):
         door.stop()
         shards.stop()
         standin.stop()
-
-
-def headless_chromium(tmp_path, resolver_rules: str):
-    """A headless Chromium (its own profile in tmp_path) resolving names only by `resolver_rules`."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--host-resolver-rules={resolver_rules}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    return driver
 
 
 def start_meeting(driver, url: str, typed: str, button_text: str) -> str:

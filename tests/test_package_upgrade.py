@@ -17,19 +17,17 @@ stand-in repository: the release is bumped by re-pointing the links, the URL sta
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-from pathlib import Path
 
 import pytest
 from conftest import ensemble_json as ensemble
 from conftest import local_spec_toml, ssh_run
+from helpers.upgrade import APT_UPGRADE, deploy_changes, failure, jitsi_versions, point_at, service_states
 
-from ensemble.standins.jitsi_repo import KEY_FILE, SUITE, build_standin_repo
+from ensemble.standins.jitsi_repo import build_standin_repo
 
 FLEET = "t-up"
-SERVICES = ("prosody", "jicofo", "jitsi-videobridge2")
 
 pytestmark = [pytest.mark.realhost, pytest.mark.slow]
 
@@ -38,31 +36,6 @@ def spec_toml(repo_settings: dict[str, str]) -> str:
     jitsi = "\n".join(f'{key} = "{value}"' for key, value in repo_settings.items())
     return local_spec_toml(FLEET, 1, header="# test fleet of tests/test_package_upgrade.py\n",
                            tail=f"[jitsi]\netherpad = false\n{jitsi}\n")
-
-
-def point_at(served: Path, repo_path: Path) -> None:
-    """Serve `repo_path`'s release from `served` (the URL the hosts know stays the same).
-
-    The suite's files are touched: the releases are built within seconds of each other, and the file
-    server answers apt's If-Modified-Since by mtime (whole seconds), so the bump must look newer.
-    """
-    for index in (repo_path / SUITE).iterdir():
-        os.utime(index)
-    for name in (KEY_FILE, SUITE.rstrip("/")):
-        link = served / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(repo_path / name)
-
-
-def service_states(shard) -> dict[str, tuple[str, str]]:
-    """{service: (MainPID, ActiveEnterTimestampMonotonic)}: both change when systemd restarts it."""
-    code, out, err = ssh_run(shard, "for s in " + " ".join(SERVICES) + "; do "
-                             "systemctl show -p MainPID -p ActiveEnterTimestampMonotonic --value $s | paste -sd' '; "
-                             "done")
-    assert code == 0, err
-    states = dict(zip(SERVICES, (tuple(line.split()) for line in out.splitlines()), strict=True))
-    assert all(pid != "0" for pid, _ in states.values()), states  # all running
-    return states
 
 
 def bridge_logins(shard) -> int:
@@ -84,25 +57,6 @@ def owned_files_state(shard, paths: list[str]) -> str:
     code, out, err = ssh_run(shard, f"stat -c '%a %U %G %n' {quoted}; sha256sum {quoted}")
     assert code == 0, out + err
     return out
-
-
-def jitsi_versions(shard) -> dict[str, str]:
-    code, out, err = ssh_run(shard, "dpkg-query -W -f '${Package} ${Version}\\n' jitsi-meet jicofo "
-                                    "jitsi-videobridge2 jitsi-meet-prosody jitsi-meet-web jitsi-meet-web-config")
-    assert code == 0, err
-    return dict(line.split(" ", 1) for line in out.splitlines())
-
-
-def failure(err: str) -> str:
-    """The lines of a failed run that say what failed, then its end."""
-    said = [line for line in err.splitlines() if "FAILED" in line or "rror" in line]
-    return "\n".join(said[:20]) + "\n...\n" + err[-1500:]
-
-
-def deploy_changes(config: Path) -> dict[str, list[str]]:
-    code, out, err = ensemble("deploy", "--config", str(config))
-    assert code == 0, failure(err)
-    return {name: h["changes"] for name, h in out["hosts"].items() if h["changed"]}
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +106,7 @@ def test_upgrade_then_deploy_restarts_nothing_and_changes_nothing(fleet):
 
     # an operator (or unattended-upgrades) upgrades the host to the next release
     point_at(served, repos[2].path)
-    code, out, err = ssh_run(shard, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
-                                    "apt-get -y -q -o Dpkg::Options::=--force-confold upgrade", timeout=600)
+    code, out, err = ssh_run(shard, APT_UPGRADE, timeout=600)
     assert code == 0, out[-2000:] + err[-2000:]
     assert jitsi_versions(shard) == repos[2].versions
     # every postinst ran its edits; on ensemble's files they were no-ops
