@@ -22,3 +22,15 @@ def test_stale_files_compares_bytes_mode_owner_and_group(tmp_path: Path):
                            text=True, check=True).stdout  # the same command the deploy runs on a host
     assert stale_files(items, state) == [other_bytes, other_mode, missing]
     assert stale_files(items, "") == items
+
+
+def test_a_unit_reloading_counts_as_running():
+    """pyinfra's own check reads SubState, where a reload counts as stopped: a deploy meeting the front
+    door's refresher mid-reload started nginx again and reported a change (seen in the browser e2e)."""
+    from ensemble.components.base import RUNNING_STATES, ServiceActiveState
+
+    fact = ServiceActiveState()
+    assert fact.command("nginx") == "systemctl show --property=ActiveState --value nginx"
+    assert fact.command("a b;c") == "systemctl show --property=ActiveState --value 'a b;c'"
+    assert fact.process(["reloading"]) in RUNNING_STATES and fact.process(["active"]) in RUNNING_STATES
+    assert fact.process(["inactive"]) not in RUNNING_STATES and fact.process([]) not in RUNNING_STATES

@@ -20,7 +20,7 @@ import io
 import shlex
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import FactBase, deploy, operation
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
@@ -150,6 +150,41 @@ def put_atomically(item, new: str, check: str | None) -> object:
     return server.shell(name=f"{item.component}: {item.path}", commands=[swap_command(new, item.path, check)])
 
 
+class ServiceActiveState(FactBase):
+    """systemd's ActiveState of a unit ("active", "reloading", "inactive", "failed", ...).
+
+    Example::
+
+        host.get_fact(ServiceActiveState, service="nginx")   # "active"
+    """
+
+    def command(self, service: str) -> str:
+        return f"systemctl show --property=ActiveState --value {shlex.quote(service)}"
+
+    def process(self, output: list[str]) -> str:
+        return output[0].strip() if output else ""
+
+
+# A unit reloading is running: pyinfra's own check reads SubState, where a reload ("reload") counts as
+# stopped, so a deploy meeting the front door's refresher mid-reload started nginx again and reported a change.
+RUNNING_STATES = ("active", "reloading")
+
+
+@operation()
+def service_running(service: str):
+    """Start `service` unless systemd has it active or reloading.
+
+    Example::
+
+        service_running(name="nginx running", service="nginx")
+    """
+    state = host.get_fact(ServiceActiveState, service=service)
+    if state in RUNNING_STATES:
+        host.noop(f"{service} is {state}")
+        return
+    yield f"systemctl start {shlex.quote(service)}"
+
+
 def restart_on_change(service: str, ops: list, *, reload: bool = False) -> None:
     """Keep a service enabled and running; restart/reload it only when one of ops changed.
 
@@ -157,7 +192,8 @@ def restart_on_change(service: str, ops: list, *, reload: bool = False) -> None:
 
         restart_on_change("prosody", [vhost_put])
     """
-    systemd.service(name=f"{service} running", service=service, running=True, enabled=True)
+    systemd.service(name=f"{service} enabled", service=service, running=None, enabled=True)
+    service_running(name=f"{service} running", service=service)
     if not ops:
         return
     if reload:
