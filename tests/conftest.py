@@ -215,6 +215,19 @@ def ssh_run(host, command: str, timeout: float = 300) -> tuple[int, str, str]:
         return conn.run(command, timeout=timeout)
 
 
+def wait_jicofo_healthy(shards, seconds: int = 90) -> None:
+    """Wait until each shard's jicofo answers its health check (it logs in to prosody after the deploy).
+
+    Example::
+
+        wait_jicofo_healthy(shards.values())
+    """
+    for shard in shards:
+        code, out, err = ssh_run(shard, f"for i in $(seq {seconds}); do curl -fs -o /dev/null "
+                                        "http://127.0.0.1:8888/about/health && exit 0; sleep 1; done; exit 1")
+        assert code == 0, f"{shard.name}: jicofo never became healthy: {out}{err}"
+
+
 @pytest.fixture(scope="session")
 def local_provider():
     """The local provider, after removing what dead runs left behind (needs root)."""

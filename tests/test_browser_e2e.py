@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import ensemble_json, local_spec_toml, ssh_run
+from conftest import ensemble_json, local_spec_toml, ssh_run, wait_jicofo_healthy
 from helpers.browser import CHROMEDRIVER, contacted, headless_chromium
 from helpers.upgrade import (
     APT_UPGRADE,
@@ -99,10 +99,7 @@ def fleet(request, local_provider, tmp_path_factory):
         hosts = local_provider.list_hosts(spec)
         shards = {h.name: h for h in hosts if h.role == "shard"}
         door = next(h for h in hosts if h.role == "frontdoor")
-        for shard in shards.values():
-            code, out, err = ssh_run(shard, "for i in $(seq 90); do curl -fs -o /dev/null "
-                                            "http://127.0.0.1:8888/about/health && exit 0; sleep 1; done; exit 1")
-            assert code == 0, f"{shard.name}: jicofo never became healthy: {out}{err}"
+        wait_jicofo_healthy(shards.values())
         wait_for(lambda: "(seed" not in routing_maps(door) and all(shard_state(door, n)[0] == "ready" for n in shards),
                  180, "the front door to read every shard as ready")
         yield mode, config, spec, shards, door, served, work

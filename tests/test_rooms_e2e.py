@@ -17,7 +17,7 @@ import re
 import time
 
 import pytest
-from conftest import ssh_run
+from conftest import ssh_run, wait_jicofo_healthy
 from standins.xmpp_participant import Participant, ParticipantError
 
 from ensemble.frontdoor.drain import set_drain
@@ -42,10 +42,7 @@ def fleet(request, local_fleet_factory, local_provider):
     assert result.ok, summary_table(result)
     shards = {h.name: h for h in hosts if h.role == "shard"}
     door = next(h for h in hosts if h.role == "frontdoor")
-    for shard in shards.values():
-        code, out, err = ssh_run(shard, "for i in $(seq 90); do curl -fs -o /dev/null "
-                                        "http://127.0.0.1:8888/about/health && exit 0; sleep 1; done; exit 1")
-        assert code == 0, f"{shard.name}: jicofo never became healthy: {out}{err}"
+    wait_jicofo_healthy(shards.values())
     def all_ready() -> bool:
         maps = routing_maps(door)  # not the seed maps: the refresher's own reading, new rooms taken
         return "(seed" not in maps and all(re.search(rf"^# {re.escape(name)} ready weight=[1-9]", maps, re.M)
