@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import shutil
 import signal
 import socket
@@ -211,12 +212,14 @@ def test_render_shows_the_relay(tmp_path):
 def _stream_tree(tmp: Path, files: dict, cert, ports: dict[str, int], extra_site: dict[str, str]) -> Path:
     """nginx.conf with the stream module, the rendered multiplexer and site, ports moved to loopback."""
     stream = files[paths.NGINX_STREAM_CONF].content
-    for old, new in (("listen 443;", f"listen 127.0.0.1:{ports['mux']};"), ("listen [::]:443;", ""),
-                     ("127.0.0.1:4444", f"127.0.0.1:{ports['web']}"),
-                     ("127.0.0.1:4445", f"127.0.0.1:{ports['strip']}"),
-                     ("127.0.0.1:5349", f"127.0.0.1:{ports['coturn']}")):
+    for old, new in (("listen 443;", f"listen 127.0.0.1:{ports['mux']};"), ("listen [::]:443;", "")):
         assert old in stream, old
         stream = stream.replace(old, new)
+    # the loopback ports in one pass: one after the other, a free port put in place of 4444 (e.g. 44453)
+    # could itself be rewritten by the next (4445 -> ...)
+    loopback = {"4444": ports["web"], "4445": ports["strip"], "5349": ports["coturn"]}
+    assert all(f"127.0.0.1:{port}" in stream for port in loopback)
+    stream = re.sub(r"127\.0\.0\.1:(4444|4445|5349)\b", lambda m: f"127.0.0.1:{loopback[m[1]]}", stream)
     site_file = next(f for p, f in files.items() if p.startswith("/etc/nginx/sites-available/"))
     domain = Path(site_file.path).name.removesuffix(".conf")
     site = site_file.content.replace(f"/etc/ensemble/tls/{domain}/fullchain.pem", str(cert[0]))
