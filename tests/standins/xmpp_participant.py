@@ -1000,20 +1000,23 @@ class Participant:
 
             p.disco(f"conference.{domain}").findall(f"{{{NS_DISCO_ITEMS}}}query/{{{NS_DISCO_ITEMS}}}item")
         """
-        iq_id = self._next_id("disco")
+        ns = NS_DISCO_ITEMS if what == "items" else NS_DISCO_INFO
+        answer = self._get_iq("disco", to, f"<query xmlns='{ns}'/>", timeout)
+        if answer is None:
+            raise ParticipantError(f"{to}: no disco#{what} answer within {timeout:.0f} s")
+        return answer
+
+    def _get_iq(self, kind: str, to: str, query: str, timeout: float) -> ET.Element | None:
+        """Send an IQ get carrying `query` to `to`; its answer (result or error), None if none came in time."""
+        iq_id = self._next_id(kind)
         with self._lock:
             self._iq_ids[iq_id] = None
-        ns = NS_DISCO_ITEMS if what == "items" else NS_DISCO_INFO
-        self._send(f"<iq xmlns='{NS_CLIENT}' type='get' id={quoteattr(iq_id)} to={quoteattr(to)}>"
-                   f"<query xmlns='{ns}'/></iq>")
+        self._send(f"<iq xmlns='{NS_CLIENT}' type='get' id={quoteattr(iq_id)} to={quoteattr(to)}>{query}</iq>")
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._iq_ids.get(iq_id) is None and self.error is None and time.monotonic() < deadline:
                 self._lock.wait(max(0.0, deadline - time.monotonic()))
-            answer = self._iq_ids.pop(iq_id, None)
-        if answer is None:
-            raise ParticipantError(f"{to}: no disco#{what} answer within {timeout:.0f} s")
-        return answer
+            return self._iq_ids.pop(iq_id, None)
 
     def external_services(self, timeout: float = 10.0) -> list[dict[str, str]]:
         """XEP-0215: the STUN/TURN services the shard announces, as lib-jitsi-meet fetches them after login
@@ -1024,16 +1027,7 @@ class Participant:
 
             [s["type"] for s in p.external_services()]     # ["stun", "turn", "turn", "turns"]
         """
-        iq_id = self._next_id("extdisco")
-        with self._lock:
-            self._iq_ids[iq_id] = None
-        self._send(f"<iq xmlns='{NS_CLIENT}' type='get' id={quoteattr(iq_id)} to={quoteattr(self.config.domain)}>"
-                   f"<services xmlns='{NS_EXTDISCO}'/></iq>")
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._iq_ids.get(iq_id) is None and self.error is None and time.monotonic() < deadline:
-                self._lock.wait(max(0.0, deadline - time.monotonic()))
-            answer = self._iq_ids.pop(iq_id, None)
+        answer = self._get_iq("extdisco", self.config.domain, f"<services xmlns='{NS_EXTDISCO}'/>", timeout)
         if answer is None or answer.get("type") != "result":
             detail = ET.tostring(answer, "unicode") if answer is not None else f"no answer within {timeout:.0f} s"
             raise ParticipantError(f"{self.config.domain}: external services refused: {detail}")
