@@ -43,6 +43,7 @@ from pathlib import Path
 
 from ensemble import paths
 from ensemble.errors import EnsembleError, UsageError
+from ensemble.grammar import text_problem
 from ensemble.lifecycle import Progress, provider_for, scale_fleet
 from ensemble.providers.base import Host, Provider
 from ensemble.spec import AutoscaleSection, FleetSpec, parse_schedule_entry
@@ -585,20 +586,22 @@ def _loop(spec: FleetSpec, interval: float, round_done: Callable[[RoundResult], 
 
 # ---------------------------------------------------------------- the ops host's systemd unit + timer
 
+MAX_UNIT_WORD = 4096  # characters of a path in a unit (PATH_MAX)
 UNIT_TIMEOUT = 3600  # seconds a round may take (a scale up: create + deploy + ready) before systemd stops it
 
 
 def systemd_word(value: str, key: str, *, variables: bool = True) -> str:
     """One word of a unit's ExecStart= (or, variables=False, Environment=), double-quoted for systemd:
     `%` (specifiers) doubled, `$` (ExecStart's variables) doubled, `\\` and `"` escaped; a control
-    character is refused (exit 2, naming `key`).
+    character (or bidi/format character, as in any spec string) is refused (exit 2, naming `key`).
 
     Example::
 
         systemd_word("/srv/50% ops/ensemble.toml", "--config")     # '"/srv/50%% ops/ensemble.toml"'
     """
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise UsageError(f"{key}: {value!r} holds a control character; a systemd unit cannot carry it")
+    problem = text_problem(value, MAX_UNIT_WORD)
+    if problem:
+        raise UsageError(f"{key}: {problem}; a systemd unit cannot carry it")
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
     return f'"{escaped.replace("$", "$$") if variables else escaped}"'
 
@@ -634,7 +637,7 @@ def autoscale_units(spec: FleetSpec, spec_path: Path, state_path: Path, interval
         raise UsageError(f"--install-unit: the user name {user!r} cannot go in a unit's User=")
     # the spec's relative file paths are read from the folder the command runs in: this one
     workdir = str(Path.cwd())
-    if "\\" in workdir or any(ord(c) < 32 or ord(c) == 127 for c in workdir):
+    if "\\" in workdir or text_problem(workdir, MAX_UNIT_WORD):
         raise UsageError(f"--install-unit: the current folder {workdir!r} cannot be a unit's WorkingDirectory= "
                          "(a backslash or control character); run it from another folder")
     context = {

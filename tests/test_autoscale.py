@@ -617,3 +617,13 @@ def test_install_unit_bad_use_exits_2_with_one_line(tmp_path, args, message):
     done = install_unit(tmp_path, *args, "-c", "ensemble.toml")
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_unit_word_refuses_what_the_spec_refuses():
+    from ensemble.autoscale import systemd_word
+    from ensemble.errors import UsageError
+
+    assert systemd_word("/srv/50% ops/a$b.toml", "--config") == '"/srv/50%% ops/a$$b.toml"'
+    for bad in ("/a\nb", "/a\x7fb", "/a\u202eb"):  # a line break, DEL, a bidi override
+        with pytest.raises(UsageError, match="^--config: must not contain control characters"):
+            systemd_word(bad, "--config")
