@@ -644,8 +644,8 @@ def _toml_value(value) -> str:
 def spec_toml(spec: FleetSpec, header: str = "") -> str:
     """The spec as TOML that loads back to an equal spec (every key written, defaults included).
 
-    What the front door's refresher reads: the spec exactly as deployed, wherever it came from
-    (a file, the embedded default, a dict in a test).
+    The spec exactly as resolved, wherever it came from (a file, the embedded default, a dict in a
+    test), for a person or a test to write as a file; the front door's refresher reads `spec_json`.
 
     Example::
 

@@ -118,7 +118,7 @@ def test_version():
 
 
 def test_spec_toml_loads_back_to_the_same_spec():
-    """The front door's refresher reads the spec as deployed, whatever it came from (file, default, dict)."""
+    """A spec written as TOML, whatever it came from (file, default, dict), loads back to the same spec."""
     import tomllib
 
     from ensemble.spec import spec_toml
