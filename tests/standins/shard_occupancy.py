@@ -192,9 +192,9 @@ class NginxInstance:
         self.wait_workers_replaced(before)
 
     def worker_pids(self) -> set[int]:
-        master = self.master_pid()
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout
-        return {int(p) for p in out.split()}
+        from ensemble.frontdoor.refresh import nginx_workers  # what the refresher itself watches
+
+        return nginx_workers(str(self.prefix / "nginx.pid"))
 
     def wait_workers_replaced(self, before: set[int], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
