@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import ensemble_json as ensemble
 from conftest import local_spec_toml, ssh_run
-from standins.shard_occupancy import free_port
+from helpers.ports import free_port
 from standins.xmpp_participant import Participant
 from test_lifecycle_chains import census, route, wait_until
 

@@ -14,7 +14,8 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from standins.shard_occupancy import Client, FrontdoorUnderTest, OccupancyStandin, ShardsNginx, free_port
+from helpers.ports import free_port
+from standins.shard_occupancy import Client, FrontdoorUnderTest, OccupancyStandin, ShardsNginx
 
 from ensemble.frontdoor.metrics import metrics_text, next_stats, routes_per_minute
 from ensemble.paths import METRICS_URL_PATH

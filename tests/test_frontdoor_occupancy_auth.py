@@ -9,7 +9,8 @@ import subprocess
 import time
 
 import pytest
-from standins.shard_occupancy import NginxInstance, OccupancyStandin, ShardsNginx, free_port, nginx_main_conf
+from helpers.ports import free_port
+from standins.shard_occupancy import NginxInstance, OccupancyStandin, ShardsNginx, nginx_main_conf
 from test_frontdoor_routing import TOKEN
 from test_templates_nginx import _get, backends, cert, served_shard  # noqa: F401  (fixtures: the shard's site)
 

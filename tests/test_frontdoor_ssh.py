@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from standins.shard_occupancy import OccupancyStandin, free_port
+from helpers.ports import free_port
+from standins.shard_occupancy import OccupancyStandin
 from test_frontdoor_routing import make_spec
 
 from ensemble.errors import EnsembleError

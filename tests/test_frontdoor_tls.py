@@ -11,7 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from standins.shard_occupancy import NginxInstance, OccupancyStandin, ShardsNginx, free_port, nginx_main_conf
+from helpers.ports import free_port
+from standins.shard_occupancy import NginxInstance, OccupancyStandin, ShardsNginx, nginx_main_conf
 from test_frontdoor_routing import TOKEN, make_spec
 
 from ensemble.frontdoor.render import FrontdoorLayout, frontdoor_files, routing_conf, seed_plan

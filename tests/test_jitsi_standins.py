@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import missing
+from helpers.ports import free_port, free_ports
 
 from ensemble.standins import build_standin_repo
 from ensemble.standins.jitsi_repo import (
@@ -45,12 +46,6 @@ DOMAIN = "meet.standin.test"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def deb_of(repo, name: str) -> Path:
     (deb,) = (repo.path / "stable").glob(f"{name}_*_all.deb")
@@ -662,7 +657,7 @@ def running_prosody(repo, tmp_path: Path, vhost: str, plugins: Path | None = Non
         root = extract(deb_of(repo, "jitsi-meet-prosody"), tmp_path / "pkg")
         plugins = root / "usr/share/jitsi-meet/prosody-plugins"
     vhost = vhost.replace('"/usr/share/jitsi-meet/prosody-plugins/"', f'"{plugins}/"')
-    c2s, http_port = free_port(), free_port()
+    c2s, http_port = free_ports(2)
     (tmp_path / "data").mkdir()
     config = tmp_path / "prosody.cfg.lua"
     # loopback and free ports only; an option the virtual host file sets itself is replaced there, not
@@ -1172,7 +1167,8 @@ def test_default_nginx_site_passes_nginx_t(repo, tmp_path):
     site = site.replace("/etc/jitsi/meet/jitsi-meet.example.com.crt", str(certs / f"{DOMAIN}.crt"))
     site = site.replace("/etc/jitsi/meet/jitsi-meet.example.com.key", str(certs / f"{DOMAIN}.key"))
     site = site.replace("jitsi-meet.example.com", DOMAIN)
-    site = re.sub(r"listen (80|443)", lambda m: f"listen 127.0.0.1:{free_port()}", site)
+    ports = iter(free_ports(len(re.findall(r"listen (80|443)", site))))
+    site = re.sub(r"listen (80|443)", lambda m: f"listen 127.0.0.1:{next(ports)}", site)
     (tmp_path / "site.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"

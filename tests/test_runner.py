@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_root, require_tool
+from helpers.ports import free_port
 from pyinfra.api import deploy
 from pyinfra.operations import files, server
 
@@ -90,7 +91,7 @@ def crash_worker() -> None:
 
 def test_a_crashed_worker_gives_every_host_an_error():
     lines: list[str] = []
-    targets = [Target("@local", {}), Target("unreachable", ssh_data("127.0.0.1", port=_free_port()))]
+    targets = [Target("@local", {}), Target("unreachable", ssh_data("127.0.0.1", port=free_port()))]
     results = run_deploy(targets, crash_worker, progress=lines.append)
     assert set(results) == {"@local", "unreachable"}
     for result in results.values():
@@ -177,12 +178,6 @@ def test_failed_operation_is_reported(tmp_path: Path):
     assert any("FAILED" in line for line in lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def sshd(tmp_path: Path):
     """A real OpenSSH server on 127.0.0.1:<free port> with its own host key and our client key."""
@@ -194,7 +189,7 @@ def sshd(tmp_path: Path):
     authorized = tmp_path / "authorized_keys"
     authorized.write_text(client_key.with_suffix(".pub").read_text())
     authorized.chmod(0o600)
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "sshd_config"
     config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {tmp_path}/sshd.pid\n"
                       f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\nStrictModes no\n"
@@ -217,7 +212,7 @@ def sshd(tmp_path: Path):
 
 def test_ssh_with_pinned_key_and_one_unreachable_host(sshd, tmp_path: Path):
     good = Target("good", ssh_data("127.0.0.1", port=sshd["port"], key=sshd["key"], known_hosts=sshd["known_hosts"]))
-    dead = Target("dead", ssh_data("127.0.0.1", port=_free_port(), key=sshd["key"], known_hosts=sshd["known_hosts"]))
+    dead = Target("dead", ssh_data("127.0.0.1", port=free_port(), key=sshd["key"], known_hosts=sshd["known_hosts"]))
     path = str(tmp_path / "over-ssh.txt")
     results = run_deploy([good, dead], write_file, {"path": path, "text": "ssh\n"}, progress=lambda _: None)
     assert results["good"].ok and results["good"].changed == 1

@@ -14,17 +14,12 @@ from pathlib import Path
 
 import pytest
 from conftest import require_tool
+from helpers.ports import free_port
 
 from ensemble.errors import EnsembleError
 from ensemble.providers import hostkeys
 from ensemble.providers.base import Host
 from ensemble.ssh import Connection, Group, HostKeyChanged, SSHError, fan_out, wait_until_reachable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def keygen(path: Path) -> None:

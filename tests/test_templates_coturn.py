@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.ports import free_ports
 
 from ensemble import paths
 from ensemble.errors import SpecError
@@ -63,12 +64,6 @@ def census():
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _files(n: int = 1, host: Host | None = None, frontdoor: Host | None = None, **sections):
@@ -228,7 +223,8 @@ def _stream_tree(tmp: Path, files: dict, cert, ports: dict[str, int], extra_site
         (tmp / Path(pem).name).write_text(files[pem].content)
         site = site.replace(pem, str(tmp / Path(pem).name))
     moves = {"127.0.0.1:4444 ssl": f"127.0.0.1:{ports['web']} ssl", "listen 80;": f"listen 127.0.0.1:{ports['http']};",
-             "listen [::]:80;": "", f"listen {paths.OCCUPANCY_PORT} ssl;": f"listen 127.0.0.1:{_free_port()} ssl;",
+             "listen [::]:80;": "",
+             f"listen {paths.OCCUPANCY_PORT} ssl;": f"listen 127.0.0.1:{ports['occupancy']} ssl;",
              f"listen [::]:{paths.OCCUPANCY_PORT} ssl;": "", **extra_site}
     for old, new in moves.items():
         assert old in site, old
@@ -256,7 +252,8 @@ http {{
 
 
 def _ports() -> dict[str, int]:
-    return {name: _free_port() for name in ("mux", "web", "strip", "coturn", "http")}
+    names = ("mux", "web", "strip", "coturn", "http", "occupancy")
+    return dict(zip(names, free_ports(len(names)), strict=True))
 
 
 @pytest.mark.needs_tool(NGINX)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.ports import free_ports
 
 from ensemble import paths
 from ensemble.frontdoor.occupancy import occupancy_authorization
@@ -145,12 +146,6 @@ def test_site_has_no_http_level_names_and_one_file_serves_two_sites(tmp_path, ce
 
 # ---------------------------------------------------------------- served for real on loopback
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Recorder(http.server.BaseHTTPRequestHandler):
     """A stand-in backend (prosody / jvb / jicofo / etherpad): answers JSON naming what it saw."""
 
@@ -205,7 +200,7 @@ def served_shard(tmp_path, cert, backends):
     (acme / ".well-known/acme-challenge/tok").write_text("challenge-answer")
     (tmp_path / "config.js").write_text(_by_path(files)[f"/etc/jitsi/meet/{domain}-config.js"].content)
     (tmp_path / "state.json").write_text('{"drain": false}\n')
-    https_port, http_port, occupancy_port = _free_port(), _free_port(), _free_port()
+    https_port, http_port, occupancy_port = free_ports(3)
     conf = _nginx_tree(tmp_path, files, cert, {
         f"listen {paths.OCCUPANCY_PORT} ssl;": f"listen 127.0.0.1:{occupancy_port} ssl;",
         f"listen [::]:{paths.OCCUPANCY_PORT} ssl;": "",
