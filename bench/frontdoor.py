@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import placement  # noqa: E402
-from standins.shard_occupancy import NginxInstance, free_port, nginx_main_conf  # noqa: E402
+from helpers.ports import free_port  # noqa: E402
+from standins.shard_occupancy import NginxInstance, nginx_main_conf  # noqa: E402
 
 from ensemble.frontdoor.refresh import NginxControl, refresh  # noqa: E402
 from ensemble.frontdoor.render import FrontdoorLayout, frontdoor_files, routing_conf, seed_plan  # noqa: E402

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.ports import free_port
+from helpers.ports import free_ports
 from standins.shard_occupancy import NginxInstance, OccupancyStandin, ShardsNginx, nginx_main_conf
 from test_frontdoor_routing import TOKEN, make_spec
 
@@ -27,7 +27,7 @@ class TlsFrontdoor(NginxInstance):
 
     def __init__(self, prefix: Path, spec, shards: ShardsNginx) -> None:
         super().__init__(prefix)
-        self.port, self.http_port = free_port(), free_port()
+        self.port, self.http_port = free_ports(2)
         domain = spec.fleet.domain
         tls_dir = prefix / "tls"
         (tls_dir / domain).mkdir(parents=True)

@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.ports import free_port
 
 ACME_PORT = 14000
 MANAGEMENT_PORT = 15000
@@ -138,12 +138,6 @@ def pebble_config(gateway: str, workdir: Path) -> dict:
     }}
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _spawn(argv: list[str], log: Path, env: dict | None = None) -> int:
     with open(log, "ab") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -158,7 +152,7 @@ def start_pebble(gateway: str, workdir: Path, timeout: float = 15.0) -> Pebble:
     workdir.mkdir(parents=True, exist_ok=True)
     make_listener_certificate(workdir, gateway)
     (workdir / "pebble-config.json").write_text(json.dumps(pebble_config(gateway, workdir), indent=1))
-    management_port = _free_loopback_port()
+    management_port = free_port()
     # -defaultIPv4/-defaultIPv6 "": unknown names get no answer (not 127.0.0.1)
     dns_pid = _spawn(["pebble-challtestsrv", "-defaultIPv4", "", "-defaultIPv6", "", "-dns01", f"{gateway}:{DNS_PORT}",
                       "-http01", "", "-https01", "", "-tlsalpn01", "",
