@@ -24,7 +24,13 @@ from urllib.parse import quote
 
 import pytest
 
-from ensemble.frontdoor.rooms import backend_safe_room_name, is_room_key, key_from_census, room_key
+from ensemble.frontdoor.rooms import (
+    PAGE_SEGMENT_PATTERN,
+    backend_safe_room_name,
+    is_room_key,
+    key_from_census,
+    room_key,
+)
 
 NODE = shutil.which("node") or "/usr/bin/node"
 ROOM_JS = Path(__file__).resolve().parents[1] / "templates/frontdoor/webroot/_ensemble/room.js"
@@ -136,3 +142,27 @@ def test_census_nodes_are_keys_as_reported():
     for junk in ("Réunion@conference.s", "R%C3%A9union@conference.s", "a b@conference.s", "@conference.s",
                  "~x@conference.s", "a'b@conference.s"):
         assert key_from_census(junk) is None, junk
+
+
+NEAR_MISSES = ("a" * 40 + "+", "a" * 40 + "[", "%aa" * 30 + "%", "a" * 1000 + "A")  # valid but the last char
+
+
+@pytest.mark.parametrize("near_miss", NEAR_MISSES)
+def test_a_name_that_almost_matches_is_refused_at_once(near_miss):
+    """The key and page patterns take one character or one escape per repetition: with `(?:[...]+|%xx)+`,
+    "a" * 40 + "+" backtracked for hours (the refresher reads such names from every census). A hang is
+    turned into a failure by an alarm; no time is measured."""
+    import signal
+
+    def hung(*_):
+        raise AssertionError(f"the room patterns backtrack on {near_miss[:20]}...")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        assert key_from_census(f"{near_miss}@conference.demo-1.meet.example.org") is None
+        assert not is_room_key(near_miss)
+        assert not re.fullmatch(PAGE_SEGMENT_PATTERN, near_miss[:-1] + "[")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

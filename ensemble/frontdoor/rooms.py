@@ -33,12 +33,14 @@ MAX_RAW_LENGTH = 80  # simple (ASCII) names: nginx keys them itself (up to 12 ca
 MAX_KEY_LENGTH = 1023  # an XMPP node's limit; also the longest page segment the front door accepts
 # Simple segments: the key is the segment lower-cased (nginx does it with maps).
 SIMPLE_ROOM_PATTERN = r"[A-Za-z0-9_-]{1,LEN}".replace("LEN", str(MAX_RAW_LENGTH))
-# What getBackendSafeRoomName can produce (encodeURIComponent's output, lower-cased).
-KEY_PATTERN = (r"(?=.{1,LEN}$)(?!~)(?:[a-z0-9._~!()*-]+|%[0-9a-f][0-9a-f])+"
+# What getBackendSafeRoomName can produce (encodeURIComponent's output, lower-cased). One character or one
+# escape per repetition, never `(?:[...]+|...)+`: nested repetitions backtrack exponentially on a near miss
+# ("a" * 30 + "+" held an nginx worker 0.2 s and the refresher for hours), in PCRE and in Python alike.
+KEY_PATTERN = (r"(?=.{1,LEN}$)(?!~)(?:[a-z0-9._~!()*-]|%[0-9a-f][0-9a-f])+"
                .replace("LEN", str(MAX_KEY_LENGTH)))
 # A page's path segment as browsers send it: RFC 3986 path characters except `.`, also encoded (nginx
 # decodes the path before choosing a location: a dot is a static file, a slash not a room page).
-PAGE_SEGMENT_PATTERN = (r"(?=.{1,LEN}$)(?:[A-Za-z0-9_~!$&'()*+,;=:@-]+|%(?![2][EeFf])[0-9A-Fa-f][0-9A-Fa-f])+"
+PAGE_SEGMENT_PATTERN = (r"(?=.{1,LEN}$)(?:[A-Za-z0-9_~!$&'()*+,;=:@-]|%(?![2][EeFf])[0-9A-Fa-f][0-9A-Fa-f])+"
                         .replace("LEN", str(MAX_KEY_LENGTH)))
 _SIMPLE = re.compile(r"^" + SIMPLE_ROOM_PATTERN + r"$")
 _KEY = re.compile(r"^" + KEY_PATTERN + r"$")
