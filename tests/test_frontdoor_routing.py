@@ -369,3 +369,25 @@ def test_a_refresh_that_reloads_returns_with_new_workers_serving(fleet):
     assert result.reloaded
     assert door.worker_pids() - before, "refresh returned before nginx's new workers were serving"
     door.wait_workers_replaced(before)
+
+
+def test_names_that_almost_match_are_refused_without_backtracking(fleet):
+    """Near misses of the key and page patterns (valid up to their last character) get 400 at once: with
+    nested repetitions each held a worker ~0.2 s and wrote a PCRE match-limit alert, before any limit."""
+    _, _, _, door, client = fleet
+    near = "a" * 30
+    for path in (f"/_ensemble/go?room={near}.", f"/config.js?room={near}+", f"/x%C3%A9?ensemble_room={near}A",
+                 f"/{near}[", f"/x%C3%A9?ensemble_room={'%aa' * 20}%"):
+        assert client.get(path)[0] == 400, path
+    log = (door.prefix / "error.log").read_text()
+    assert "pcre" not in log.lower(), log[-2000:]
+
+
+def test_redirects_to_the_front_doors_own_paths_ignore_the_host_header(fleet):
+    """/_ensemble/go answers a relative Location: an absolute one was built from the request's Host."""
+    _, _, _, door, client = fleet
+    for path in ("/_ensemble/go?room=Team", "/_ensemble/go?room="):
+        status, location = client.get(path, {"Host": "evil.example"})
+        assert status == 302 and location.startswith("/") and "evil" not in location, location
+    status, _ = client.get("/_ensemble/no-such-file")
+    assert status == 404 and "no-such-file" not in (door.prefix / "error.log").read_text()

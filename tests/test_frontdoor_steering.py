@@ -128,10 +128,10 @@ class SourceClient:
         self.port, self.host, self.source = port, host, source
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
 
-    def get(self, path: str) -> int:
+    def get(self, path: str, method: str = "GET") -> int:
         for attempt in (1, 2):
             try:
-                self.conn.request("GET", path, headers={"Host": self.host})
+                self.conn.request(method, path, body=b"{}" if method == "POST" else None, headers={"Host": self.host})
                 response = self.conn.getresponse()
                 response.read()
                 return response.status
@@ -186,6 +186,37 @@ def test_10000_names_from_one_client_through_real_nginx(tmp_path):
     finally:
         attacker.close()
         user.close()
+        door.stop()
+        shards.stop()
+        standin.stop()
+
+
+@pytest.mark.needs_tool("nginx")
+@pytest.mark.parametrize("mode", ["redirect", "proxy"])
+def test_every_request_that_routes_a_new_room_counts_against_the_limit(tmp_path, mode):
+    """Not only pages: /config.js?room= (apps) and, in proxy mode, the conference request route a new room
+    too, so they pass the same per-client limit, and what it refuses is not logged as a route (they were
+    unlimited: one client could log and pin rooms at will, evicting other users' young pins)."""
+    spec = make_spec(mode, new_rooms_per_minute=5)
+    standin = OccupancyStandin().start()
+    shards = ShardsNginx(tmp_path / "shards", spec.shard_names(), standin.port, TOKEN).start()
+    door = FrontdoorUnderTest(tmp_path / "door", spec, shards, TOKEN).start()
+    attacker = SourceClient(door.port, spec.fleet.domain, "127.0.0.66")
+    try:
+        door.refresh()
+        asks = [(f"/config.js?room={name}", "GET") for name in names(15, seed=7)]
+        if mode == "proxy":
+            asks += [(f"/conference-request/v1?room={name}", "POST") for name in names(15, seed=8)]
+        statuses = [attacker.get(path, method) for path, method in asks]
+        accepted = len(statuses) - statuses.count(429)
+        assert 5 <= accepted <= 7, statuses  # the burst (plus one per 12 s while the requests last)
+        assert len(parse_routes(Path(door.layout.routes_log).read_text())) == accepted
+        # a room already pinned is a join: no limit, whatever the client did before
+        standin.set_rooms(spec.shard_names()[0], {"pinned-room": 3})
+        door.refresh()
+        assert all(attacker.get("/config.js?room=pinned-room") != 429 for _ in range(10))
+    finally:
+        attacker.close()
         door.stop()
         shards.stop()
         standin.stop()
