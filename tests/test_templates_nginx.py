@@ -150,11 +150,13 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
     """A stand-in backend (prosody / jvb / jicofo / etherpad): answers JSON naming what it saw."""
 
     seen: list = []
+    forwarded_for: list = []  # (backend, X-Forwarded-For)
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         body = json.dumps({"backend": self.server.backend_name, "path": self.path,
                            "host": self.headers.get("Host")}).encode()
         type(self).seen.append((self.server.backend_name, self.path, self.headers.get("Host")))
+        type(self).forwarded_for.append((self.server.backend_name, self.headers.get("X-Forwarded-For")))
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -236,7 +238,7 @@ def served_shard(tmp_path, cert, backends):
             time.sleep(0.05)
     _Recorder.seen = []
     yield {"https": https_port, "http": http_port, "occupancy": occupancy_port, "domain": domain,
-           "token": secrets["fleet"]["occupancy_token"], "secrets": secrets}
+           "token": secrets["fleet"]["occupancy_token"], "secrets": secrets, "folder": tmp_path}
     proc.send_signal(signal.SIGTERM)  # fast shutdown: nothing is left to serve
     try:
         proc.wait(timeout=10)
@@ -343,7 +345,7 @@ SECURITY_HEADERS = {"Strict-Transport-Security": "max-age=63072000", "X-Content-
     ("/SomeRoom", False), ("/", False), ("/config.js", False), ("/static/a.css", False), ("/static/missing", False),
     ("/http-bind", False), ("/conference-request/v1", False), ("/etherpad/p/pad1", False),
     ("/etherpad/stats", False), ("/_ensemble/census", False), ("/_ensemble/census", True),
-    ("/_ensemble/state", True), ("/no/such/thing.txt", False),
+    ("/_ensemble/state", True), ("/no/such/thing.txt", False), ("/libs/rnnoise.wasm", False),
 ])
 def test_security_headers_on_every_https_response(served_shard, path, auth):
     """HSTS and nosniff on every answer, 200 or 4xx, whichever location (add_header is not inherited)."""
@@ -358,6 +360,9 @@ def test_security_headers_on_every_https_response(served_shard, path, auth):
     "/etherpad/stats", "/etherpad/stats/", "/etherpad/STATS", "/etherpad/%73tats", "/etherpad//stats",
     "/etherpad/p/../stats", "/etherpad/admin", "/etherpad/admin/plugins", "/etherpad/Admin/settings",
     "/etherpad/api", "/etherpad/api/1.2.15/listAllPads?apikey=x", "/etherpad/stats?x=1",
+    # the same API under /rest (Etherpad registers every function twice), its descriptions, the test runner
+    "/etherpad/rest/1.2.15/listAllPads?apikey=x", "/etherpad/REST/1/listAllPads", "/etherpad/openapi.json",
+    "/etherpad/rest/openapi.json", "/etherpad/tests/frontend/",
 ])
 def test_etherpad_admin_endpoints_are_not_public(served_shard, path):
     s = served_shard
@@ -372,3 +377,35 @@ def test_etherpad_pads_and_assets_still_reach_etherpad(served_shard):
     for path in ("/etherpad/p/stats", "/etherpad/static/js/pad.js", "/etherpad/socket.io/?EIO=3", "/etherpad/"):
         resp, body = _get(s["https"], path, s["domain"])
         assert resp.status == 200 and json.loads(body)["backend"] == "etherpad", path
+
+
+@pytest.mark.parametrize("path", [
+    "/conference-request/v1/x%3Fdebug=1%23frag?y=2", "/conference-request/v1/%252e%252e/%252e%252e/about/health",
+    "/conference-request/v1/x%0d", "/conference-request/v1/x%20y",
+])
+def test_conference_request_tails_that_change_meaning_once_decoded_never_reach_jicofo(served_shard, path):
+    """The tail goes on to jicofo's private port as nginx decoded it: a "?", "#", CR or "%2e" made there
+    from an encoded one would be a query, a fragment or a path jicofo reads but the client never sent."""
+    s = served_shard
+    _Recorder.seen = []
+    resp, _ = _get(s["https"], path, s["domain"])
+    assert resp.status == 404 and not [seen for seen in _Recorder.seen if seen[0] == "jicofo"], _Recorder.seen
+    resp, body = _get(s["https"], "/conference-request/v1/a-b_c.d~e/f", s["domain"])
+    assert json.loads(body)["path"] == "/conference-request/v1/a-b_c.d~e/f"
+
+
+def test_etherpad_sees_the_clients_address_not_its_claim(served_shard):
+    """Etherpad trusts its proxy and takes the leftmost X-Forwarded-For: only nginx's own value may get there."""
+    s = served_shard
+    _Recorder.forwarded_for = []
+    resp, _ = _get(s["https"], "/etherpad/p/pad1/export/txt", s["domain"], {"X-Forwarded-For": "203.0.113.77"})
+    assert resp.status == 200 and _Recorder.forwarded_for == [("etherpad", "127.0.0.1")]
+
+
+def test_missing_files_write_no_error_log_line(served_shard):
+    """Anyone can ask for files that do not exist: 404s, not error-log lines carrying the asker's text."""
+    s = served_shard
+    for path in ("/x/attacker-chosen-text", "/static/attacker-chosen-text.css", "/libs/attacker-chosen-text.js"):
+        assert _get(s["https"], path, s["domain"])[0].status == 404, path
+    log = s["folder"] / "error.log"
+    assert "attacker-chosen-text" not in (log.read_text() if log.exists() else "")
