@@ -153,6 +153,14 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
     forwarded_for: list = []  # (backend, X-Forwarded-For)
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
+        if "ssi-probe" in self.path:  # a backend echoing user content as HTML, an SSI directive in it
+            body = b'<p><!--#echo var="remote_addr" --></p>'
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         body = json.dumps({"backend": self.server.backend_name, "path": self.path,
                            "host": self.headers.get("Host")}).encode()
         type(self).seen.append((self.server.backend_name, self.path, self.headers.get("Host")))
@@ -409,3 +417,12 @@ def test_missing_files_write_no_error_log_line(served_shard):
         assert _get(s["https"], path, s["domain"])[0].status == 404, path
     log = s["folder"] / "error.log"
     assert "attacker-chosen-text" not in (log.read_text() if log.exists() else "")
+
+
+@pytest.mark.parametrize("path", ["/etherpad/p/ssi-probe", "/http-bind?ssi-probe", "/xmpp-websocket?ssi-probe",
+                                  "/conference-request/v1/ssi-probe", "/_api/room-info?ssi-probe"])
+def test_backend_answers_are_not_run_as_server_side_includes(served_shard, path):
+    """SSI is on for the app's index.html; a backend's HTML answer (user content) is passed on as it is."""
+    s = served_shard
+    resp, body = _get(s["https"], path, s["domain"])
+    assert resp.status == 200 and body == b'<p><!--#echo var="remote_addr" --></p>', body
