@@ -403,11 +403,16 @@ def test_conference_request_tails_that_change_meaning_once_decoded_never_reach_j
 
 
 def test_etherpad_sees_the_clients_address_not_its_claim(served_shard):
-    """Etherpad trusts its proxy and takes the leftmost X-Forwarded-For: only nginx's own value may get there."""
+    """Etherpad trusts its proxy and takes the leftmost X-Forwarded-For (its rate limits key on it): a client's
+    claim never gets there; the front door's (127.0.0.3 here; proxy mode) names the client it served."""
     s = served_shard
+    claim = {"X-Forwarded-For": "203.0.113.77"}
     _Recorder.forwarded_for = []
-    resp, _ = _get(s["https"], "/etherpad/p/pad1/export/txt", s["domain"], {"X-Forwarded-For": "203.0.113.77"})
+    resp, _ = _get(s["https"], "/etherpad/p/pad1/export/txt", s["domain"], claim)
     assert resp.status == 200 and _Recorder.forwarded_for == [("etherpad", "127.0.0.1")]
+    _Recorder.forwarded_for = []
+    resp, _ = _get(s["https"], "/etherpad/p/pad1/export/txt", s["domain"], claim, source="127.0.0.3")
+    assert resp.status == 200 and _Recorder.forwarded_for == [("etherpad", "203.0.113.77, 127.0.0.3")]
 
 
 def test_missing_files_write_no_error_log_line(served_shard):
