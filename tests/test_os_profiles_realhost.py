@@ -123,10 +123,20 @@ def test_a_shard_and_a_front_door_run_on_the_profile(os_fleet, local_provider):
         code, version, err = ssh_run(door, "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'")
         assert version.strip() == python, version
         # jicofo and the bridge may still be joining the brewery: the refresh reads "unhealthy" till then
-        deadline, reading = time.monotonic() + 150, {}
+        deadline, reading, spawn_failures = time.monotonic() + 150, {}, 0
         while time.monotonic() < deadline:
             code, _, err = ssh_run(door, "systemctl start ensemble-frontdoor-refresh.service")
-            assert code == 0, (err, ssh_run(door, "journalctl -u ensemble-frontdoor-refresh --no-pager -n 30")[1])
+            if code != 0:
+                journal = ssh_run(door, "journalctl -u ensemble-frontdoor-refresh --no-pager -n 30")[1]
+                result = ssh_run(door, "systemctl show -P Result ensemble-frontdoor-refresh.service")[1].strip()
+                # systemd could not spawn the unit's process (seen once in 4 full runs on trixie, not the
+                # refresher's doing: that would be Result=exit-code): said, retried once
+                if result == "resources" and spawn_failures == 0:
+                    spawn_failures += 1
+                    print(f"[os profiles] {system}: systemd could not start the refresher once:\n{journal}")
+                    time.sleep(3)
+                    continue
+                pytest.fail(f"the refresher's unit failed (Result={result}): {err}\n{journal}")
             code, state_text, err = ssh_run(door, "cat /var/lib/ensemble/frontdoor/state.json")
             state = json.loads(state_text)
             assert not state["errors"], state["errors"]
