@@ -287,6 +287,11 @@ def test_config_js_redirects_to_its_rooms_shard(fleet):
     status, location = client.get("/config.js?room=%c3%a9quipe")
     assert status == 302 and re.fullmatch(rf"http://{re.escape(names[1])}:\d+/config\.js\?room=%c3%a9quipe", location)
     assert client.get("/config.js")[0] == 400 and client.get("/config.js?room=%C3%89quipe")[0] == 400
+    # a new room: after the limit, the page's named location passes the request on as sent
+    status, location = client.get("/config.js?room=brandnew-1")
+    shard = "|".join(map(re.escape, names))
+    assert status == 302 and re.fullmatch(rf"http://(?:{shard}):\d+/config\.js\?room=brandnew-1", location), location
+    assert " brandnew-1 " in (door.prefix / "logs" / "routes.log").read_text()
 
 
 def test_simple_live_names_in_any_spelling_and_new_rooms_leave_no_error_log_line(fleet):
